@@ -1,0 +1,327 @@
+"""The `resnet-serve` command line: one thin command per pipeline stage.
+
+This is the only module that prints or exits. Every command hands its work to a library
+function and turns our errors into one readable line and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import threading
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from resnet_serve import __version__
+from resnet_serve.errors import ResnetServeError
+from resnet_serve.reporting import RichReporter
+
+app = typer.Typer(
+    name="resnet-serve",
+    help="Train or load a ResNet, fold and export it, serve it on Triton, and prove it over HTTP/gRPC.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_REPOSITORY = Path("model_repository")
+ProtocolOption = Annotated[str, typer.Option("--protocol", "-p", help="http or grpc.")]
+UrlOption = Annotated[Optional[str], typer.Option(help="Server address host:port (default localhost:8000 for http, :8001 for grpc).")]
+ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="Served model name (default: the server's only ready model).")]
+JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
+DataOption = Annotated[Optional[Path], typer.Option("--data", help="Folder with IDX files (default: Fashion-MNIST from the Debian package).")]
+
+
+def _command(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our errors (and Ctrl-C) into one line on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except ResnetServeError as error:
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _write_json(path: Path | None, result: Any) -> None:
+    if path is None:
+        return
+    data = result.to_dict() if hasattr(result, "to_dict") else asdict(result) if is_dataclass(result) else result
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    temporary.replace(path)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"resnet-serve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Train or load a ResNet, fold and export it, serve it on Triton, and prove it over HTTP/gRPC."""
+
+
+@app.command()
+@_command
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+) -> None:
+    """List every architecture with its parameter count."""
+    from resnet_serve.models import list_models
+
+    infos = list_models()
+    if as_json:
+        print(json.dumps([info.to_dict() for info in infos], indent=2))
+        return
+    table = Table("name", "family", "block", "shortcuts", "params", "classes", "input")
+    for info in infos:
+        table.add_row(
+            info.name, info.family, info.block, "yes" if info.residual else "no (plain)",
+            f"{info.params:,}", str(info.default_num_classes), f"{info.default_input_size}²",
+        )
+    console.print(table)
+
+
+@app.command()
+@_command
+def train(
+    arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture (see `resnet-serve models`).")] = "resnet20",
+    data: DataOption = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")] = Path("checkpoints/model.safetensors"),
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: the demo recipe's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images (quick runs).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    json_path: JsonOption = None,
+) -> None:
+    """Train an architecture on Fashion-MNIST (or an IDX folder) and write a checkpoint."""
+    from resnet_serve.train import train_on_folder
+
+    result = train_on_folder(
+        architecture=arch, data_dir=data, output=output, epochs=epochs, batch_size=batch_size,
+        lr=lr, weight_decay=weight_decay, limit=limit, seed=seed, reporter=RichReporter(err_console),
+    )
+    console.print(
+        f"[green]✓[/] {arch}: test accuracy {result.test_accuracy:.2%} after {result.epochs} epochs "
+        f"in {result.seconds:.0f} s → {result.checkpoint}"
+    )
+    _write_json(json_path, result)
+
+
+@app.command()
+@_command
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `resnet-serve train`.")],
+    repository: Annotated[Path, typer.Option(help="Triton model repository to write into.")] = DEFAULT_REPOSITORY,
+    name: Annotated[Optional[str], typer.Option(help="Model name in the repository (default: the checkpoint's file name).")] = None,
+    target: Annotated[str, typer.Option(help="python-onnxruntime (embedded server) or onnxruntime (official container).")] = "python-onnxruntime",
+    max_batch_size: Annotated[int, typer.Option(help="Largest batch the server accepts.")] = 64,
+    instances: Annotated[int, typer.Option(help="Model instances in the server.")] = 1,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    data: DataOption = None,
+    verify_images: Annotated[int, typer.Option(help="Real test images used to verify folding and ONNX.")] = 256,
+    json_path: JsonOption = None,
+) -> None:
+    """Fold BatchNorm, export ONNX, verify it against PyTorch, and write the Triton repository entry."""
+    from resnet_serve.data import DEFAULT_DATA_DIR
+    from resnet_serve.pipeline import export_to_repository
+
+    report = export_to_repository(
+        checkpoint=checkpoint, repository=repository, name=name, target=target,
+        max_batch_size=max_batch_size, instances=instances, opset=opset,
+        data_dir=data or DEFAULT_DATA_DIR, verify_images=verify_images,
+        reporter=RichReporter(err_console),
+    )
+    console.print(
+        f"[green]✓[/] folded {report.batchnorms_folded} BatchNorms (max-abs {report.fold_max_abs:.1e}); "
+        f"onnxruntime vs PyTorch max-abs {report.onnx_max_abs:.1e}, top-1 agreement "
+        f"{report.onnx_top1_agreement:.2%} on {report.verify_images} test images at batch "
+        f"{'/'.join(map(str, report.verify_batch_sizes))}"
+    )
+    console.print(f"[green]✓[/] wrote {report.entry} ({report.target})")
+    _write_json(json_path, report)
+
+
+@app.command()
+@_command
+def serve(
+    repository: Annotated[Path, typer.Option(help="Triton model repository to serve.")] = DEFAULT_REPOSITORY,
+    http_port: Annotated[int, typer.Option(help="HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    address: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    log_file: Annotated[Optional[Path], typer.Option(help="Write the server log here.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the models to load.")] = 180.0,
+) -> None:
+    """Run the embedded Triton Inference Server on a repository until Ctrl-C or SIGTERM."""
+    from resnet_serve.triton.server import TritonServer
+
+    server = TritonServer(
+        repository=repository, http_port=http_port, grpc_port=grpc_port,
+        metrics_port=metrics_port, address=address, log_file=log_file,
+    )
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        server.start()
+        with err_console.status("waiting for the models to load…"):
+            server.wait_until_ready(timeout=timeout)
+        urls = server.urls
+        ready = sorted(name for name, (state, _) in server.model_states().items() if state == "READY")
+        console.print(f"[green]✓[/] Triton is ready with {', '.join(ready) or 'no models'}")
+        console.print(f"  HTTP    http://{urls.http}\n  gRPC    {urls.grpc}\n  metrics http://{urls.metrics}/metrics")
+        console.print(f"  log     {server.log_file}\nPress Ctrl-C to stop.")
+        while not stopping.is_set():
+            code = server.wait_for_exit(timeout=0.5)
+            if code is not None:
+                err_console.print(f"[bold red]error:[/] tritonserver exited with code {code} (log: {server.log_file})")
+                raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server.is_running:
+            err_console.print("stopping Triton…")
+        server.stop()
+
+
+@app.command()
+@_command
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
+    model: ModelOption = None,
+    protocol: ProtocolOption = "http",
+    url: UrlOption = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 3,
+    json_path: JsonOption = None,
+) -> None:
+    """Classify images on a running server: top-k labels with probabilities."""
+    from resnet_serve.client.classify import classify_files
+
+    result = classify_files(paths=images, model=model, protocol=protocol, url=url, top_k=top_k)
+    for item in result.images:
+        best = item.predictions[0]
+        others = ", ".join(f"{p.label} {p.probability:.1%}" for p in item.predictions[1:])
+        console.print(f"{item.path}: [bold]{best.label}[/] {best.probability:.1%}" + (f"  ({others})" if others else ""))
+    _write_json(json_path, result)
+
+
+@app.command()
+@_command
+def evaluate(
+    model: ModelOption = None,
+    protocol: ProtocolOption = "grpc",
+    url: UrlOption = None,
+    data: DataOption = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint to measure agreement against.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N test images.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per request.")] = 64,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 2,
+    json_path: JsonOption = None,
+) -> None:
+    """Accuracy of the served model on the whole test set, and its agreement with PyTorch."""
+    from resnet_serve.client.evaluate import evaluate_test_set
+
+    result = evaluate_test_set(
+        model=model, protocol=protocol, url=url, data_dir=data, checkpoint=checkpoint, limit=limit,
+        batch_size=batch_size, concurrency=concurrency, reporter=RichReporter(err_console),
+    )
+    line = f"[green]✓[/] {result.model}: top-1 {result.top1:.2%}, top-5 {result.top5:.2%} on {result.images} images"
+    if result.agreement is not None:
+        line += f"; top-1 agreement with PyTorch {result.agreement:.2%} (PyTorch top-1 {result.reference_top1:.2%})"
+    console.print(line + f"; {result.images_per_second:.0f} images/s over {result.protocol}")
+    _write_json(json_path, result)
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+@app.command()
+@_command
+def bench(
+    model: ModelOption = None,
+    protocol: ProtocolOption = "grpc",
+    url: UrlOption = None,
+    batch_size: Annotated[int, typer.Option(help="Images per request.")] = 1,
+    concurrency: Annotated[str, typer.Option(help="Concurrency levels, comma-separated.")] = "1,2,4",
+    warmup: Annotated[float, typer.Option(help="Warm-up seconds per level (not measured).")] = 2.0,
+    seconds: Annotated[float, typer.Option(help="Measurement window per level, in seconds.")] = 5.0,
+    json_path: JsonOption = None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write perf_analyzer-style CSV here.")] = None,
+) -> None:
+    """Latency percentiles and throughput per concurrency level, with Triton's server-side split."""
+    from resnet_serve.client.bench import benchmark_served_model
+
+    result = benchmark_served_model(
+        model=model, protocol=protocol, url=url, batch_size=batch_size,
+        concurrency=_levels(concurrency), warmup_seconds=warmup, measurement_seconds=seconds,
+        reporter=RichReporter(err_console),
+    )
+    table = Table(
+        "concurrency", "infer/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms",
+        "queue µs", "compute in µs", "infer µs", "out µs",
+        title=f"{result.model} over {result.protocol}, batch {result.batch_size}",
+    )
+    for row in result.results:
+        table.add_row(
+            str(row.concurrency), f"{row.inferences_per_second:.1f}", f"{row.p50_ms:.2f}",
+            f"{row.p90_ms:.2f}", f"{row.p95_ms:.2f}", f"{row.p99_ms:.2f}",
+            f"{row.server_queue_us:.0f}", f"{row.server_compute_input_us:.0f}",
+            f"{row.server_compute_infer_us:.0f}", f"{row.server_compute_output_us:.0f}",
+        )
+    console.print(table)
+    _write_json(json_path, result)
+    if csv_path is not None:
+        result.write_csv(csv_path)
+
+
+@app.command()
+@_command
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the checkpoint, images and logs go.")] = Path("demo-output"),
+    repository: Annotated[Path, typer.Option(help="Triton model repository to write into.")] = DEFAULT_REPOSITORY,
+    summary: Annotated[Path, typer.Option(help="Write the summary JSON here.")] = Path("demo-summary.json"),
+    epochs: Annotated[Optional[int], typer.Option(help="Override the demo recipe's epochs.")] = None,
+) -> None:
+    """Train ResNet-20 on Fashion-MNIST, export, serve, classify, evaluate and benchmark it."""
+    from resnet_serve.demo import run_demo
+
+    result = run_demo(workdir=workdir, repository=repository, epochs=epochs, reporter=RichReporter(err_console))
+    _write_json(summary, result)
+    table = Table("", "value", title="resnet-serve demo")
+    for label, value in result.summary_rows():
+        table.add_row(label, value)
+    console.print(table)
+    console.print(f"summary written to {summary}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

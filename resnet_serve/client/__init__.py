@@ -1,0 +1,1 @@
+"""Talking to a Triton server: one inference client over HTTP or gRPC, evaluation, benchmarking."""

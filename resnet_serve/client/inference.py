@@ -1,0 +1,269 @@
+"""A protocol-neutral client for one served classifier.
+
+Like Triton's image_client example, it asks the server for the model's metadata and config and
+checks them before sending traffic; HTTP and gRPC differ only in the tritonclient module used.
+The preprocessing and class names come from the config's parameters, which the repository
+writer put there, so a caller never has to be told how to prepare an image.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from resnet_serve.data import Preprocessing
+from resnet_serve.errors import ClientError
+
+Protocol = Literal["http", "grpc"]
+DEFAULT_URLS: dict[str, str] = {"http": "localhost:8000", "grpc": "localhost:8001"}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the server says about a model, checked against what a classifier needs."""
+
+    name: str
+    version: str
+    input_name: str
+    output_name: str
+    input_shape: tuple[int, int, int]
+    max_batch_size: int
+    num_classes: int
+    class_names: list[str]
+    preprocessing: Preprocessing
+    parameters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """Triton's cumulative statistics for one model; differences of two give a window's figures."""
+
+    inference_count: int
+    execution_count: int
+    success_count: int
+    success_ns: int
+    queue_ns: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+
+    def __sub__(self, other: ModelStatistics) -> ModelStatistics:
+        return ModelStatistics(
+            **{field: getattr(self, field) - getattr(other, field) for field in self.__dataclass_fields__}
+        )
+
+
+def _module(protocol: str) -> Any:
+    if protocol == "http":
+        import tritonclient.http as module
+    elif protocol == "grpc":
+        import tritonclient.grpc as module
+    else:
+        raise ClientError(f"unknown protocol {protocol!r}; choose http or grpc")
+    return module
+
+
+def _strip_scheme(url: str) -> str:
+    # tritonclient wants host:port; users often paste http://host:port.
+    for scheme in ("http://", "https://", "grpc://"):
+        if url.startswith(scheme):
+            return url[len(scheme) :]
+    return url
+
+
+class InferenceClient:
+    """A connection to one model on one Triton server (the only ready one when ``model`` is None).
+
+    Not thread-safe (the HTTP client is not): concurrent callers open one client each.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        protocol: Protocol = "http",
+        url: str | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.protocol = protocol
+        self.url = _strip_scheme(url or DEFAULT_URLS[protocol])
+        self._tc = _module(protocol)
+        self._timeout_s = timeout_s
+        try:
+            if protocol == "http":
+                self._client = self._tc.InferenceServerClient(
+                    self.url, connection_timeout=timeout_s, network_timeout=timeout_s
+                )
+            else:
+                self._client = self._tc.InferenceServerClient(self.url)
+            ready = self._client.is_server_ready()
+        except Exception as exc:  # tritonclient raises many types for one cause: nobody answered
+            raise ClientError(
+                f"no Triton server answering at {protocol}://{self.url} ({_reason(exc)})"
+            ) from None
+        if not ready:
+            raise ClientError(f"the Triton server at {protocol}://{self.url} is not ready")
+        self.model = self._describe(model or self._only_model())
+
+    def _only_model(self) -> str:
+        ready = self.ready_models()
+        if len(ready) != 1:
+            raise ClientError(
+                f"name the model to use (--model): the server at {self.url} has "
+                f"{len(ready)} ready models{': ' + ', '.join(ready) if ready else ''}"
+            )
+        return ready[0]
+
+    def _describe(self, name: str) -> ServedModel:
+        try:
+            ready = self._client.is_model_ready(name)
+        except Exception as exc:
+            raise ClientError(f"cannot ask {self.url} about model {name!r}: {_reason(exc)}") from None
+        if not ready:
+            raise ClientError(
+                f"model {name!r} is not ready on {self.protocol}://{self.url}; "
+                f"ready models: {', '.join(self.ready_models()) or 'none'}"
+            )
+        config = self._json(self._client.get_model_config, name)
+        config = config.get("config", config)  # gRPC wraps it, HTTP does not
+        inputs, outputs = config.get("input", []), config.get("output", [])
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ClientError(
+                f"model {name!r} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                "a classifier has one of each"
+            )
+        dims = tuple(int(d) for d in inputs[0].get("dims", []))
+        out_dims = [int(d) for d in outputs[0].get("dims", [])]
+        if len(dims) != 3 or len(out_dims) != 1:
+            raise ClientError(
+                f"model {name!r} takes {list(dims)} and returns {out_dims}; "
+                "expected an image [C, H, W] and a vector of class scores"
+            )
+        parameters = {
+            key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()
+        }
+        if "preprocessing" not in parameters:
+            raise ClientError(
+                f"model {name!r} carries no 'preprocessing' parameter; "
+                "was its repository entry written by resnet-serve export?"
+            )
+        preprocessing = Preprocessing.from_dict(json.loads(parameters["preprocessing"]))
+        if preprocessing.input_shape != dims:
+            raise ClientError(
+                f"model {name!r} takes {list(dims)} but its preprocessing makes "
+                f"{list(preprocessing.input_shape)}"
+            )
+        class_names = json.loads(parameters.get("class_names", "[]")) or [
+            str(i) for i in range(out_dims[0])
+        ]
+        return ServedModel(
+            name=name,
+            version=str(self._json(self._client.get_model_metadata, name).get("versions", [""])[-1]),
+            input_name=inputs[0]["name"],
+            output_name=outputs[0]["name"],
+            input_shape=dims,  # type: ignore[arg-type]
+            max_batch_size=int(config.get("max_batch_size", 0)),
+            num_classes=out_dims[0],
+            class_names=class_names,
+            preprocessing=preprocessing,
+            parameters=parameters,
+        )
+
+    def _json(self, method: Any, *args: Any) -> dict:
+        try:
+            if self.protocol == "grpc":
+                return method(*args, as_json=True)
+            return method(*args)
+        except Exception as exc:
+            raise ClientError(f"{self.protocol}://{self.url}: {_reason(exc)}") from None
+
+    def ready_models(self) -> list[str]:
+        index = self._json(self._client.get_model_repository_index)
+        entries = index.get("models", []) if isinstance(index, dict) else index
+        return sorted(e["name"] for e in entries if e.get("state") == "READY")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a preprocessed float32 batch of shape [N, C, H, W]."""
+        model = self.model
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != model.input_shape:
+            raise ClientError(
+                f"model {model.name!r} takes batches of {list(model.input_shape)}, "
+                f"got {list(batch.shape)}"
+            )
+        if model.max_batch_size and batch.shape[0] > model.max_batch_size:
+            raise ClientError(
+                f"batch of {batch.shape[0]} exceeds model {model.name!r}'s max_batch_size "
+                f"{model.max_batch_size}"
+            )
+        request = self._tc.InferInput(model.input_name, list(batch.shape), "FP32")
+        request.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        output = self._tc.InferRequestedOutput(model.output_name)
+        try:
+            result = self._client.infer(model.name, [request], outputs=[output])
+        except Exception as exc:
+            raise ClientError(f"inference on {model.name!r} failed: {_reason(exc)}") from None
+        logits = result.as_numpy(model.output_name)
+        if logits is None or logits.shape != (batch.shape[0], model.num_classes):
+            raise ClientError(
+                f"model {model.name!r} answered {None if logits is None else list(logits.shape)}, "
+                f"expected {[batch.shape[0], model.num_classes]}"
+            )
+        return logits
+
+    def statistics(self) -> ModelStatistics:
+        stats = self._json(self._client.get_inference_statistics, self.model.name)
+        model_stats = stats.get("model_stats", [])
+        if not model_stats:
+            raise ClientError(f"the server returned no statistics for {self.model.name!r}")
+        entry = model_stats[0]
+        inference = entry.get("inference_stats", {})
+
+        def ns(key: str) -> int:
+            return int(inference.get(key, {}).get("ns", 0))
+
+        return ModelStatistics(
+            inference_count=int(entry.get("inference_count", 0)),
+            execution_count=int(entry.get("execution_count", 0)),
+            success_count=int(inference.get("success", {}).get("count", 0)),
+            success_ns=ns("success"),
+            queue_ns=ns("queue"),
+            compute_input_ns=ns("compute_input"),
+            compute_infer_ns=ns("compute_infer"),
+            compute_output_ns=ns("compute_output"),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+
+def rank_classes(logits: np.ndarray, class_names: list[str], *, k: int) -> list[list[Prediction]]:
+    """Softmax over each row of logits, then the k most probable classes with their labels."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    order = np.argsort(-probabilities, axis=1)[:, :k]
+    return [
+        [Prediction(int(i), class_names[int(i)], float(row[i])) for i in indices]
+        for row, indices in zip(probabilities, order)
+    ]
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

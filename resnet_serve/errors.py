@@ -1,0 +1,47 @@
+"""One base error for the whole toolkit; the CLI turns each into one line and an exit code."""
+
+
+class ResnetServeError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    exit_code = 1
+
+
+class UnknownArchitectureError(ResnetServeError):
+    """An architecture name that is not in the registry."""
+
+
+class CheckpointError(ResnetServeError):
+    """A checkpoint that is missing, corrupt, unsafe or for another architecture."""
+
+
+class DatasetError(ResnetServeError):
+    """A dataset path that is missing or not in the expected format."""
+
+
+class ExportError(ResnetServeError):
+    """Folding, ONNX export or writing a model repository entry failed."""
+
+
+class VerificationError(ResnetServeError):
+    """Two runtimes disagree beyond the tolerance asked for."""
+
+
+class RepositoryError(ResnetServeError):
+    """A Triton model repository or model config that is invalid."""
+
+
+class ServerError(ResnetServeError):
+    """The embedded Triton server could not be started or did not become ready."""
+
+
+class ClientError(ResnetServeError):
+    """A request to a Triton server failed (not running, unknown model, bad answer)."""
+
+
+class ImageError(ClientError):
+    """An input file that is not a readable image."""
+
+
+class MissingDependencyError(ResnetServeError):
+    """An optional dependency (tensorrt, openvino, the embedded server) is not installed."""

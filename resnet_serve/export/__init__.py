@@ -1,0 +1,9 @@
+"""Exporters, one module per deployment target (ONNX here; INT8, FP16, TensorRT beside it).
+
+Each target module offers one ``export_<target>`` function that writes a single file
+atomically and returns a dataclass describing what it wrote.
+"""
+
+from resnet_serve.export.onnx import OnnxExportResult, count_ops, export_onnx
+
+__all__ = ["OnnxExportResult", "count_ops", "export_onnx"]

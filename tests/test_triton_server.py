@@ -1,0 +1,285 @@
+"""The real embedded tritonserver serving freshly written repository entries.
+
+One server per module (started once, on free ports) serves three entries:
+  tiny          the tiny classifier with the default batching settings
+  tiny_batched  the same ONNX with a long queue delay, so concurrent requests share a batch
+  fragile       a model whose onnxruntime run fails for some inputs (a "bad request")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tiny_onnx import (
+    CLASS_NAMES,
+    INPUT_SHAPE,
+    PREPROCESSING,
+    TinyClassifier,
+    export_tiny_classifier,
+    sample_images,
+)
+from torch import nn
+from tritonclient.utils import InferenceServerException
+
+from resnet_serve.errors import ServerError
+from resnet_serve.triton.repository import write_model_entry
+from resnet_serve.triton.server import TritonServer, find_free_ports
+
+pytestmark = pytest.mark.triton
+
+TOLERANCE = 1e-4
+
+
+class Fragile(nn.Module):
+    """Looks up its logits by the first pixel: a pixel outside 0..9 makes onnxruntime fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x[:, 0, 0, 0].long()] + x.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+
+def export_fragile(path: Path) -> None:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            Fragile().eval(), (torch.zeros(1, *INPUT_SHAPE),), str(path), dynamo=False,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+
+def write_entry(repository: Path, name: str, onnx_path: Path, **options: object) -> None:
+    write_model_entry(
+        repository=repository, name=name, onnx_path=onnx_path, class_names=CLASS_NAMES,
+        preprocessing=PREPROCESSING, input_shape=INPUT_SHAPE,
+        metadata={"architecture": "tiny-cnn"}, **options,  # type: ignore[arg-type]
+    )
+
+
+def live_processes_in_group(pgid: int) -> list[str]:
+    """Names of the processes of a process group that are still running (not zombies)."""
+    names = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        state, _parent, group = rest.split()[:3]
+        if int(group) == pgid and state != "Z":
+            names.append(name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TinyClassifier]:
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    return path, export_tiny_classifier(path)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny: tuple[Path, TinyClassifier]
+) -> Iterator[TritonServer]:
+    repository = tmp_path_factory.mktemp("repository")
+    onnx_path, _ = tiny
+    fragile_path = onnx_path.with_name("fragile.onnx")
+    export_fragile(fragile_path)
+    write_entry(repository, "tiny", onnx_path)
+    write_entry(repository, "tiny_batched", onnx_path, max_queue_delay_us=200_000,
+                preferred_batch_sizes=[4])
+    write_entry(repository, "fragile", fragile_path, max_queue_delay_us=200_000,
+                preferred_batch_sizes=[3])
+    http_port, grpc_port, metrics_port = find_free_ports(3)
+    with TritonServer(
+        repository=repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+        log_file=repository.parent / "tritonserver.log",
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def reference(tiny: tuple[Path, TinyClassifier]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images, onnxruntime logits and PyTorch logits computed in this process."""
+    onnx_path, model = tiny
+    images = sample_images(8)
+    onnx_logits = ort.InferenceSession(str(onnx_path)).run(["logits"], {"input": images})[0]
+    with torch.no_grad():
+        torch_logits = model(torch.from_numpy(images)).numpy()
+    return images, onnx_logits, torch_logits
+
+
+def http_infer(server: TritonServer, model: str, images: np.ndarray, **output: int) -> object:
+    client = httpclient.InferenceServerClient(server.urls.http)
+    request = httpclient.InferInput("input", list(images.shape), "FP32")
+    request.set_data_from_numpy(images)
+    return client.infer(model, [request], outputs=[httpclient.InferRequestedOutput("logits",
+                                                                                  **output)])
+
+
+def grpc_infer(server: TritonServer, model: str, images: np.ndarray, **output: int) -> object:
+    client = grpcclient.InferenceServerClient(server.urls.grpc)
+    request = grpcclient.InferInput("input", list(images.shape), "FP32")
+    request.set_data_from_numpy(images)
+    return client.infer(model, [request], outputs=[grpcclient.InferRequestedOutput("logits",
+                                                                                  **output)])
+
+
+@pytest.mark.parametrize("infer", [http_infer, grpc_infer], ids=["http", "grpc"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_logits_match_onnxruntime_and_pytorch(
+    server: TritonServer, reference: tuple[np.ndarray, np.ndarray, np.ndarray],
+    infer: object, batch: int,
+) -> None:
+    images, onnx_logits, torch_logits = reference
+
+    logits = infer(server, "tiny", images[:batch]).as_numpy("logits")  # type: ignore[operator]
+
+    assert logits.shape == (batch, len(CLASS_NAMES))
+    assert np.abs(logits - onnx_logits[:batch]).max() <= TOLERANCE
+    assert np.abs(logits - torch_logits[:batch]).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("infer", [http_infer, grpc_infer], ids=["http", "grpc"])
+def test_classification_extension_returns_labelled_top3(
+    server: TritonServer, reference: tuple[np.ndarray, np.ndarray, np.ndarray], infer: object
+) -> None:
+    images, onnx_logits, _ = reference
+
+    top3 = infer(server, "tiny", images, class_count=3).as_numpy("logits")  # type: ignore[operator]
+
+    assert top3.shape == (len(images), 3)
+    for row, expected in zip(top3, onnx_logits):
+        # Each entry is b"<score>:<index>:<label>", best first.
+        entries = [entry.decode().split(":") for entry in row]
+        indices = [int(index) for _, index, _ in entries]
+        assert indices == list(np.argsort(-expected)[:3])
+        assert [label for _, _, label in entries] == [CLASS_NAMES[i] for i in indices]
+        assert [float(score) for score, _, _ in entries] == pytest.approx(
+            expected[indices], abs=1e-4
+        )
+
+
+def test_server_model_config_carries_preprocessing(server: TritonServer) -> None:
+    over_http = httpclient.InferenceServerClient(server.urls.http).get_model_config("tiny")
+    over_grpc = grpcclient.InferenceServerClient(server.urls.grpc).get_model_config(
+        "tiny", as_json=True
+    )["config"]
+
+    for config in (over_http, over_grpc):
+        assert json.loads(config["parameters"]["preprocessing"]["string_value"]) == PREPROCESSING
+        assert config["parameters"]["architecture"]["string_value"] == "tiny-cnn"
+        assert config["output"][0]["label_filename"] == "labels.txt"
+
+
+def test_concurrent_requests_share_one_onnxruntime_run(
+    server: TritonServer, reference: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    images, onnx_logits, _ = reference
+    client = httpclient.InferenceServerClient(server.urls.http, concurrency=4)
+    before = client.get_inference_statistics("tiny_batched")["model_stats"][0]
+
+    pending = []
+    for i in range(4):
+        request = httpclient.InferInput("input", [1, *INPUT_SHAPE], "FP32")
+        request.set_data_from_numpy(images[i:i + 1])
+        pending.append(client.async_infer("tiny_batched", [request]))
+    results = [p.get_result().as_numpy("logits") for p in pending]
+
+    after = client.get_inference_statistics("tiny_batched")["model_stats"][0]
+    assert np.abs(np.concatenate(results) - onnx_logits[:4]).max() <= TOLERANCE
+    assert after["inference_count"] - before["inference_count"] == 4
+    assert after["execution_count"] - before["execution_count"] < 4
+
+
+def test_a_bad_request_gets_an_error_and_its_batch_mates_their_answers(
+    server: TritonServer,
+) -> None:
+    good = np.zeros((1, *INPUT_SHAPE), dtype=np.float32)
+    good[0, 0, 0, 0] = 3
+    bad = good.copy()
+    bad[0, 0, 0, 0] = 1000
+    client = httpclient.InferenceServerClient(server.urls.http, concurrency=3)
+
+    pending = []
+    for images in (good, bad, good):
+        request = httpclient.InferInput("input", list(images.shape), "FP32")
+        request.set_data_from_numpy(images)
+        pending.append(client.async_infer("fragile", [request]))
+
+    first = pending[0].get_result().as_numpy("logits")
+    with pytest.raises(InferenceServerException, match="onnxruntime failed.*out of data bounds"):
+        pending[1].get_result()
+    np.testing.assert_array_equal(pending[2].get_result().as_numpy("logits"), first)
+    assert server.is_running
+
+
+def test_stop_leaves_no_process(tmp_path: Path, tiny: tuple[Path, TinyClassifier]) -> None:
+    write_entry(tmp_path / "repository", "tiny", tiny[0])
+    http_port, grpc_port, metrics_port = find_free_ports(3)
+    server = TritonServer(
+        repository=tmp_path / "repository", http_port=http_port, grpc_port=grpc_port,
+        metrics_port=metrics_port, log_file=tmp_path / "tritonserver.log",
+    )
+    with server:
+        pid = server.pid
+        assert pid is not None
+        assert sorted(live_processes_in_group(pid)) == ["triton_python_b", "tritonserver"]
+
+    assert not server.is_running
+    assert live_processes_in_group(pid) == []
+    assert server.stop() is None  # a second stop is harmless
+
+
+def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        grpc_port, metrics_port = find_free_ports(2)
+        server = TritonServer(repository=tmp_path, http_port=port, grpc_port=grpc_port,
+                              metrics_port=metrics_port)
+
+        with pytest.raises(ServerError, match=f"http port {port} on 127.0.0.1 is already in use"):
+            server.start()
+    assert not server.is_running
+
+
+def test_hidden_folders_in_the_repository_are_refused_before_starting(tmp_path: Path) -> None:
+    (tmp_path / ".tiny.staging-interrupted").mkdir()
+    http_port, grpc_port, metrics_port = find_free_ports(3)
+    server = TritonServer(repository=tmp_path, http_port=http_port, grpc_port=grpc_port,
+                          metrics_port=metrics_port)
+
+    with pytest.raises(ServerError, match=r"hidden folders \['.tiny.staging-interrupted'\]"):
+        server.start()
+    assert server.pid is None
+
+
+def test_a_model_that_fails_to_load_reports_why(
+    tmp_path: Path, tiny: tuple[Path, TinyClassifier]
+) -> None:
+    repository = tmp_path / "repository"
+    write_entry(repository, "broken", tiny[0])
+    (repository / "broken" / "1" / "model.onnx").write_bytes(b"truncated")
+    http_port, grpc_port, metrics_port = find_free_ports(3)
+
+    with pytest.raises(ServerError, match=r"tritonserver exited with code 1: .*broken.*log: "):
+        with TritonServer(repository=repository, http_port=http_port, grpc_port=grpc_port,
+                          metrics_port=metrics_port, log_file=tmp_path / "tritonserver.log"):
+            pass

@@ -95,10 +95,12 @@ def models(
     if as_json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
         return
-    table = Table("name", "family", "block", "shortcuts", "params", "classes", "input")
+    table = Table("name", "family", "block", "skips")
+    for column in ("params", "classes", "input"):
+        table.add_column(column, justify="right", no_wrap=True)
     for info in infos:
         table.add_row(
-            info.name, info.family, info.block, "yes" if info.residual else "no (plain)",
+            info.name, info.family, info.block, "yes" if info.residual else "no",
             f"{info.params:,}", str(info.default_num_classes), f"{info.default_input_size}²",
         )
     console.print(table)
@@ -147,13 +149,12 @@ def export(
     json_path: JsonOption = None,
 ) -> None:
     """Fold BatchNorm, export ONNX, verify it against PyTorch, and write the Triton repository entry."""
-    from resnet_serve.data import DEFAULT_DATA_DIR
     from resnet_serve.pipeline import export_to_repository
 
     report = export_to_repository(
         checkpoint=checkpoint, repository=repository, name=name, target=target,
         max_batch_size=max_batch_size, instances=instances, opset=opset,
-        data_dir=data or DEFAULT_DATA_DIR, verify_images=verify_images,
+        data_dir=data, verify_images=verify_images,
         reporter=RichReporter(err_console),
     )
     console.print(

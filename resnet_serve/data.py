@@ -194,6 +194,13 @@ def load_default_dataset(
     return load_idx_dataset(folder, split=split, class_names=FASHION_MNIST_CLASSES)
 
 
+def load_dataset(folder: Path | str | None, *, split: Literal["train", "test"]) -> ImageDataset:
+    """An IDX folder given by the user, or Fashion-MNIST (with its class names) when None."""
+    if folder is None or Path(folder).resolve() == DEFAULT_DATA_DIR.resolve():
+        return load_default_dataset(split=split)
+    return load_idx_dataset(folder, split=split)
+
+
 _INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,

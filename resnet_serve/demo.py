@@ -14,7 +14,7 @@ from PIL import Image
 from resnet_serve.client.bench import BenchmarkResult, benchmark_served_model
 from resnet_serve.client.classify import classify_files
 from resnet_serve.client.evaluate import EvaluationResult, evaluate_test_set
-from resnet_serve.data import DEFAULT_DATA_DIR, load_default_dataset
+from resnet_serve.data import load_dataset
 from resnet_serve.errors import ClientError
 from resnet_serve.pipeline import ExportReport, export_to_repository
 from resnet_serve.progress import Reporter, SilentReporter
@@ -84,7 +84,7 @@ def run_demo(
     *,
     workdir: Path,
     repository: Path,
-    data_dir: Path = DEFAULT_DATA_DIR,
+    data_dir: Path | None = None,
     epochs: int | None = None,
     limit: int | None = None,
     bench_seconds: float = 4.0,
@@ -161,9 +161,9 @@ def _embedded_server(repository: Path, *, log_file: Path) -> TritonServer:
     )
 
 
-def _write_test_images(folder: Path, *, data_dir: Path) -> list[Path]:
+def _write_test_images(folder: Path, *, data_dir: Path | None) -> list[Path]:
     """A few real test images as PNG files, so classify runs on files like a user's."""
-    test_set = load_default_dataset(split="test", folder=data_dir)
+    test_set = load_dataset(data_dir, split="test")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(CLASSIFY_IMAGES):

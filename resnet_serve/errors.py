@@ -19,6 +19,10 @@ class DatasetError(ResnetServeError):
     """A dataset path that is missing or not in the expected format."""
 
 
+class TrainingError(ResnetServeError):
+    """A training configuration that cannot run."""
+
+
 class ExportError(ResnetServeError):
     """Folding, ONNX export or writing a model repository entry failed."""
 

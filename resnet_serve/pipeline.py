@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_serve.checkpoints import Checkpoint, load_checkpoint
-from resnet_serve.data import DEFAULT_DATA_DIR, load_idx_dataset
+from resnet_serve.data import load_dataset
 from resnet_serve.errors import VerificationError
 from resnet_serve.export import export_onnx
 from resnet_serve.fold import fold_batchnorm
@@ -54,9 +54,9 @@ def default_model_name(checkpoint: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", checkpoint.name.split(".")[0]) or "model"
 
 
-def verification_images(checkpoint: Checkpoint, *, data_dir: Path, count: int) -> np.ndarray:
+def verification_images(checkpoint: Checkpoint, *, data_dir: Path | None, count: int) -> np.ndarray:
     """The first ``count`` real test images of ``data_dir``, prepared as the model expects."""
-    test_set = load_idx_dataset(data_dir, split="test")
+    test_set = load_dataset(data_dir, split="test")
     return checkpoint.meta.preprocessing.normalize(test_set.images[:count])
 
 
@@ -69,7 +69,7 @@ def export_to_repository(
     max_batch_size: int = 64,
     instances: int = 1,
     opset: int = 17,
-    data_dir: Path = DEFAULT_DATA_DIR,
+    data_dir: Path | None = None,
     verify_images: int = 256,
     verify_batch_size: int = 64,
     reporter: Reporter | None = None,

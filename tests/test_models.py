@@ -76,7 +76,7 @@ def test_state_dict_uses_torchvision_key_names():
 
 def test_zero_init_last_makes_residual_blocks_identity_at_init():
     model = create_model("resnet18", zero_init_last=True)
-    assert all(float(block.bn2.weight.abs().sum()) == 0 for layer in (model.layer1, model.layer4) for block in layer)
+    assert all(not block.bn2.weight.detach().any() for layer in (model.layer1, model.layer4) for block in layer)
 
 
 def test_unknown_architecture_names_the_choices():

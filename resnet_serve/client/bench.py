@@ -123,8 +123,7 @@ def benchmark(
     """Measure the served model with ``batch`` ([N, C, H, W], preprocessed) sent by each of
     ``concurrency`` closed-loop workers; every level warms up before its window opens."""
     reporter = reporter or SilentReporter()
-    if any(level < 1 for level in concurrency):
-        raise ClientError(f"concurrency levels must be ≥ 1, got {list(concurrency)}")
+    _check_levels(concurrency)
     probe = connect()
     rows = []
     try:
@@ -145,6 +144,11 @@ def benchmark(
     )
 
 
+def _check_levels(concurrency: Sequence[int]) -> None:
+    if not concurrency or any(level < 1 for level in concurrency):
+        raise ClientError(f"concurrency levels must be ≥ 1, got {list(concurrency)}")
+
+
 def _measure(
     connect: Callable[[], InferenceClient],
     probe: InferenceClient,
@@ -153,22 +157,23 @@ def _measure(
     warmup_seconds: float,
     measurement_seconds: float,
 ) -> ConcurrencyResult:
-    clients = [connect() for _ in range(level)]
     latencies: list[list[float]] = [[] for _ in range(level)]
     errors: list[Exception] = []
     measuring = threading.Event()
     stop = threading.Event()
 
     def worker(index: int) -> None:
-        client = clients[index]
         try:
-            while not stop.is_set():
-                began = time.perf_counter()
-                client.infer(batch)
-                elapsed = time.perf_counter() - began
-                # Requests completing inside the window count; those of the warm-up do not.
-                if measuring.is_set() and not stop.is_set():
-                    latencies[index].append(elapsed)
+            # Opened in the worker's own thread: the HTTP client is bound to the thread that
+            # created it. Connecting happens during the warm-up, outside the window.
+            with connect() as client:
+                while not stop.is_set():
+                    began = time.perf_counter()
+                    client.infer(batch)
+                    elapsed = time.perf_counter() - began
+                    # Requests completing inside the window count; those of the warm-up do not.
+                    if measuring.is_set() and not stop.is_set():
+                        latencies[index].append(elapsed)
         except Exception as exc:  # surfaced once all workers have stopped
             errors.append(exc)
             stop.set()
@@ -189,8 +194,6 @@ def _measure(
         after = probe.statistics()
     finally:
         stop.set()
-        for client in clients:
-            client.close()
     if errors:
         raise errors[0] if isinstance(errors[0], ClientError) else ClientError(str(errors[0]))
     samples = np.array([value for worker in latencies for value in worker]) * 1000.0
@@ -241,6 +244,7 @@ def benchmark_served_model(
     """
     if batch_size < 1:
         raise ClientError(f"batch size must be ≥ 1, got {batch_size}")
+    _check_levels(concurrency)
     with InferenceClient(model=model, protocol=protocol, url=url) as probe:
         served = probe.model
     batch = np.random.default_rng(seed).standard_normal((batch_size, *served.input_shape), dtype=np.float32)

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from resnet_serve.client.inference import InferenceClient, Protocol
-from resnet_serve.data import Preprocessing, load_default_dataset, load_idx_dataset
+from resnet_serve.data import Preprocessing, load_dataset
 from resnet_serve.errors import ClientError
 from resnet_serve.progress import Reporter, SilentReporter
 
@@ -51,31 +51,32 @@ def evaluate_served_model(
     ``concurrency`` workers, each with its own client from ``connect``."""
     reporter = reporter or SilentReporter()
     starts = list(range(0, len(images), batch_size))
-    logits = np.empty((len(images), 0), dtype=np.float32)
-    clients = [connect() for _ in range(concurrency)]
-    free = list(clients)
+    logits: np.ndarray | None = None
+    served: list[InferenceClient] = []
 
-    def run(start: int) -> tuple[int, np.ndarray]:
-        client = free.pop()  # list.pop/append are atomic; each worker holds one client at a time
-        try:
-            return start, client.infer(images[start : start + batch_size])
-        finally:
-            free.append(client)
+    def run(shard: list[int]) -> None:
+        # Each worker opens, uses and closes its own client in its own thread: the HTTP
+        # client is bound to the thread that created it.
+        nonlocal logits
+        with connect() as client:
+            served.append(client)
+            for start in shard:
+                batch_logits = client.infer(images[start : start + batch_size])
+                if logits is None:
+                    logits = np.empty((len(images), batch_logits.shape[1]), dtype=np.float32)
+                logits[start : start + len(batch_logits)] = batch_logits
+                reporter.advance(len(batch_logits))
 
     reporter.start(f"evaluating {len(images)} images", total=len(images))
     began = time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            for start, batch_logits in pool.map(run, starts):
-                if logits.shape[1] == 0:
-                    logits = np.empty((len(images), batch_logits.shape[1]), dtype=np.float32)
-                logits[start : start + len(batch_logits)] = batch_logits
-                reporter.advance(len(batch_logits))
+            for future in [pool.submit(run, starts[i::concurrency]) for i in range(concurrency)]:
+                future.result()
     finally:
         reporter.finish()
-        for client in clients:
-            client.close()
     seconds = time.perf_counter() - began
+    assert logits is not None
 
     predictions = logits.argmax(axis=1)
     top5 = np.argsort(-logits, axis=1)[:, :5]
@@ -86,9 +87,9 @@ def evaluate_served_model(
         reference_top1 = float((reference == labels).mean())
         max_abs = float(np.abs(logits - reference_logits).max())
     return EvaluationResult(
-        model=clients[0].model.name,
-        protocol=clients[0].protocol,
-        url=clients[0].url,
+        model=served[0].model.name,
+        protocol=served[0].protocol,
+        url=served[0].url,
         images=len(images),
         batch_size=batch_size,
         concurrency=concurrency,
@@ -120,7 +121,7 @@ def evaluate_test_set(
         raise ClientError(f"batch size and concurrency must be ≥ 1, got {batch_size} and {concurrency}")
     with InferenceClient(model=model, protocol=protocol, url=url) as probe:
         served = probe.model
-    test_set = load_idx_dataset(data_dir, split="test") if data_dir else load_default_dataset(split="test")
+    test_set = load_dataset(data_dir, split="test")
     count = len(test_set) if limit is None else min(limit, len(test_set))
     images = served.preprocessing.normalize(test_set.images[:count])
     labels = test_set.labels[:count]

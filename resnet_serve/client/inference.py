@@ -88,9 +88,9 @@ class InferenceClient:
         url: str | None = None,
         timeout_s: float = 60.0,
     ) -> None:
+        self._tc = _module(protocol)
         self.protocol = protocol
         self.url = _strip_scheme(url or DEFAULT_URLS[protocol])
-        self._tc = _module(protocol)
         self._timeout_s = timeout_s
         try:
             if protocol == "http":

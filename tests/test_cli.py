@@ -1,0 +1,98 @@
+"""The command line through Typer's runner: what a user types, what they see, the exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from resnet_serve import __version__
+from resnet_serve.cli import app
+from resnet_serve.triton.server import find_free_port
+
+runner = CliRunner()
+COMMANDS = ("models", "train", "export", "serve", "classify", "evaluate", "bench", "demo")
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    output = result.output.strip()
+    assert "Traceback" not in output
+    assert len(output.splitlines()) == 1, output
+    for fragment in fragments:
+        assert fragment in output, output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_help_lists_every_command_with_a_purpose():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        line = next(line for line in result.output.splitlines() if f" {command} " in line)
+        assert len(line.split(command, 1)[1].strip(" │")) > 10, line
+
+
+def test_models_json_lists_every_architecture_with_its_parameters():
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    models = {entry["name"]: entry for entry in json.loads(result.output)}
+    assert models["resnet50"]["params"] == 25_557_032
+    assert models["resnet50"]["family"] == "imagenet"
+    assert models["plain56"]["family"] == "cifar"
+    assert all(isinstance(entry["params"], int) for entry in models.values())
+
+
+def test_models_table():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0 and "11,689,512" in result.output and "plain110" in result.output
+
+
+def test_unknown_architecture_is_one_line(tmp_path: Path):
+    result = runner.invoke(app, ["train", "--arch", "resnet19", "-o", str(tmp_path / "x.safetensors")])
+    assert_one_line_error(result, "unknown architecture 'resnet19'")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_missing_checkpoint_is_one_line(tmp_path: Path):
+    result = runner.invoke(app, ["export", str(tmp_path / "nope.safetensors"), "--repository", str(tmp_path)])
+    assert_one_line_error(result, "nope.safetensors")
+
+
+def test_corrupt_checkpoint_leaves_the_repository_as_it_was(tmp_path: Path):
+    repository = tmp_path / "repo"
+    (repository / "kept" / "1").mkdir(parents=True)
+    (repository / "kept" / "config.pbtxt").write_text('name: "kept"\n')
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    before = sorted(str(p.relative_to(repository)) for p in repository.rglob("*"))
+    result = runner.invoke(app, ["export", str(corrupt), "--repository", str(repository)])
+    assert_one_line_error(result, "corrupt.safetensors")
+    assert sorted(str(p.relative_to(repository)) for p in repository.rglob("*")) == before
+
+
+def test_classify_without_a_server_is_one_line(tmp_path: Path):
+    image = tmp_path / "x.png"
+    image.write_bytes(b"not really")
+    port = find_free_port()
+    for protocol in ("http", "grpc"):
+        result = runner.invoke(app, ["classify", str(image), "--protocol", protocol, "--url", f"localhost:{port}"])
+        assert_one_line_error(result, "no Triton server answering", str(port))
+
+
+def test_unknown_protocol_is_one_line():
+    result = runner.invoke(app, ["bench", "--protocol", "carrier-pigeon"])
+    assert_one_line_error(result, "unknown protocol")
+
+
+@pytest.mark.parametrize("levels", ["1,x", "0"])
+def test_bad_concurrency_levels_are_refused(levels: str):
+    port = find_free_port()
+    result = runner.invoke(app, ["bench", "--concurrency", levels, "--url", f"localhost:{port}"])
+    assert result.exit_code != 0 and "Traceback" not in result.output

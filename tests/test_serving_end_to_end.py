@@ -1,0 +1,174 @@
+"""One freshly trained ResNet-20 through the whole chain: train → export (CLI) → the real
+embedded tritonserver → classify / evaluate / bench (CLI) over HTTP and gRPC, checked against
+the PyTorch checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from resnet_serve.checkpoints import load_checkpoint
+from resnet_serve.cli import app
+from resnet_serve.client.bench import PERF_ANALYZER_COLUMNS
+from resnet_serve.client.inference import InferenceClient
+from resnet_serve.data import load_default_dataset
+from resnet_serve.train import train_on_folder
+from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.verify import TorchRuntime
+
+pytestmark = pytest.mark.triton
+runner = CliRunner()
+MODEL = "r20"
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return load_default_dataset(split="test")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("train") / "r20.safetensors"
+    train_on_folder(architecture="resnet20", output=path, epochs=1, limit=2048, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def repository(checkpoint: Path, tmp_path_factory) -> Path:
+    repository = tmp_path_factory.mktemp("repo")
+    report = tmp_path_factory.mktemp("reports") / "export.json"
+    result = runner.invoke(
+        app, ["export", str(checkpoint), "--repository", str(repository), "--name", MODEL, "--json", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    exported = json.loads(report.read_text())
+    assert exported["batchnorm_nodes"] == 0 and exported["batchnorms_folded"] == 19
+    assert exported["fold_max_abs"] <= 1e-5 and exported["onnx_max_abs"] <= 1e-4
+    assert exported["onnx_top1_agreement"] == 1.0
+    return repository
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path, tmp_path_factory):
+    http, grpc, metrics = find_free_ports(3)
+    log = tmp_path_factory.mktemp("log") / "tritonserver.log"
+    with TritonServer(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics, log_file=log) as running:
+        yield running
+
+
+def url(server: TritonServer, protocol: str) -> str:
+    return getattr(server.urls, protocol)
+
+
+@pytest.fixture(scope="module")
+def pytorch(checkpoint: Path):
+    return load_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_logits_equal_pytorch(server, pytorch, test_set, protocol):
+    images = pytorch.meta.preprocessing.normalize(test_set.images[:16])
+    expected = TorchRuntime(pytorch.model).run(images)
+    with InferenceClient(protocol=protocol, url=url(server, protocol)) as client:
+        assert client.model.name == MODEL
+        assert client.model.preprocessing == pytorch.meta.preprocessing
+        assert client.model.class_names == pytorch.meta.class_names
+        for batch in (images[:1], images):
+            served = client.infer(batch)
+            assert np.abs(served - expected[: len(batch)]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_classify_image_files(server, pytorch, test_set, protocol, tmp_path):
+    paths = []
+    for index in range(4):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(test_set.images[index]).save(paths[-1])
+    jpeg = tmp_path / "rgb.jpg"  # a colour JPEG of another size: converted as the model expects
+    Image.fromarray(np.repeat(np.kron(test_set.images[4], np.ones((2, 2), np.uint8))[..., None], 3, axis=2)).save(jpeg, quality=95)
+    paths.append(jpeg)
+    report = tmp_path / "classify.json"
+    result = runner.invoke(
+        app, ["classify", *map(str, paths), "--protocol", protocol, "--url", url(server, protocol), "-k", "3", "--json", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    answers = json.loads(report.read_text())["images"]
+    expected = TorchRuntime(pytorch.model).run(pytorch.meta.preprocessing.normalize(test_set.images[:4])).argmax(1)
+    names = pytorch.meta.class_names
+    for answer, index in zip(answers, expected):
+        assert answer["predictions"][0]["label"] == names[index]
+        probabilities = [p["probability"] for p in answer["predictions"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert 0 < sum(probabilities) <= 1 + 1e-6
+    assert names[expected[0]] in result.output
+
+
+def test_classify_refuses_a_corrupt_image(server, tmp_path):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(good)
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = runner.invoke(app, ["classify", str(good), str(bad), "--url", url(server, "http")])
+    assert result.exit_code != 0
+    assert "bad.jpg" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_unknown_model_names_the_ready_ones(server):
+    result = runner.invoke(app, ["bench", "--model", "nope", "--url", url(server, "grpc")])
+    assert result.exit_code != 0 and "nope" in result.output and MODEL in result.output
+
+
+def test_evaluate_matches_pytorch_on_the_test_images(server, checkpoint, pytorch, test_set, tmp_path):
+    report = tmp_path / "evaluate.json"
+    result = runner.invoke(
+        app,
+        ["evaluate", "--url", url(server, "grpc"), "--checkpoint", str(checkpoint), "--limit", "1000",
+         "--batch-size", "50", "--concurrency", "2", "--json", str(report)],
+    )
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(report.read_text())
+    logits = TorchRuntime(pytorch.model).run(pytorch.meta.preprocessing.normalize(test_set.images[:1000]))
+    expected_top1 = float((logits.argmax(1) == test_set.labels[:1000]).mean())
+    assert evaluation["images"] == 1000
+    assert evaluation["agreement"] == 1.0
+    assert evaluation["top1"] == pytest.approx(expected_top1) == evaluation["reference_top1"]
+    assert evaluation["top5"] >= evaluation["top1"]
+    assert evaluation["max_abs_logit_difference"] <= 1e-4
+
+
+def test_bench_reports_latency_throughput_and_the_server_split(server, tmp_path):
+    report, table = tmp_path / "bench.json", tmp_path / "bench.csv"
+    result = runner.invoke(
+        app,
+        ["bench", "--url", url(server, "http"), "--protocol", "http", "--concurrency", "1,2",
+         "--warmup", "0.3", "--seconds", "1", "--batch-size", "4", "--json", str(report), "--csv", str(table)],
+    )
+    assert result.exit_code == 0, result.output
+    bench = json.loads(report.read_text())
+    assert bench["batch_size"] == 4 and [r["concurrency"] for r in bench["results"]] == [1, 2]
+    for row in bench["results"]:
+        assert row["requests"] > 0
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["inferences_per_second"] == pytest.approx(4 * row["requests_per_second"])
+        assert row["server_compute_infer_us"] > 0
+        # The server's own time cannot exceed what the client waited.
+        server_ms = (row["server_queue_us"] + row["server_compute_input_us"] + row["server_compute_infer_us"] + row["server_compute_output_us"]) / 1000
+        assert server_ms < row["mean_ms"]
+    with table.open() as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == PERF_ANALYZER_COLUMNS and len(rows) == 3
+
+
+def test_a_failed_export_replaces_nothing(repository, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in repository.rglob("*")}
+    wrong = tmp_path / "wrong.safetensors"
+    wrong.write_bytes(b"")
+    result = runner.invoke(app, ["export", str(wrong), "--repository", str(repository), "--name", MODEL])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert {p: p.stat().st_mtime_ns for p in repository.rglob("*")} == before

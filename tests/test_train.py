@@ -1,0 +1,123 @@
+"""Training: a tiny real run on Fashion-MNIST, its checkpoint, determinism and the pieces it uses."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resnet_serve.checkpoints import load_checkpoint
+from resnet_serve.data import DEFAULT_DATA_DIR, ImageDataset, load_default_dataset
+from resnet_serve.train import DEMO_TRAIN_CONFIG, TrainConfig, _augment, _learning_rate, evaluate, train
+
+pytestmark = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+
+TINY = TrainConfig(architecture="resnet20", epochs=1, batch_size=64, lr=0.05, limit=512, num_threads=2, seed=3)
+
+
+class RecordingReporter:
+    """A real Reporter that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def start(self, description: str, total: int | None = None) -> None:
+        self.events.append(("start", (description, total)))
+
+    def advance(self, steps: int = 1, **fields: float | str) -> None:
+        self.events.append(("advance", fields))
+
+    def finish(self) -> None:
+        self.events.append(("finish", None))
+
+    def message(self, text: str) -> None:
+        self.events.append(("message", text))
+
+
+@pytest.fixture(scope="module")
+def datasets() -> tuple[ImageDataset, ImageDataset]:
+    train_set = load_default_dataset(split="train")
+    test_set = load_default_dataset(split="test")
+    small_test = ImageDataset(images=test_set.images[:500], labels=test_set.labels[:500],
+                              class_names=test_set.class_names)
+    return train_set, small_test
+
+
+def test_tiny_run_writes_a_loadable_checkpoint(tmp_path: Path, datasets: tuple[ImageDataset, ImageDataset]) -> None:
+    train_set, test_set = datasets
+    reporter = RecordingReporter()
+    result = train(config=TINY, train_set=train_set, test_set=test_set,
+                   output=tmp_path / "tiny.safetensors", reporter=reporter)
+
+    assert result.epochs == 1 and len(result.history) == 1
+    assert 0.0 <= result.test_accuracy <= 1.0 and np.isfinite(result.train_loss)
+    advances = [fields for kind, fields in reporter.events if kind == "advance"]
+    assert reporter.events[0] == ("start", ("epoch 1/1", 512 // 64)) and len(advances) == 8
+    assert set(advances[-1]) == {"loss", "accuracy", "lr"}
+
+    checkpoint = load_checkpoint(result.checkpoint)
+    meta = checkpoint.meta
+    assert meta.architecture == "resnet20" and meta.num_classes == 10 and meta.input_shape == (1, 28, 28)
+    assert meta.class_names == train_set.class_names
+    assert meta.metrics["test_accuracy"] == result.test_accuracy
+    assert meta.training["limit"] == 512 and meta.training["train_images"] == 512
+    # Mean and std come from the 512 training images the run saw.
+    pixels = train_set.images[:512] / 255.0
+    assert meta.preprocessing.mean[0] == pytest.approx(pixels.mean(), abs=1e-4)
+    assert meta.preprocessing.std[0] == pytest.approx(pixels.std(), abs=1e-4)
+
+    inputs = torch.from_numpy(meta.preprocessing.normalize(test_set.images))
+    accuracy = evaluate(checkpoint.model, inputs, torch.from_numpy(test_set.labels))
+    assert accuracy == pytest.approx(result.test_accuracy)
+
+
+def test_same_seed_gives_identical_weights(tmp_path: Path, datasets: tuple[ImageDataset, ImageDataset]) -> None:
+    train_set, test_set = datasets
+    config = dataclasses.replace(TINY, limit=256)
+    runs = [
+        train(config=config, train_set=train_set, test_set=test_set,
+              output=tmp_path / f"{name}.safetensors", reporter=RecordingReporter())
+        for name in ("a", "b")
+    ]
+    first, second = (load_checkpoint(run.checkpoint).model.state_dict() for run in runs)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert runs[0].train_loss == runs[1].train_loss
+
+    other = train(config=dataclasses.replace(config, seed=4), train_set=train_set, test_set=test_set,
+                  output=tmp_path / "c.safetensors", reporter=RecordingReporter())
+    third = load_checkpoint(other.checkpoint).model.state_dict()
+    assert not torch.equal(first["conv1.weight"], third["conv1.weight"])
+
+
+def test_augment_crops_and_flips_per_image() -> None:
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    fill = torch.tensor([-1.0])
+    assert torch.equal(_augment(batch, pad=0, flip=False, fill=fill, generator=generator), batch)
+
+    out = _augment(batch, pad=1, flip=False, fill=fill, generator=generator)
+    assert out.shape == batch.shape and out.is_contiguous(memory_format=torch.channels_last)
+    padded = torch.nn.functional.pad(batch, (1, 1, 1, 1), value=-1.0)
+    for n in range(2):
+        windows = [padded[n, :, dy : dy + 4, dx : dx + 4] for dy in range(3) for dx in range(3)]
+        assert any(torch.equal(out[n], window) for window in windows)
+
+    flipped = _augment(batch.repeat(16, 1, 1, 1), pad=0, flip=True, fill=fill, generator=generator)
+    same = [torch.equal(image, batch[i % 2]) for i, image in enumerate(flipped)]
+    mirrored = [torch.equal(image, batch[i % 2].flip(2)) for i, image in enumerate(flipped)]
+    assert all(s or m for s, m in zip(same, mirrored)) and any(same) and any(mirrored)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    config = TrainConfig(lr=0.2, warmup=0.1)
+    rates = [_learning_rate(step, 100, config) for step in range(100)]
+    assert rates[0] == pytest.approx(0.02) and rates[9] == pytest.approx(0.2)
+    assert max(rates) == pytest.approx(0.2) and rates[-1] < 1e-3
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+
+
+def test_demo_config_is_the_full_fashion_mnist_recipe() -> None:
+    assert DEMO_TRAIN_CONFIG.architecture == "resnet20" and DEMO_TRAIN_CONFIG.limit is None

@@ -74,7 +74,7 @@ class DemoSummary:
             ("classified over", " and ".join(self.classified_over)),
             (f"p50 latency, batch 1, concurrency 1 ({bench.protocol})", f"{self.p50_ms:.2f} ms"),
             ("onnxruntime in-process p50, batch 1", f"{self.onnxruntime_p50_ms:.2f} ms"),
-            (f"throughput, batch 1, best of concurrency {[r.concurrency for r in bench.results]}",
+            (f"best throughput, batch 1 (concurrency {'/'.join(str(r.concurrency) for r in bench.results)})",
              f"{self.throughput:.0f} inferences/s"),
             ("total time", f"{self.seconds:.0f} s"),
         ]

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from resnet_serve.data import (
-    DEFAULT_DATA_DIR,
     FASHION_MNIST_CLASSES,
     ImageDataset,
     Preprocessing,
@@ -20,10 +19,6 @@ from resnet_serve.data import (
     read_idx,
 )
 from resnet_serve.errors import DatasetError, ImageError
-
-needs_fashion_mnist = pytest.mark.skipif(
-    not DEFAULT_DATA_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist"
-)
 
 _DTYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
 
@@ -133,7 +128,6 @@ def test_missing_default_dataset_says_how_to_install(tmp_path: Path) -> None:
         load_default_dataset(split="test", folder=tmp_path / "nowhere")
 
 
-@needs_fashion_mnist
 def test_real_fashion_mnist_test_split() -> None:
     test = load_default_dataset(split="test")
     assert test.images.shape == (10_000, 28, 28) and test.images.dtype == np.uint8

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -12,37 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from samples import fashion_mnist, with_realistic_batchnorm
+
 from resnet_serve.errors import ExportError
 from resnet_serve.export import OnnxExportResult, count_ops, export_onnx
 from resnet_serve.fold import fold_batchnorm
 from resnet_serve.models import create_model
 
-FASHION_TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 METADATA = {"architecture": "resnet20", "dataset": "fashion-mnist"}
-
-
-def fashion_mnist(count: int) -> np.ndarray:
-    """The first ``count`` Fashion-MNIST test images, normalised, as float32 (N, 1, 28, 28)."""
-    with gzip.open(FASHION_TEST_IMAGES) as f:
-        raw = np.frombuffer(f.read(16 + count * 28 * 28), dtype=np.uint8, offset=16)
-    images = raw.reshape(count, 1, 28, 28).astype(np.float32) / 255.0
-    return (images - np.float32(0.2860)) / np.float32(0.3530)
-
-
-def with_realistic_batchnorm(model: nn.Module, images: torch.Tensor, *, seed: int) -> nn.Module:
-    """Running statistics measured on ``images`` and random γ, β: a non-trivial fold."""
-    generator = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=generator) * 0.2)
-    model.train()
-    with torch.no_grad():
-        model(images)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samples import fashion_mnist, with_realistic_batchnorm
+
 from resnet_serve.errors import ExportError
 from resnet_serve.fold import fold_batchnorm
 from resnet_serve.models import create_model
 
-FASHION_TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-
-
-def fashion_mnist(count: int) -> torch.Tensor:
-    """The first ``count`` Fashion-MNIST test images, normalised, as (N, 1, 28, 28)."""
-    with gzip.open(FASHION_TEST_IMAGES) as f:
-        raw = np.frombuffer(f.read(16 + count * 28 * 28), dtype=np.uint8, offset=16)
-    images = raw.reshape(count, 1, 28, 28).astype(np.float32) / 255.0
-    return torch.from_numpy((images - 0.2860) / 0.3530)
-
-
-def with_realistic_batchnorm(model: nn.Module, images: torch.Tensor, *, seed: int) -> nn.Module:
-    """Give every BatchNorm running statistics measured on ``images`` and random γ, β, so
-    folding has real work to do while the logits keep a sensible scale."""
-    generator = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration pass
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=generator) * 0.2)
-    model.train()
-    with torch.no_grad():
-        model(images)
-    return model.eval()
-
 
 def inputs_for(name: str) -> tuple[int, torch.Tensor]:
     if name.startswith(("resnet2", "plain2")):
-        return 1, fashion_mnist(16)
+        return 1, torch.from_numpy(fashion_mnist(16))
     # ImageNet nets: real images at 64×64 and three channels keep the test fast.
-    images = F.interpolate(fashion_mnist(4), size=64, mode="bilinear", align_corners=False)
+    images = F.interpolate(torch.from_numpy(fashion_mnist(4)), size=64, mode="bilinear", align_corners=False)
     return 3, images.repeat(1, 3, 1, 1)
 
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from resnet_serve.checkpoints import load_checkpoint
-from resnet_serve.data import DEFAULT_DATA_DIR, ImageDataset, load_default_dataset
+from resnet_serve.data import ImageDataset, load_default_dataset
+from resnet_serve.errors import TrainingError, UnknownArchitectureError
 from resnet_serve.train import DEMO_TRAIN_CONFIG, TrainConfig, _augment, _learning_rate, evaluate, train
-
-pytestmark = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 
 TINY = TrainConfig(architecture="resnet20", epochs=1, batch_size=64, lr=0.05, limit=512, num_threads=2, seed=3)
 
@@ -121,3 +120,24 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
 
 def test_demo_config_is_the_full_fashion_mnist_recipe() -> None:
     assert DEMO_TRAIN_CONFIG.architecture == "resnet20" and DEMO_TRAIN_CONFIG.limit is None
+
+
+def test_fractional_epochs_end_the_schedule_part_way(tmp_path: Path, datasets: tuple[ImageDataset, ImageDataset]) -> None:
+    train_set, test_set = datasets
+    reporter = RecordingReporter()
+    config = dataclasses.replace(TINY, epochs=1.5, batch_size=128)  # 4 steps per pass → 6 steps
+    result = train(config=config, train_set=train_set, test_set=test_set, output=tmp_path / "c.safetensors", reporter=reporter)
+    starts = [value for kind, value in reporter.events if kind == "start"]
+    assert starts == [("epoch 1/2", 4), ("epoch 2/2", 2)]
+    assert sum(kind == "advance" for kind, _ in reporter.events) == 6
+    assert result.epochs == 1.5 and len(result.history) == 2
+
+
+@pytest.mark.parametrize(
+    "change,error",
+    [({"epochs": 0}, TrainingError), ({"batch_size": 0}, TrainingError), ({"lr": -1.0}, TrainingError),
+     ({"limit": 0}, TrainingError), ({"architecture": "resnet21"}, UnknownArchitectureError)],
+)
+def test_impossible_configs_fail_before_training(change: dict, error: type) -> None:
+    with pytest.raises(error):
+        dataclasses.replace(TINY, **change)

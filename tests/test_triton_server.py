@@ -21,13 +21,13 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from samples import fashion_mnist
 from tiny_onnx import (
     CLASS_NAMES,
     INPUT_SHAPE,
     PREPROCESSING,
     TinyClassifier,
     export_tiny_classifier,
-    sample_images,
 )
 from torch import nn
 from tritonclient.utils import InferenceServerException
@@ -117,7 +117,7 @@ def server(
 def reference(tiny: tuple[Path, TinyClassifier]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images, onnxruntime logits and PyTorch logits computed in this process."""
     onnx_path, model = tiny
-    images = sample_images(8)
+    images = fashion_mnist(8)
     onnx_logits = ort.InferenceSession(str(onnx_path)).run(["logits"], {"input": images})[0]
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(images)).numpy()

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +175,38 @@ def test_a_failed_export_replaces_nothing(repository, tmp_path):
     result = runner.invoke(app, ["export", str(wrong), "--repository", str(repository), "--name", MODEL])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert {p: p.stat().st_mtime_ns for p in repository.rglob("*")} == before
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_command_runs_until_a_signal_and_stops_triton(repository, stop_signal, tmp_path):
+    http, grpc, metrics = find_free_ports(3)
+    command = [
+        sys.executable, "-m", "resnet_serve.cli", "serve", "--repository", str(repository),
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+        "--log-file", str(tmp_path / "triton.log"),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in process.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        output = "".join(lines)
+        assert f"Triton is ready with {MODEL}" in output and f"localhost:{grpc}" in output, output
+        with InferenceClient(protocol="grpc", url=f"localhost:{grpc}") as client:
+            assert client.model.name == MODEL
+        triton_pids = _children(process.pid)
+        assert triton_pids, "tritonserver should run as a child of the CLI"
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    for pid in triton_pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def _children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []

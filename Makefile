@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch lies on our machines' disk; installing it first keeps pip from
 	# resolving "torch" to a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[embedded,dev]'
+	$(BIN)/pip install --quiet -e '.[embedded,openvino,dev]'
 	touch $(STAMP)
 
 system-packages:

@@ -13,7 +13,7 @@ import sys
 import threading
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -88,20 +88,23 @@ def main(
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
 ) -> None:
-    """List every architecture with its parameter count."""
+    """List every architecture with its parameters and MACs at its default input size."""
     from resnet_serve.models import list_models
 
     infos = list_models()
     if as_json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
         return
-    table = Table("name", "family", "block", "skips")
-    for column in ("params", "classes", "input"):
+    table = Table(caption="MACs: multiply-accumulates of one image at the input size")
+    table.add_column("name", no_wrap=True)
+    table.add_column("block")
+    table.add_column("shortcut")
+    for column in ("params", "GMACs", "input"):
         table.add_column(column, justify="right", no_wrap=True)
     for info in infos:
         table.add_row(
-            info.name, info.family, info.block, "yes" if info.residual else "no",
-            f"{info.params:,}", str(info.default_num_classes), f"{info.default_input_size}²",
+            info.name, info.block, info.shortcut or "none",
+            f"{info.params:,}", f"{info.macs / 1e9:.3f}", f"{info.default_input_size}²",
         )
     console.print(table)
 
@@ -112,26 +115,91 @@ def train(
     arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture (see `resnet-serve models`).")] = "resnet20",
     data: DataOption = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")] = Path("checkpoints/model.safetensors"),
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: the demo recipe's).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: the recipe's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images (quick runs).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    recipe: Annotated[str, typer.Option(help="demo (Fashion-MNIST in minutes), cifar (the paper's: step schedule, 164 epochs) or imagenet (cosine, warm-up, label smoothing).")] = "demo",
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run that wrote this checkpoint (same options); usually the --output path.")] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Train an architecture on Fashion-MNIST (or an IDX folder) and write a checkpoint."""
     from resnet_serve.train import train_on_folder
 
     result = train_on_folder(
-        architecture=arch, data_dir=data, output=output, epochs=epochs, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, limit=limit, seed=seed, reporter=RichReporter(err_console),
+        architecture=arch, data_dir=data, output=output, recipe=recipe, epochs=epochs, batch_size=batch_size,
+        lr=lr, weight_decay=weight_decay, limit=limit, seed=seed, resume_from=resume,
+        reporter=RichReporter(err_console),
     )
     console.print(
         f"[green]✓[/] {arch}: test accuracy {result.test_accuracy:.2%} after {result.epochs} epochs "
         f"in {result.seconds:.0f} s → {result.checkpoint}"
     )
     _write_json(json_path, result)
+
+
+@app.command("import")
+@_command
+def import_weights(
+    weights: Annotated[Path, typer.Argument(help="torchvision/timm state dict (.pth, .pt, .bin) or a .safetensors file.")],
+    arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture the weights are for (see `resnet-serve models`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes of the head; another number than the weights' replaces it with an untrained one (to fine-tune).")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Class names: 'imagenet', or a file with one per line (default: ImageNet's for 1000 classes, else class_0…).")] = None,
+) -> None:
+    """Import torchvision/timm weights into a resnet-serve checkpoint, ready for `export`."""
+    from resnet_serve.checkpoints import imagenet_class_names, import_foreign_weights, read_class_names, save_checkpoint
+
+    class_names = None
+    if classes is not None:
+        class_names = imagenet_class_names() if classes == "imagenet" else read_class_names(classes)
+    imported = import_foreign_weights(weights, architecture=arch, num_classes=num_classes, class_names=class_names)
+    save_checkpoint(output, model=imported.model, meta=imported.meta)
+    meta = imported.meta
+    console.print(
+        f"[green]✓[/] {meta.architecture}: {meta.num_classes} classes, input {'×'.join(map(str, meta.input_shape))} "
+        f"from {imported.source} → {output}"
+    )
+    if imported.replaced_head:
+        err_console.print(f"note: the {meta.num_classes}-class head is freshly initialised (untrained); fine-tune before serving")
+
+
+def _exporter(value: str) -> Literal["legacy", "dynamo"]:
+    if value not in ("legacy", "dynamo"):
+        raise typer.BadParameter(f"expected legacy or dynamo, got {value!r}", param_hint="--exporter")
+    return value  # type: ignore[return-value]
+
+
+@app.command()
+@_command
+def fold(
+    source: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or an ONNX file (.onnx) to fold.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folded ONNX to write (default: SOURCE's name with .folded.onnx).")] = None,
+    data: DataOption = None,
+    verify_images: Annotated[int, typer.Option(help="Real test images the folded model is checked on.")] = 256,
+    json_path: JsonOption = None,
+) -> None:
+    """Fold every Conv→BatchNorm pair into the convolution and check the result on real images.
+
+    An ONNX file without preprocessing metadata gets the test images resized to its input size, with mean 0.5 and std 0.25.
+    """
+    from resnet_serve.pipeline import fold_file
+
+    output = output or source.with_name(f"{source.name.split('.')[0]}.folded.onnx")
+    report = fold_file(source, output, data_dir=data, verify_images=verify_images)
+    console.print(
+        f"[green]✓[/] folded {report.folded} BatchNorms; parameters {report.params_before:,} → "
+        f"{report.params_after:,}; folded vs unfolded max-abs {report.max_abs:.1e} on {report.images} "
+        f"test images ({report.preprocessing} preprocessing)"
+    )
+    if report.onnx_max_abs is not None:
+        console.print(f"[green]✓[/] onnxruntime vs unfolded PyTorch max-abs {report.onnx_max_abs:.1e}")
+    for name, reason in report.unfolded.items():
+        console.print(f"  kept {name}: {reason}", highlight=False)
+    console.print(f"[green]✓[/] wrote {report.output} ({report.batchnorm_nodes} BatchNormalization nodes left)")
+    _write_json(json_path, report)
 
 
 @app.command()
@@ -143,18 +211,39 @@ def export(
     target: Annotated[str, typer.Option(help="python-onnxruntime (embedded server) or onnxruntime (official container).")] = "python-onnxruntime",
     max_batch_size: Annotated[int, typer.Option(help="Largest batch the server accepts.")] = 64,
     instances: Annotated[int, typer.Option(help="Model instances in the server.")] = 1,
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")] = None,
+    exporter: Annotated[str, typer.Option(help="legacy (TorchScript, fast, opset 10-20) or dynamo (torch.export, opset 18+).")] = "legacy",
+    dynamic_hw: Annotated[bool, typer.Option("--dynamic-hw", help="Also make the ONNX input's height and width dynamic.")] = False,
+    simplify: Annotated[bool, typer.Option("--simplify", help="Simplify the graph with onnxruntime's basic optimisations, checked against the unsimplified graph.")] = False,
     data: DataOption = None,
     verify_images: Annotated[int, typer.Option(help="Real test images used to verify folding and ONNX.")] = 256,
+    export_format: Annotated[str, typer.Option("--format", help="onnx, or tensorrt: build the verified ONNX into an engine served by Triton's tensorrt backend (needs TensorRT and an NVIDIA GPU).")] = "onnx",
+    precision: Annotated[str, typer.Option(help="tensorrt: fp32, fp16 or int8 (calibrated on real training images).")] = "fp16",
+    min_batch: Annotated[int, typer.Option(help="tensorrt: smallest batch of the optimisation profile.")] = 1,
+    opt_batch: Annotated[Optional[int], typer.Option(help="tensorrt: batch the engine is tuned for (default: the max batch).")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="tensorrt: largest batch of the profile (default: --max-batch-size).")] = None,
+    workspace_mb: Annotated[int, typer.Option(help="tensorrt: builder workspace limit in MiB.")] = 1024,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="tensorrt: timing cache file, read before and updated after the build.")] = None,
+    calibration_images: Annotated[int, typer.Option(help="tensorrt int8: real training images to calibrate on.")] = 512,
+    calibration_cache: Annotated[Optional[Path], typer.Option(help="tensorrt int8: calibration cache file, reused when present.")] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Fold BatchNorm, export ONNX, verify it against PyTorch, and write the Triton repository entry."""
+    from resnet_serve.export.tensorrt import EngineOptions
     from resnet_serve.pipeline import export_to_repository
 
+    if export_format not in ("onnx", "tensorrt"):
+        raise typer.BadParameter(f"expected onnx or tensorrt, got {export_format!r}", param_hint="--format")
+    engine = EngineOptions(
+        precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,  # type: ignore[arg-type]
+        workspace_bytes=workspace_mb << 20, timing_cache_path=timing_cache,
+        calibration_images=calibration_images, calibration_cache_path=calibration_cache,
+    ) if export_format == "tensorrt" else None
     report = export_to_repository(
         checkpoint=checkpoint, repository=repository, name=name, target=target,
         max_batch_size=max_batch_size, instances=instances, opset=opset,
-        data_dir=data, verify_images=verify_images,
+        exporter=_exporter(exporter), dynamic_hw=dynamic_hw, simplify=simplify,
+        data_dir=data, verify_images=verify_images, engine=engine,
         reporter=RichReporter(err_console),
     )
     console.print(
@@ -163,6 +252,8 @@ def export(
         f"{report.onnx_top1_agreement:.2%} on {report.verify_images} test images at batch "
         f"{'/'.join(map(str, report.verify_batch_sizes))}"
     )
+    if report.engine is not None:
+        console.print(f"[green]✓[/] built a {precision} TensorRT engine ({report.engine['size_bytes']:,} bytes) in {report.engine['build_seconds']:.0f} s")
     console.print(f"[green]✓[/] wrote {report.entry} ({report.target})")
     _write_json(json_path, report)
 
@@ -306,6 +397,54 @@ def bench(
 
 @app.command()
 @_command
+def verify(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `resnet-serve train`.")],
+    reference: Annotated[str, typer.Option(help="Runtime to compare against: torch, torch-folded, onnx-fp32, onnx-int8, onnx-fp16, openvino-fp32, openvino-bf16, openvino-int8 or tensorrt.")] = "torch",
+    candidate: Annotated[str, typer.Option(help="Runtime to check (same choices).")] = "onnx-fp32",
+    images: Annotated[int, typer.Option(help="Real test images to compare on.")] = 1000,
+    calibration_images: Annotated[int, typer.Option(help="Training images that calibrate INT8.")] = 256,
+    calibration_method: Annotated[str, typer.Option(help="INT8 calibration: minmax, entropy or percentile.")] = "minmax",
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes the candidate runs at, comma-separated.")] = "1,64",
+    max_abs: Annotated[Optional[float], typer.Option(help="Fail if any logit differs by more than this.")] = None,
+    max_mean_rel: Annotated[Optional[float], typer.Option(help="Fail if the mean relative error of the logits exceeds this.")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Fail if top-1 agreement is below this fraction (0.99).")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Fail if the candidate loses more top-1 accuracy than this, in points (0.5).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Threads for onnxruntime and OpenVINO.")] = None,
+    data: DataOption = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Compare two runtimes of a checkpoint on real test images: logits, top-1 agreement and accuracy."""
+    from resnet_serve.verify import check_parity, verify_runtimes
+
+    report = verify_runtimes(
+        checkpoint=checkpoint, reference=reference, candidate=candidate, images=images,
+        calibration_images=calibration_images, calibration_method=calibration_method,
+        batch_sizes=_levels(batch_sizes), data_dir=data, threads=threads,
+    )
+    _write_json(json_path, report)
+    # Judged before the table is shown, so that a miss is the one line the user sees.
+    check_parity(
+        report.parity, atol=max_abs, max_mean_rel=max_mean_rel, min_top1_agreement=min_agreement,
+        max_top1_drop=None if max_accuracy_drop is None else max_accuracy_drop / 100,
+    )
+    parity = report.parity
+    table = Table(
+        "batch", "max-abs", "mean rel", "top-1 agreement", f"{parity.candidate} top-1",
+        title=f"{parity.candidate} vs {parity.reference} on {parity.n_images} test images "
+        f"({report.architecture}; {parity.reference} top-1 {parity.reference_top1:.2%})",
+    )
+    for row in parity.per_batch:
+        table.add_row(
+            str(row.batch_size), f"{row.max_abs:.3g}", f"{row.mean_rel:.3g}",
+            f"{row.top1_agreement:.2%}", f"{row.top1_accuracy:.2%}",
+        )
+    console.print(table)
+    for kind, note in report.notes.items():
+        console.print(f"{kind}: {note}", highlight=False)
+
+
+@app.command()
+@_command
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the checkpoint, images and logs go.")] = Path("demo-output"),
     repository: Annotated[Path, typer.Option(help="Triton model repository to write into.")] = DEFAULT_REPOSITORY,
@@ -323,6 +462,64 @@ def demo(
     console.print(table)
     console.print(f"summary written to {summary}")
 
+
+experiment_app = typer.Typer(
+    help="Re-run the paper's experiments: the degradation problem and the gradient highway.", no_args_is_help=True
+)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command()
+@_command
+def degradation(
+    depths: Annotated[str, typer.Option(help="Depths (6n+2), comma-separated; each trains plain and residual.")] = "20,56",
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs (default: 5, or the recipe's with --full).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Training images (default: 10,000, or all with --full).")] = None,
+    test_limit: Annotated[Optional[int], typer.Option(help="Test images (default: 2,000, or all with --full).")] = None,
+    full: Annotated[bool, typer.Option("--full", help="All images and the recipe's whole schedule (a GPU job).")] = False,
+    recipe: Annotated[str, typer.Option(help="Training recipe shared by every net.")] = "cifar",
+    data: DataOption = None,
+    seed: Annotated[int, typer.Option(help="Random seed, the same for every net.")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, CSV and plots.")] = Path("experiments/degradation"),
+) -> None:
+    """Train plain and residual nets at two depths; plot their errors per epoch (the paper's Fig. 6)."""
+    from resnet_serve.experiments import run_degradation
+
+    result = run_degradation(
+        depths=_levels(depths), epochs=epochs, limit=limit, test_limit=test_limit, full=full,
+        recipe=recipe, data_dir=data, seed=seed, output_dir=output, reporter=RichReporter(err_console),
+    )
+    table = Table("net", "train error", "test error", "seconds", title=f"after {result.epochs} epochs on {result.train_images} images")
+    for run in result.runs:
+        table.add_row(run.architecture, f"{run.train_error[-1]:.2%}", f"{run.test_error[-1]:.2%}", f"{run.seconds:.0f}")
+    console.print(table)
+    console.print(f"[green]✓[/] {result.csv}, {result.plot}")
+
+
+@experiment_app.command()
+@_command
+def gradients(
+    depths: Annotated[str, typer.Option(help="Depths (6n+2), comma-separated; each is measured plain and residual.")] = "20,56,110",
+    steps: Annotated[int, typer.Option(help="SGD steps between the two measurements.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Images per step and in the probe batch.")] = 128,
+    data: DataOption = None,
+    seed: Annotated[int, typer.Option(help="Random seed, the same for every net.")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the JSON and the plot.")] = Path("experiments/gradients"),
+) -> None:
+    """Gradient norm reaching each block of plain and residual nets, at init and after a few steps."""
+    from resnet_serve.experiments import run_gradients
+
+    result = run_gradients(
+        depths=_levels(depths), steps=steps, batch_size=batch_size, data_dir=data, seed=seed,
+        output_dir=output, reporter=RichReporter(err_console),
+    )
+    table = Table("net", "first block", "last block", f"first after {result.steps} steps", "last after",
+                  title="‖∂loss/∂block input‖")
+    for profile in result.profiles:
+        table.add_row(profile.architecture, f"{profile.at_init[0]:.3g}", f"{profile.at_init[-1]:.3g}",
+                      f"{profile.after_steps[0]:.3g}", f"{profile.after_steps[-1]:.3g}")
+    console.print(table)
+    console.print(f"[green]✓[/] {result.json}, {result.plot}")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -1,4 +1,5 @@
-"""BatchNorm folding: merge every Conv2d → BatchNorm2d pair into one biased convolution.
+"""BatchNorm folding: merge every Conv → BatchNorm pair into one biased convolution, in
+PyTorch modules (``fold_batchnorm``) and in ONNX graphs (``fold_onnx_batchnorm``).
 
 In eval mode a BatchNorm is a per-channel affine map, so it can be absorbed into the
 convolution feeding it: W' = W·γ/√(σ²+ε) and b' = (b − μ)·γ/√(σ²+ε) + β. The folded network
@@ -9,16 +10,34 @@ wants to see.
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 from torch import fx, nn
 
-from resnet_serve.errors import ExportError
+from resnet_serve.errors import ExportError, ResnetServeError
+from resnet_serve.export.atomic import first_line, replacing_atomically
+from resnet_serve.export.onnx import OnnxGraphRuntime, load_onnx_safely
 from resnet_serve.models import count_parameters
+from resnet_serve.verify import check_parity, compare_runtimes
 
-__all__ = ["FoldResult", "fold_batchnorm"]
+__all__ = [
+    "FOLD_TOLERANCE",
+    "FoldResult",
+    "OnnxFoldReport",
+    "fold_batchnorm",
+    "fold_onnx_batchnorm",
+]
+
+# Folding is exact arithmetic; float32 rounding of the new weights is all that may differ.
+FOLD_TOLERANCE = 1e-5
 
 
 @dataclass
@@ -31,7 +50,9 @@ class FoldResult:
         params_before: parameter count of the model passed in.
         params_after: parameter count of the folded copy.
         unfolded: qualified names of BatchNorm layers that had to stay (no convolution feeding
-            only them, no running statistics, or shared between call sites).
+            only them, as in pre-activation blocks; no running statistics; or shared between
+            call sites).
+        unfolded_reasons: why each of those stayed, by name.
     """
 
     model: nn.Module
@@ -39,13 +60,15 @@ class FoldResult:
     params_before: int
     params_after: int
     unfolded: list[str] = field(default_factory=list)
+    unfolded_reasons: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, int | list[str]]:
+    def to_dict(self) -> dict[str, int | list[str] | dict[str, str]]:
         return {
             "folded": self.folded,
             "params_before": self.params_before,
             "params_after": self.params_after,
             "unfolded": list(self.unfolded),
+            "unfolded_reasons": dict(self.unfolded_reasons),
         }
 
 
@@ -65,31 +88,22 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
     try:
         graph = fx.symbolic_trace(folded_model).graph
     except Exception as exc:  # fx raises many unrelated types for untraceable Python
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(
-            f"cannot trace {type(model).__name__} to find Conv2d→BatchNorm2d pairs: {reason}"
+            f"cannot trace {type(model).__name__} to find Conv2d→BatchNorm2d pairs: {first_line(exc)}"
         ) from exc
 
     modules = dict(folded_model.named_modules())
     calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     pairs: list[tuple[str, str]] = []
+    unfolded: dict[str, str] = {}
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
             continue
-        source = node.args[0]
-        if (
-            isinstance(source, fx.Node)
-            and source.op == "call_module"
-            and isinstance(modules[source.target], nn.Conv2d)
-            # Folding rewrites the conv's output, so nothing else may read it, and a module
-            # called from two places would be folded for one of them and wrong for the other.
-            and len(source.users) == 1
-            and calls[source.target] == 1
-            and calls[node.target] == 1
-            and _has_running_stats(modules[node.target])
-            and modules[source.target].out_channels == modules[node.target].num_features
-        ):
-            pairs.append((source.target, node.target))
+        reason = _why_not_foldable(node, modules, calls)
+        if reason is None:
+            pairs.append((node.args[0].target, node.target))
+        else:
+            unfolded[node.target] = reason
 
     for conv_name, bn_name in pairs:
         _fold_into_conv(modules[conv_name], modules[bn_name])
@@ -97,23 +111,44 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
         setattr(folded_model.get_submodule(parent_name), attribute, nn.Identity())
 
     folded_names = {bn_name for _, bn_name in pairs}
-    unfolded = [
-        name
-        for name, module in modules.items()
-        if isinstance(module, nn.BatchNorm2d) and name not in folded_names
-    ]
+    # BatchNorms the traced forward never calls are kept too, and said so.
+    for name, module in modules.items():
+        if isinstance(module, nn.BatchNorm2d) and name not in folded_names:
+            unfolded.setdefault(name, "not called by forward")
+    unfolded = {name: unfolded[name] for name in modules if name in unfolded}
     return FoldResult(
         model=folded_model,
         folded=len(pairs),
         params_before=count_parameters(model),
         params_after=count_parameters(folded_model),
-        unfolded=unfolded,
+        unfolded=list(unfolded),
+        unfolded_reasons=unfolded,
     )
 
 
-def _has_running_stats(bn: nn.BatchNorm2d) -> bool:
+def _why_not_foldable(node: fx.Node, modules: dict[str, nn.Module], calls: Counter) -> str | None:
+    """None when the BatchNorm ``node`` can be folded into the convolution feeding it."""
+    bn, source = modules[node.target], node.args[0]
+    if not (
+        isinstance(source, fx.Node)
+        and source.op == "call_module"
+        and isinstance(modules[source.target], nn.Conv2d)
+    ):
+        # The pre-activation case (BN → ReLU → Conv): the ReLU between them makes the
+        # BatchNorm impossible to push into the following convolution.
+        return "not fed by a convolution"
+    # Folding rewrites the conv's output, so nothing else may read it, and a module called
+    # from two places would be folded for one of them and wrong for the other.
+    if len(source.users) != 1:
+        return "its convolution's output is also read elsewhere"
+    if calls[source.target] != 1 or calls[node.target] != 1:
+        return "called from more than one place"
     # Without running statistics eval mode still normalises by batch statistics: not a constant map.
-    return bn.running_mean is not None and bn.running_var is not None
+    if bn.running_mean is None or bn.running_var is None:
+        return "has no running statistics"
+    if modules[source.target].out_channels != bn.num_features:
+        return "its channel count differs from the convolution's"
+    return None
 
 
 @torch.no_grad()
@@ -137,4 +172,256 @@ def _fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         ((bias - bn.running_mean.to(torch.float64)) * scale + beta).to(dtype),
         requires_grad=requires_grad,
     )
+
+
+
+@dataclass
+class OnnxFoldReport:
+    """What ``fold_onnx_batchnorm`` did to an ONNX graph.
+
+    Attributes:
+        path: the folded ONNX file written.
+        folded: BatchNormalization nodes merged into the Conv feeding them.
+        batchnorm_nodes: BatchNormalization nodes left in the folded graph.
+        unfolded: why each of those stayed, by node name (or output name if unnamed).
+        params_before / params_after: numbers stored in initializers and Constant nodes, before
+            and after; unlike PyTorch parameter counts these include BatchNorm running
+            statistics, so each fold of C channels saves 3C (γ, β, mean, var in; a bias out).
+        max_abs: folded vs unfolded max-abs logit difference on ``images``; None without images.
+        images: how many images that was measured on.
+    """
+
+    path: Path
+    folded: int
+    batchnorm_nodes: int
+    unfolded: dict[str, str]
+    params_before: int
+    params_after: int
+    max_abs: float | None = None
+    images: int = 0
+
+    def to_dict(self) -> dict:
+        result = asdict(self)
+        result["path"] = str(self.path)
+        return result
+
+
+def fold_onnx_batchnorm(
+    source: str | os.PathLike[str] | onnx.ModelProto,
+    output: str | os.PathLike[str],
+    *,
+    images: np.ndarray | None = None,
+    atol: float = FOLD_TOLERANCE,
+) -> OnnxFoldReport:
+    """Fold every Conv → BatchNormalization pair of an ONNX graph into the Conv's weights and bias.
+
+    A BatchNormalization is folded when its input comes from a Conv whose output nothing else
+    reads, the Conv's weights (and bias, if any) and the BatchNorm's four parameters are
+    constants (initializers, Constant nodes or Identity of those), and it runs in inference
+    mode. W' and b' are computed in float64 and cast back to the weights' type; the Conv takes
+    over the BatchNorm's output name, so consumers and graph outputs need no rewiring. Constants
+    left unused are dropped; everything else is kept as it was.
+
+    ``source`` given as a path goes through ``load_onnx_safely``; a ModelProto is copied, never
+    changed. With ``images`` (float32 N×C×H×W) the folded graph is run against the unfolded
+    one by onnxruntime with its own optimisations off (it would fuse the pairs itself
+    otherwise) and must agree within ``atol``. The file is fully checked by ``onnx.checker``
+    and moved into place only when everything passed.
+
+    Raises:
+        ExportError: an unsafe or malformed source, or a folded graph the checker refuses.
+        VerificationError: folded and unfolded differ by more than ``atol`` on ``images``.
+    """
+    if isinstance(source, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)
+    else:
+        proto = load_onnx_safely(source)
+    original = onnx.ModelProto()
+    original.CopyFrom(proto)
+
+    params_before = _stored_values(proto.graph)
+    unfolded = _fold_graph(proto.graph)
+    destination = Path(output)
+    max_abs = None
+    try:
+        with replacing_atomically(destination) as temporary:
+            onnx.save(proto, temporary, save_as_external_data=False)
+            onnx.checker.check_model(temporary, full_check=True)
+            if images is not None:
+                max_abs = _compare_onnx(original, temporary, images=images, atol=atol)
+    except ResnetServeError:
+        raise
+    except Exception as exc:  # the checker and protobuf raise several unrelated types
+        raise ExportError(f"writing the folded ONNX to {destination} failed: {first_line(exc)}") from exc
+    remaining = sum(node.op_type == "BatchNormalization" for node in proto.graph.node)
+    return OnnxFoldReport(
+        path=destination,
+        folded=sum(n.op_type == "BatchNormalization" for n in original.graph.node) - remaining,
+        batchnorm_nodes=remaining,
+        unfolded=unfolded,
+        params_before=params_before,
+        params_after=_stored_values(proto.graph),
+        max_abs=max_abs,
+        images=0 if images is None else len(images),
+    )
+
+
+def _fold_graph(graph: onnx.GraphProto) -> dict[str, str]:
+    """Fold in place; returns the BatchNormalization nodes left, with the reason for each."""
+    constants = _constants(graph)
+    uses = _uses(graph)
+    producers = {name: node for node in graph.node for name in node.output}
+    taken = {t.name for t in graph.initializer} | {name for node in graph.node for name in node.output}
+    unfolded: dict[str, str] = {}
+    folded: list[onnx.NodeProto] = []
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
+            continue
+        conv = producers.get(bn.input[0])
+        parameters = [constants.get(name) for name in bn.input[1:5]]
+        reason = _why_not_foldable_onnx(bn, conv, parameters, constants, uses)
+        if reason is not None:
+            unfolded[bn.name or bn.output[0]] = reason
+            continue
+        weight = constants[conv.input[1]]
+        has_bias = len(conv.input) > 2 and conv.input[2] != ""
+        bias = constants[conv.input[2]].astype(np.float64) if has_bias else 0.0
+        gamma, beta, mean, var = (p.astype(np.float64) for p in parameters)
+        epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale = gamma / np.sqrt(var + epsilon)
+        new_weight = (weight.astype(np.float64) * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype)
+        new_bias = ((bias - mean) * scale + beta).astype(weight.dtype)
+        # New names, never overwritten initializers: a deduplicating exporter may share one
+        # weight tensor between several Convs.
+        base = conv.name or conv.output[0]
+        weight_name, bias_name = _fresh(f"{base}.folded_weight", taken), _fresh(f"{base}.folded_bias", taken)
+        graph.initializer.extend(
+            [numpy_helper.from_array(new_weight, weight_name), numpy_helper.from_array(new_bias, bias_name)]
+        )
+        conv.input[1] = weight_name
+        if has_bias:
+            conv.input[2] = bias_name
+        else:
+            del conv.input[2:]
+            conv.input.append(bias_name)
+        conv.output[0] = bn.output[0]
+        folded.append(bn)
+    for bn in folded:
+        graph.node.remove(bn)
+    _drop_dead_constants(graph)
+    return unfolded
+
+
+def _why_not_foldable_onnx(
+    bn: onnx.NodeProto,
+    conv: onnx.NodeProto | None,
+    parameters: list[np.ndarray | None],
+    constants: dict[str, np.ndarray],
+    uses: Counter,
+) -> str | None:
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in bn.attribute}
+    if attributes.get("training_mode", 0) or attributes.get("spatial", 1) != 1:
+        return "not in inference mode"
+    if any(name and uses[name] for name in bn.output[1:]):
+        return "its running-statistics outputs are used"
+    if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx"):
+        return "not fed by a Conv"
+    if uses[bn.input[0]] != 1:
+        return "its Conv's output is also read elsewhere"
+    weight = constants.get(conv.input[1])
+    has_bias = len(conv.input) > 2 and conv.input[2] != ""
+    if weight is None or (has_bias and conv.input[2] not in constants) or any(p is None for p in parameters):
+        return "its Conv weights or BatchNorm parameters are not constants"
+    if weight.dtype.kind != "f":
+        return f"its Conv weights are {weight.dtype}, not floating point"
+    channels = weight.shape[0]
+    if any(p.shape != (channels,) for p in parameters) or (has_bias and constants[conv.input[2]].shape != (channels,)):
+        return "its parameters do not have one value per Conv output channel"
+    return None
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Tensors of fixed value by name: initializers that are not graph inputs (those can be
+    overridden at run time), Constant nodes, and Identity nodes of either (what PyTorch writes
+    without constant folding)."""
+    inputs = {value.name for value in graph.input}
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in inputs}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in constants:
+            constants[node.output[0]] = constants[node.input[0]]
+    return constants
+
+
+def _uses(graph: onnx.GraphProto) -> Counter:
+    """How often each value is read, by nodes (subgraphs included) and as a graph output."""
+    uses: Counter = Counter(value.name for value in graph.output)
+    pending = list(graph.node)
+    while pending:
+        node = pending.pop()
+        uses.update(name for name in node.input if name)
+        for attribute in node.attribute:
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                # A subgraph may read outer values implicitly, by name.
+                pending.extend(subgraph.node)
+                uses.update(value.name for value in subgraph.output)
+    return uses
+
+
+def _drop_dead_constants(graph: onnx.GraphProto) -> None:
+    """Remove the Constant/Identity nodes and initializers nothing reads any more."""
+    while True:
+        uses = _uses(graph)
+        dead = [
+            node
+            for node in graph.node
+            if node.op_type in ("Constant", "Identity")
+            and node.domain in ("", "ai.onnx")
+            and not any(uses[name] for name in node.output)
+        ]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    inputs = {value.name for value in graph.input}
+    kept = [t for t in graph.initializer if uses[t.name] or t.name in inputs]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _stored_values(graph: onnx.GraphProto) -> int:
+    tensors = [*graph.initializer] + [
+        node.attribute[0].t
+        for node in graph.node
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"
+    ]
+    return sum(int(np.prod(tensor.dims, dtype=np.int64)) for tensor in tensors)
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}.{number}"
+    taken.add(candidate)
+    return candidate
+
+
+def _compare_onnx(original: onnx.ModelProto, folded_path: Path, *, images: np.ndarray, atol: float) -> float:
+    with tempfile.TemporaryDirectory(prefix="resnet-serve-fold-") as scratch:
+        original_path = Path(scratch) / "unfolded.onnx"
+        onnx.save(original, original_path, save_as_external_data=False)
+        parity = compare_runtimes(
+            OnnxGraphRuntime(original_path, name="unfolded onnx"),
+            OnnxGraphRuntime(folded_path, name="folded onnx"),
+            images,
+            batch_sizes=(min(len(images), 64),),
+        )
+    check_parity(parity, atol=atol)
+    return parity.max_abs
+
 

@@ -1,4 +1,4 @@
-"""Stages chained for one checkpoint: fold → ONNX → verify → Triton repository entry."""
+"""Stages chained for one checkpoint: fold → ONNX → verify → (TensorRT) → Triton repository entry."""
 
 from __future__ import annotations
 
@@ -8,20 +8,25 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal, Sequence
 
 import numpy as np
+import onnx
 
 from resnet_serve.checkpoints import Checkpoint, load_checkpoint
-from resnet_serve.data import load_dataset
-from resnet_serve.errors import VerificationError
-from resnet_serve.export import export_onnx
-from resnet_serve.fold import fold_batchnorm
+from resnet_serve.data import Preprocessing, load_dataset
+from resnet_serve.errors import ExportError, ResnetServeError, VerificationError
+from resnet_serve.export.atomic import first_line, replacing_atomically
+from resnet_serve.export.onnx import Exporter, OnnxExportResult, export_onnx, load_onnx_safely
+from resnet_serve.export.tensorrt import EngineOptions, build_engine, require_tensorrt
+from resnet_serve.fold import FOLD_TOLERANCE, FoldResult, fold_batchnorm, fold_onnx_batchnorm
 from resnet_serve.progress import Reporter, SilentReporter
-from resnet_serve.triton.config import get_serving_target
+from resnet_serve.triton.config import TENSORRT_PLAN, get_serving_target
 from resnet_serve.triton.repository import write_model_entry
-from resnet_serve.verify import TorchRuntime, check_parity, compare_runtimes, verify_onnx_export
+from resnet_serve.verify import ParityResult, TorchRuntime, check_parity, compare_runtimes, verify_onnx_export
 
-FOLD_TOLERANCE = 1e-5
+# onnxruntime's kernels differ from PyTorch's in summation order; 1e-4 on logits is far below
+# any change of the top-1 class.
 ONNX_TOLERANCE = 1e-4
 
 
@@ -44,6 +49,7 @@ class ExportReport:
     verify_images: int
     verify_batch_sizes: list[int]
     seconds: float
+    engine: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,10 +60,50 @@ def default_model_name(checkpoint: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", checkpoint.name.split(".")[0]) or "model"
 
 
-def verification_images(checkpoint: Checkpoint, *, data_dir: Path | None, count: int) -> np.ndarray:
-    """The first ``count`` real test images of ``data_dir``, prepared as the model expects."""
-    test_set = load_dataset(data_dir, split="test")
-    return checkpoint.meta.preprocessing.normalize(test_set.images[:count])
+def verification_images(
+    checkpoint: Checkpoint, *, data_dir: Path | None, count: int, split: str = "test"
+) -> np.ndarray:
+    """The first ``count`` real images of a split of ``data_dir``, prepared as the model expects."""
+    dataset = load_dataset(data_dir, split=split)
+    return checkpoint.meta.preprocessing.normalize(dataset.images[:count])
+
+
+@dataclass(frozen=True)
+class VerifiedOnnx:
+    """A checkpoint folded and exported, each step checked on real images."""
+
+    folded: FoldResult
+    fold_parity: ParityResult
+    exported: OnnxExportResult
+    onnx_parity: ParityResult
+
+
+def fold_export_verify(
+    loaded: Checkpoint,
+    path: Path,
+    images: np.ndarray,
+    *,
+    batch_sizes: Sequence[int],
+    **export_options: Any,
+) -> VerifiedOnnx:
+    """Fold the checkpoint's BatchNorms, export the folded model to ``path`` and verify both:
+    folded vs original within 1e-5, onnxruntime vs the original within 1e-4 with identical
+    top-1 at every batch size, and no BatchNormalization node left in the graph."""
+    folded = fold_batchnorm(loaded.model)
+    fold_parity = compare_runtimes(
+        TorchRuntime(loaded.model), TorchRuntime(folded.model, name="pytorch-folded"), images,
+        batch_sizes=batch_sizes[-1:],
+    )
+    check_parity(fold_parity, atol=FOLD_TOLERANCE)
+    exported = export_onnx(
+        folded.model, path, input_shape=loaded.meta.input_shape,
+        metadata=loaded.meta.onnx_metadata(), **export_options,
+    )
+    if exported.batchnorm_nodes:
+        raise VerificationError(f"the folded ONNX still has {exported.batchnorm_nodes} BatchNormalization nodes")
+    # Against the original, unfolded model: the whole chain is what must hold.
+    onnx_parity = verify_onnx_export(loaded.model, path, images, atol=ONNX_TOLERANCE, batch_sizes=batch_sizes)
+    return VerifiedOnnx(folded, fold_parity, exported, onnx_parity)
 
 
 def export_to_repository(
@@ -68,61 +114,74 @@ def export_to_repository(
     target: str = "python-onnxruntime",
     max_batch_size: int = 64,
     instances: int = 1,
-    opset: int = 17,
+    opset: int | None = None,
+    exporter: Exporter = "legacy",
+    dynamic_hw: bool = False,
+    simplify: bool = False,
     data_dir: Path | None = None,
     verify_images: int = 256,
     verify_batch_size: int = 64,
+    engine: EngineOptions | None = None,
     reporter: Reporter | None = None,
 ) -> ExportReport:
     """Fold, export and verify a checkpoint, then write its Triton repository entry.
 
     Nothing is written to the repository unless the folded model matches the original within
     1e-5 and onnxruntime matches PyTorch within 1e-4 with identical top-1, at batch 1 and at
-    ``verify_batch_size``, on real test images.
+    ``verify_batch_size``, on real test images. With ``engine``, the verified ONNX is built
+    into a TensorRT engine (INT8 calibrated on real training images) that the entry serves
+    through the ``tensorrt`` target instead.
     """
     reporter = reporter or SilentReporter()
     began = time.perf_counter()
-    serving_target = get_serving_target(target)
+    if engine is not None:
+        # Before any work: without TensorRT and a GPU the whole export would be wasted.
+        require_tensorrt()
+        serving_target = TENSORRT_PLAN
+    else:
+        serving_target = get_serving_target(target)
+        if serving_target is TENSORRT_PLAN:
+            raise ExportError(
+                f"the {TENSORRT_PLAN.name} target serves an engine: export with the tensorrt format"
+            )
     loaded = load_checkpoint(checkpoint)
     meta = loaded.meta
     name = name or default_model_name(checkpoint)
     images = verification_images(loaded, data_dir=data_dir, count=verify_images)
     batch_sizes = [1, min(verify_batch_size, len(images))]
 
-    reporter.message(f"folding BatchNorm of {meta.architecture}")
-    folded = fold_batchnorm(loaded.model)
-    fold_parity = compare_runtimes(
-        TorchRuntime(loaded.model), TorchRuntime(folded.model, name="pytorch-folded"), images,
-        batch_sizes=batch_sizes[-1:],
-    )
-    check_parity(fold_parity, atol=FOLD_TOLERANCE)
-
     with tempfile.TemporaryDirectory(prefix="resnet-serve-export-") as scratch:
         onnx_path = Path(scratch) / "model.onnx"
-        reporter.message(f"exporting ONNX (opset {opset}) and verifying it on {len(images)} test images")
-        exported = export_onnx(
-            folded.model,
-            onnx_path,
-            input_shape=meta.preprocessing.input_shape,
-            opset=opset,
-            metadata={
-                "architecture": meta.architecture,
-                "class_names": json.dumps(meta.class_names),
-                "preprocessing": json.dumps(meta.preprocessing.to_dict()),
-            },
+        reporter.message(
+            f"folding BatchNorm of {meta.architecture}, exporting ONNX ({exporter} exporter) and "
+            f"verifying both on {len(images)} test images"
         )
-        if exported.batchnorm_nodes:
-            raise VerificationError(
-                f"the folded ONNX still has {exported.batchnorm_nodes} BatchNormalization nodes"
+        verified = fold_export_verify(
+            loaded, onnx_path, images, batch_sizes=batch_sizes, opset=opset, exporter=exporter,
+            dynamic_hw=dynamic_hw, simplify=simplify, simplify_images=images,
+        )
+        model_file, built = onnx_path, None
+        if engine is not None:
+            reporter.message(f"building a {engine.precision} TensorRT engine")
+            built = build_engine(
+                onnx_path,
+                Path(scratch) / TENSORRT_PLAN.model_filename,
+                precision=engine.precision,
+                profile=engine.profile(
+                    input_shape=meta.preprocessing.input_shape, max_batch_size=max_batch_size
+                ),
+                workspace_bytes=engine.workspace_bytes,
+                timing_cache_path=engine.timing_cache_path,
+                calibration_images=verification_images(
+                    loaded, data_dir=data_dir, count=engine.calibration_images, split="train"
+                ) if engine.precision == "int8" else None,
+                calibration_cache_path=engine.calibration_cache_path,
             )
-        # Against the original, unfolded model: the whole chain is what must hold.
-        onnx_parity = verify_onnx_export(
-            loaded.model, onnx_path, images, atol=ONNX_TOLERANCE, batch_sizes=batch_sizes
-        )
+            model_file = built.plan_path
         entry = write_model_entry(
             repository=repository,
             name=name,
-            onnx_path=onnx_path,
+            onnx_path=model_file,
             class_names=meta.class_names,
             preprocessing=meta.preprocessing.to_dict(),
             input_shape=meta.preprocessing.input_shape,
@@ -143,14 +202,135 @@ def export_to_repository(
         entry=str(entry.path),
         model_file=str(entry.model_path),
         input_shape=meta.preprocessing.input_shape,
-        batchnorms_folded=folded.folded,
-        params_before=folded.params_before,
-        params_after=folded.params_after,
-        batchnorm_nodes=exported.batchnorm_nodes,
-        fold_max_abs=fold_parity.max_abs,
-        onnx_max_abs=onnx_parity.max_abs,
-        onnx_top1_agreement=onnx_parity.top1_agreement,
+        batchnorms_folded=verified.folded.folded,
+        params_before=verified.folded.params_before,
+        params_after=verified.folded.params_after,
+        batchnorm_nodes=verified.exported.batchnorm_nodes,
+        fold_max_abs=verified.fold_parity.max_abs,
+        onnx_max_abs=verified.onnx_parity.max_abs,
+        onnx_top1_agreement=verified.onnx_parity.top1_agreement,
         verify_images=len(images),
         verify_batch_sizes=batch_sizes,
         seconds=time.perf_counter() - began,
+        engine=built.to_dict() if built is not None else None,
     )
+
+# For an ONNX file without preprocessing in its metadata: pixels of 0..1 scaled to about ±2,
+# the spread a normalised input has, so the check exercises realistic activations.
+DEFAULT_ONNX_PREPROCESSING_MEAN = 0.5
+DEFAULT_ONNX_PREPROCESSING_STD = 0.25
+
+
+@dataclass
+class FoldFileReport:
+    """What ``fold_file`` (the ``resnet-serve fold`` command) did.
+
+    Attributes:
+        source / output: the file read and the folded ONNX written.
+        kind: ``checkpoint`` (folded in PyTorch, then exported) or ``onnx`` (graph pass).
+        folded: BatchNorm layers folded.
+        batchnorm_nodes: BatchNormalization nodes left in the written ONNX.
+        unfolded: the BatchNorms that stayed, with why.
+        params_before / params_after: PyTorch parameters for a checkpoint; stored ONNX values
+            (BatchNorm running statistics included) for an ONNX file.
+        max_abs: folded vs unfolded max-abs logit difference on ``images`` real test images.
+        onnx_max_abs: for a checkpoint, onnxruntime on the written file vs unfolded PyTorch.
+        preprocessing: where the images' preprocessing came from: ``checkpoint``,
+            ``metadata`` (the ONNX file's ``preprocessing`` entry) or ``default``.
+    """
+
+    source: Path
+    output: Path
+    kind: Literal["checkpoint", "onnx"]
+    folded: int
+    batchnorm_nodes: int
+    unfolded: dict[str, str]
+    params_before: int
+    params_after: int
+    max_abs: float
+    images: int
+    preprocessing: Literal["checkpoint", "metadata", "default"]
+    onnx_max_abs: float | None = None
+
+    def to_dict(self) -> dict:
+        result = asdict(self)
+        result.update(source=str(self.source), output=str(self.output))
+        return result
+
+
+def fold_file(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    data_dir: Path | None = None,
+    verify_images: int = 256,
+) -> FoldFileReport:
+    """Fold the BatchNorms of a checkpoint (``.safetensors``) or an ONNX file into a folded ONNX.
+
+    A checkpoint is folded in PyTorch (FP32 arithmetic in float64), checked against the
+    unfolded model, exported with the legacy exporter at opset 17, and the file checked with
+    onnxruntime against the unfolded model. An ONNX file goes through ``load_onnx_safely`` and
+    the graph pass. Both are measured on the first ``verify_images`` real test images of
+    ``data_dir`` (default: Fashion-MNIST), preprocessed as the checkpoint says, as the ONNX
+    file's ``preprocessing`` metadata says, or else resized to the graph's input size with
+    mean 0.5 and std 0.25 per channel. ``output`` is written only once every check passed.
+
+    Raises:
+        ExportError: an unknown file type, an unsafe or malformed ONNX file, or a failed export.
+        VerificationError: folded and unfolded differ by more than 1e-5, or the ONNX export
+            from PyTorch by more than 1e-4.
+    """
+    source, destination = Path(source), Path(output)
+    if source.suffix == ".onnx":
+        proto = load_onnx_safely(source)
+        preprocessing, origin = _onnx_preprocessing(proto, shown=source)
+        images = preprocessing.normalize(load_dataset(data_dir, split="test").images[:verify_images])
+        report = fold_onnx_batchnorm(proto, destination, images=images)
+        return FoldFileReport(
+            source=source, output=destination, kind="onnx", folded=report.folded,
+            batchnorm_nodes=report.batchnorm_nodes, unfolded=report.unfolded,
+            params_before=report.params_before, params_after=report.params_after,
+            max_abs=report.max_abs, images=report.images, preprocessing=origin,
+        )
+    if source.suffix != ".safetensors":
+        raise ExportError(f"cannot fold {source}: expected a .safetensors checkpoint or an .onnx file")
+
+    loaded = load_checkpoint(source)
+    images = verification_images(loaded, data_dir=data_dir, count=verify_images)
+    with replacing_atomically(destination) as temporary:
+        verified = fold_export_verify(loaded, temporary, images, batch_sizes=[1, min(len(images), 64)])
+    return FoldFileReport(
+        source=source, output=destination, kind="checkpoint", folded=verified.folded.folded,
+        batchnorm_nodes=verified.exported.batchnorm_nodes, unfolded=verified.folded.unfolded_reasons,
+        params_before=verified.folded.params_before, params_after=verified.folded.params_after,
+        max_abs=verified.fold_parity.max_abs, images=len(images), preprocessing="checkpoint",
+        onnx_max_abs=verified.onnx_parity.max_abs,
+    )
+
+
+def _onnx_preprocessing(
+    proto: onnx.ModelProto, *, shown: Path
+) -> tuple[Preprocessing, Literal["metadata", "default"]]:
+    stored = next((p.value for p in proto.metadata_props if p.key == "preprocessing"), None)
+    if stored is not None:
+        try:
+            return Preprocessing.from_dict(json.loads(stored)), "metadata"
+        except (json.JSONDecodeError, ResnetServeError) as exc:
+            raise ExportError(f"{shown}: unusable preprocessing metadata: {first_line(exc)}") from exc
+    initializers = {t.name for t in proto.graph.initializer}
+    graph_input = next(value for value in proto.graph.input if value.name not in initializers)
+    dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim[1:]]
+    if not all(dims):
+        raise ExportError(
+            f"{shown}: input {graph_input.name!r} has a symbolic channel, height or width and no "
+            "preprocessing metadata, so the size of the test images is unknown"
+        )
+    channels, height, width = dims
+    try:
+        preprocessing = Preprocessing(
+            channels=channels, height=height, width=width,
+            mean=(DEFAULT_ONNX_PREPROCESSING_MEAN,) * channels, std=(DEFAULT_ONNX_PREPROCESSING_STD,) * channels,
+        )
+    except ResnetServeError as exc:
+        raise ExportError(f"{shown}: cannot feed test images to input {graph_input.name!r}: {exc}") from exc
+    return preprocessing, "default"

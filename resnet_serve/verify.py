@@ -1,22 +1,28 @@
 """Numerical parity between two runtimes on real images.
 
-A runtime is anything with a ``name`` and a ``run(batch) -> logits`` over float32 NCHW numpy
-arrays; PyTorch and onnxruntime are here, other back ends (OpenVINO, INT8, TensorRT) only need
-to offer the same two members. ``compare_runtimes`` measures, ``check_parity`` judges.
+A runtime (``resnet_serve.runtimes``) is anything with a ``name`` and a ``run(batch) -> logits``
+over float32 NCHW numpy arrays. ``compare_runtimes`` measures, ``check_parity`` judges, and
+``verify_runtimes`` does both for two named kinds built from one checkpoint.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
+from resnet_serve.checkpoints import load_checkpoint
+from resnet_serve.data import load_dataset
 from resnet_serve.errors import VerificationError
+from resnet_serve.export.quantize import CalibrationMethodName
+# The runtimes lived here first; they are re-exported so that existing imports keep working.
+from resnet_serve.runtimes import OnnxRuntime, Runtime, RuntimeFactory, TorchRuntime, as_batch
 
 __all__ = [
     "BatchParity",
@@ -24,80 +30,13 @@ __all__ = [
     "ParityResult",
     "Runtime",
     "TorchRuntime",
+    "VerifyReport",
     "check_parity",
     "compare_runtimes",
     "run_batched",
     "verify_onnx_export",
+    "verify_runtimes",
 ]
-
-
-@runtime_checkable
-class Runtime(Protocol):
-    """Runs a classifier: float32 NCHW images in, (N, classes) float32 logits out."""
-
-    name: str
-
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-class TorchRuntime:
-    """A PyTorch module as a Runtime. The module is switched to eval mode."""
-
-    def __init__(self, model: nn.Module, *, name: str = "pytorch") -> None:
-        self.name = name
-        self.model = model.eval()
-        parameter = next(model.parameters(), None)
-        self._device = parameter.device if parameter is not None else torch.device("cpu")
-        self._dtype = parameter.dtype if parameter is not None else torch.float32
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(_as_batch(batch)).to(device=self._device, dtype=self._dtype)
-        with torch.inference_mode():
-            return self.model(inputs).float().cpu().numpy()
-
-
-class OnnxRuntime:
-    """An ONNX file run by onnxruntime's CPU provider.
-
-    Args:
-        path: the ONNX file.
-        threads: intra-op threads; None lets onnxruntime choose.
-        name: how reports call this runtime.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], *, threads: int | None = None, name: str = "onnxruntime"
-    ) -> None:
-        # Imported here so that PyTorch-only use of this module does not load onnxruntime.
-        import onnxruntime
-
-        self.name = name
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise VerificationError(f"ONNX model {self.path} does not exist")
-        options = onnxruntime.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = onnxruntime.InferenceSession(
-                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own pybind types, one per failure kind
-            raise VerificationError(
-                f"onnxruntime cannot load {self.path}: {_first_line(exc)}"
-            ) from exc
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        try:
-            (logits,) = self.session.run([self.output_name], {self.input_name: _as_batch(batch)})
-        except Exception as exc:
-            raise VerificationError(
-                f"onnxruntime failed on {self.path} with a batch of shape {batch.shape}: "
-                f"{_first_line(exc)}"
-            ) from exc
-        return logits
 
 
 @dataclass(frozen=True)
@@ -105,18 +44,24 @@ class BatchParity:
     """Agreement of the candidate with the reference when run at one batch size.
 
     ``mean_rel`` is mean |candidate − reference| / mean |reference|: a relative error that
-    stays finite when single logits are near zero.
+    stays finite when single logits are near zero. ``top1_accuracy`` is the candidate's, when
+    labels were given.
     """
 
     batch_size: int
     max_abs: float
     mean_rel: float
     top1_agreement: float
+    top1_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
 class ParityResult:
-    """Parity over ``n_images``; the top-level figures are the worst over all batch sizes."""
+    """Parity over ``n_images``; the top-level figures are the worst over all batch sizes.
+
+    With labels, ``reference_top1`` and ``candidate_top1`` are the runtimes' top-1 accuracy
+    (the candidate's worst over the batch sizes).
+    """
 
     reference: str
     candidate: str
@@ -125,6 +70,8 @@ class ParityResult:
     mean_rel: float
     top1_agreement: float
     per_batch: tuple[BatchParity, ...]
+    reference_top1: float | None = None
+    candidate_top1: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,19 +83,25 @@ def compare_runtimes(
     images: np.ndarray,
     *,
     batch_sizes: Sequence[int] = (1, 8),
+    labels: np.ndarray | None = None,
 ) -> ParityResult:
     """Run ``images`` through both runtimes and measure how far the candidate's logits stray.
+
+    With ``labels`` (one class index per image) both runtimes' top-1 accuracy is measured too.
 
     The reference runs once, in batches of the largest size; the candidate runs all images at
     every size in ``batch_sizes`` (the last batch may be smaller), since batch-dependent
     kernels are a common source of divergence.
 
     Raises:
-        VerificationError: no images, a bad batch size, or outputs of different shapes.
+        VerificationError: no images, a bad batch size, labels that do not match the images,
+            or outputs of different shapes.
     """
-    images = _as_batch(images)
+    images = as_batch(images)
     if len(images) == 0:
         raise VerificationError("parity needs at least one image")
+    if labels is not None and np.shape(labels) != (len(images),):
+        raise VerificationError(f"{len(images)} images but labels of shape {np.shape(labels)}")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise VerificationError(f"batch sizes must be positive, got {tuple(batch_sizes)}")
 
@@ -169,6 +122,7 @@ def compare_runtimes(
                 max_abs=float(difference.max()),
                 mean_rel=float(difference.mean() / scale),
                 top1_agreement=float((actual.argmax(1) == expected.argmax(1)).mean()),
+                top1_accuracy=_accuracy(actual, labels),
             )
         )
     return ParityResult(
@@ -179,25 +133,51 @@ def compare_runtimes(
         mean_rel=max(p.mean_rel for p in per_batch),
         top1_agreement=min(p.top1_agreement for p in per_batch),
         per_batch=tuple(per_batch),
+        reference_top1=_accuracy(expected, labels),
+        candidate_top1=None if labels is None else min(p.top1_accuracy for p in per_batch),
     )
 
 
 def check_parity(
-    result: ParityResult, *, atol: float, min_top1_agreement: float = 1.0
+    result: ParityResult,
+    *,
+    atol: float | None,
+    min_top1_agreement: float | None = 1.0,
+    max_mean_rel: float | None = None,
+    max_top1_drop: float | None = None,
 ) -> None:
-    """Raise VerificationError unless every batch size is within ``atol`` and top-1 agrees enough."""
+    """Raise VerificationError unless every batch size meets every threshold given (None
+    skips one): logits within ``atol`` and ``max_mean_rel``, top-1 agreement at least
+    ``min_top1_agreement``, and top-1 accuracy at most ``max_top1_drop`` (a fraction) below
+    the reference's, which needs a result measured with labels."""
+    if max_top1_drop is not None and result.reference_top1 is None:
+        raise VerificationError("a top-1 accuracy threshold needs a comparison made with labels")
     for parity in result.per_batch:
-        if parity.max_abs > atol:
+        at = f"at batch {parity.batch_size}"
+        if atol is not None and parity.max_abs > atol:
             raise VerificationError(
                 f"{result.candidate} differs from {result.reference} by up to "
-                f"{parity.max_abs:.3g} at batch {parity.batch_size} (tolerance {atol:g})"
+                f"{parity.max_abs:.3g} {at} (tolerance {atol:g})"
             )
-        if parity.top1_agreement < min_top1_agreement:
+        if max_mean_rel is not None and parity.mean_rel > max_mean_rel:
+            raise VerificationError(
+                f"{result.candidate}'s mean relative error against {result.reference} is "
+                f"{parity.mean_rel:.3g} {at} (tolerance {max_mean_rel:g})"
+            )
+        if min_top1_agreement is not None and parity.top1_agreement < min_top1_agreement:
             raise VerificationError(
                 f"{result.candidate} agrees with {result.reference} on the top-1 class of only "
-                f"{parity.top1_agreement:.2%} of {result.n_images} images at batch "
-                f"{parity.batch_size} (needed {min_top1_agreement:.2%})"
+                f"{parity.top1_agreement:.2%} of {result.n_images} images {at} "
+                f"(needed {min_top1_agreement:.2%})"
             )
+        if max_top1_drop is not None:
+            drop = result.reference_top1 - parity.top1_accuracy
+            if drop > max_top1_drop:
+                raise VerificationError(
+                    f"{result.candidate} loses {drop * 100:.2f} points of top-1 accuracy against "
+                    f"{result.reference} {at} ({parity.top1_accuracy:.2%} vs "
+                    f"{result.reference_top1:.2%}; allowed {max_top1_drop * 100:.2f})"
+                )
 
 
 def verify_onnx_export(
@@ -232,19 +212,89 @@ def verify_onnx_export(
     return result
 
 
+@dataclass(frozen=True)
+class VerifyReport:
+    """Two runtimes of one checkpoint compared on labelled real test images.
+
+    ``notes`` says, per runtime, how it was made or what it really computes in (INT8
+    calibration, an OpenVINO precision the CPU cannot honour).
+    """
+
+    checkpoint: str
+    architecture: str
+    parity: ParityResult
+    batch_sizes: tuple[int, ...]
+    notes: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def verify_runtimes(
+    *,
+    checkpoint: str | os.PathLike[str],
+    reference: str,
+    candidate: str,
+    images: int = 1000,
+    calibration_images: int = 256,
+    calibration_method: CalibrationMethodName = "minmax",
+    batch_sizes: Sequence[int] = (1, 64),
+    data_dir: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+) -> VerifyReport:
+    """Build two runtime kinds (``resnet_serve.runtimes.RUNTIME_KINDS``) from a checkpoint and
+    compare them on its first ``images`` test images, labels included.
+
+    INT8 kinds are calibrated on ``calibration_images`` training images drawn at random (seeded)
+    from the training split. Every file is produced in a temporary folder that is removed
+    afterwards. Thresholds are judged separately, by ``check_parity``.
+
+    Raises:
+        VerificationError: an unknown kind or bad counts; the errors of the stages it runs.
+    """
+    began = time.perf_counter()
+    if images < 1 or calibration_images < 1:
+        raise VerificationError(
+            f"image counts must be ≥ 1, got {images} test and {calibration_images} calibration images"
+        )
+    loaded = load_checkpoint(checkpoint)
+    preprocessing = loaded.meta.preprocessing
+    test_set = load_dataset(data_dir, split="test")
+    test_images = preprocessing.normalize(test_set.images[:images])
+    labels = test_set.labels[:images]
+    calibration = None
+    if "int8" in reference or "int8" in candidate:
+        train_set = load_dataset(data_dir, split="train")
+        count = min(calibration_images, len(train_set))
+        chosen = np.sort(np.random.default_rng(0).choice(len(train_set), size=count, replace=False))
+        calibration = preprocessing.normalize(train_set.images[chosen])
+
+    with tempfile.TemporaryDirectory(prefix="resnet-serve-verify-") as scratch:
+        factory = RuntimeFactory(
+            loaded,
+            workdir=scratch,
+            calibration_images=calibration,
+            calibration_method=calibration_method,
+            threads=threads,
+        )
+        runtimes = factory.build(reference), factory.build(candidate)
+        parity = compare_runtimes(*runtimes, test_images, batch_sizes=batch_sizes, labels=labels)
+    return VerifyReport(
+        checkpoint=str(checkpoint),
+        architecture=loaded.meta.architecture,
+        parity=parity,
+        batch_sizes=tuple(batch_sizes),
+        notes=dict(factory.notes),
+        seconds=time.perf_counter() - began,
+    )
+
+
 def run_batched(runtime: Runtime, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Logits of all ``images``, run ``batch_size`` at a time (the last batch may be smaller)."""
     outputs = [runtime.run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(outputs)
 
 
-def _as_batch(batch: np.ndarray) -> np.ndarray:
-    batch = np.asarray(batch)
-    if batch.ndim != 4:
-        raise VerificationError(f"expected an NCHW batch of images, got shape {batch.shape}")
-    return np.ascontiguousarray(batch, dtype=np.float32)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else float((logits.argmax(1) == labels).mean())

@@ -13,7 +13,7 @@ from resnet_serve.cli import app
 from resnet_serve.triton.server import find_free_port
 
 runner = CliRunner()
-COMMANDS = ("models", "train", "export", "serve", "classify", "evaluate", "bench", "demo")
+COMMANDS = ("models", "train", "import", "fold", "export", "verify", "serve", "classify", "evaluate", "bench", "demo", "experiment")
 
 
 def assert_one_line_error(result, *fragments: str) -> None:

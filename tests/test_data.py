@@ -1,10 +1,17 @@
-"""IDX reading, dataset loading and the shared preprocessing, on files written in the real formats."""
+"""IDX, CIFAR and ImageFolder reading, format detection and the shared preprocessing,
+on files written in the real formats."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import os
+import pickle
+import struct
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +21,11 @@ from resnet_serve.data import (
     FASHION_MNIST_CLASSES,
     ImageDataset,
     Preprocessing,
+    load_cifar_dataset,
+    load_dataset,
     load_default_dataset,
     load_idx_dataset,
+    load_image_folder,
     read_idx,
 )
 from resnet_serve.errors import DatasetError, ImageError
@@ -250,3 +260,272 @@ def test_load_image_rejects_corrupt_files(tmp_path: Path) -> None:
         GRAY.load_image(tmp_path / "cut.png")
     with pytest.raises(ImageError, match="no such file"):
         GRAY.load_image(tmp_path / "absent.png")
+
+
+# --- CIFAR: batches written exactly as the official Python 2 cPickle files are ---
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2 wrote it: every string is a byte string (SHORT_BINSTRING /
+    BINSTRING opcodes). Python 3's own protocol 2 would wrap bytes in `_codecs.encode` calls,
+    which the real CIFAR files never contain."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_python2_str(self, obj: bytes | str) -> None:
+        data = obj if isinstance(obj, bytes) else obj.encode("latin1")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_python2_str
+    dispatch[str] = _save_python2_str
+
+
+def python2_pickle(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
+def cifar_batch(images: np.ndarray, labels: list[int], *, labels_key: bytes = b"labels") -> bytes:
+    """N×3×32×32 uint8 (C×H×W, as CIFAR stores rows) → a batch file's bytes, with its real keys."""
+    return python2_pickle({
+        b"batch_label": b"testing batch 1 of 1",
+        labels_key: labels,
+        b"data": images.reshape(len(images), 3072),
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(images))],
+    })
+
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar10_archive(path: Path, rng: np.random.Generator, *, skip: str = "") -> dict[str, np.ndarray]:
+    """A cifar-10-python.tar.gz laid out like the real one; returns the C×H×W images per batch."""
+    chw = {name: rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+           for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    members = {name: cifar_batch(images, [i % 10, (i + 3) % 10]) for i, (name, images) in enumerate(chw.items())}
+    members["batches.meta"] = python2_pickle(
+        {b"num_cases_per_batch": 2, b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_vis": 3072}
+    )
+    members["readme.html"] = b"<html></html>"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            if name != skip:
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return chw
+
+
+def test_cifar10_archive_both_splits_read_in_memory(tmp_path: Path, rng: np.random.Generator) -> None:
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    chw = write_cifar10_archive(archive, rng)
+    with gzip.open(archive) as raw:  # the real layout: batches are Python 2 pickles inside the tar
+        assert raw.read(1024)[512:516] == b"\x80\x02}q"
+
+    train = load_cifar_dataset(archive, split="train")
+    assert train.images.shape == (10, 32, 32, 3) and train.images.flags.c_contiguous
+    assert train.labels.tolist() == [0, 3, 1, 4, 2, 5, 3, 6, 4, 7]
+    assert train.class_names == CIFAR10_NAMES and train.channels == 3
+    # Channel c, row y, column x of CIFAR's C×H×W row lands at [y, x, c].
+    expected = np.concatenate([chw[f"data_batch_{i}"] for i in range(1, 6)]).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(train.images, expected)
+    assert train.images[3, 5, 7, 2] == chw["data_batch_2"][1, 2, 5, 7]
+
+    test = load_dataset(archive, split="test")
+    np.testing.assert_array_equal(test.images, chw["test_batch"].transpose(0, 2, 3, 1))
+    assert test.labels.tolist() == [5, 8]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]  # nothing extracted
+
+
+def test_cifar100_extracted_folder(tmp_path: Path, rng: np.random.Generator) -> None:
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    fine_names = [f"class_{i}" for i in range(100)]
+    meta = {b"fine_label_names": [n.encode() for n in fine_names], b"coarse_label_names": [b"c0", b"c1"]}
+    (folder / "meta").write_bytes(python2_pickle(meta))
+    splits = {"train": rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8),
+              "test": rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)}
+    for name, images in splits.items():
+        fine = [99, 0, 42][: len(images)]
+        batch = python2_pickle({b"filenames": [b"x.png"] * len(images), b"batch_label": b"training batch 1 of 1",
+                                b"fine_labels": fine, b"coarse_labels": [1] * len(images),
+                                b"data": images.reshape(len(images), 3072)})
+        (folder / name).write_bytes(batch)
+    (folder / "file.txt~").write_text("left over by the real archive\n")
+
+    train = load_cifar_dataset(folder, split="train")
+    assert train.labels.tolist() == [99, 0, 42] and train.class_names == fine_names
+    np.testing.assert_array_equal(train.images, splits["train"].transpose(0, 2, 3, 1))
+    # The folder the archive was extracted into works too, and load_dataset recognizes both.
+    for path in (tmp_path, folder):
+        test = load_dataset(path, split="test")
+        np.testing.assert_array_equal(test.images, splits["test"].transpose(0, 2, 3, 1))
+        assert test.labels.tolist() == [99, 0]
+
+
+def test_cifar_refuses_a_pickle_that_runs_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class RunsShell:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "batches.meta").write_bytes(python2_pickle({b"label_names": [b"a", b"b"]}))
+    (folder / "test_batch").write_bytes(python2_pickle({b"data": RunsShell(), b"labels": [0]}))
+    with pytest.raises(DatasetError, match=r"test_batch: refusing to unpickle (os|posix)\.system"):
+        load_cifar_dataset(folder, split="test")
+    assert not marker.exists()
+
+
+def test_cifar_wrong_files_are_named(tmp_path: Path, rng: np.random.Generator) -> None:
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar10_archive(archive, rng, skip="test_batch")
+    with pytest.raises(DatasetError, match="cifar-10-python.tar.gz: no cifar-10-batches-py/test_batch in the archive"):
+        load_cifar_dataset(archive, split="test")
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "batches.meta").write_bytes(python2_pickle({b"label_names": [b"a", b"b"]}))
+    images = np.zeros((2, 3, 32, 32), np.uint8)
+    # A CIFAR-100 batch (fine_labels) where CIFAR-10 expects labels.
+    (folder / "test_batch").write_bytes(cifar_batch(images, [0, 1], labels_key=b"fine_labels"))
+    with pytest.raises(DatasetError, match=r"cifar-10-batches-py/test_batch: expected 'labels' as a list of 2 integers"):
+        load_cifar_dataset(folder, split="test")
+    (folder / "test_batch").write_bytes(cifar_batch(images, [0, 2]))
+    with pytest.raises(DatasetError, match=r"test_batch: labels span 0..2 but batches.meta names 2 classes"):
+        load_cifar_dataset(folder, split="test")
+    (folder / "test_batch").write_bytes(python2_pickle({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}))
+    with pytest.raises(DatasetError, match=r"test_batch: expected 'data' as a uint8 N×3072 array .* data uint8 \(2, 1024\)"):
+        load_cifar_dataset(folder, split="test")
+    (folder / "test_batch").write_bytes(cifar_batch(images, [0, 1])[:100])
+    with pytest.raises(DatasetError, match=r"test_batch: not a CIFAR pickle \("):
+        load_cifar_dataset(folder, split="test")
+    with pytest.raises(DatasetError, match=r"cifar-10-batches-py: no data_batch_1; expected cifar-10-batches-py/"):
+        load_cifar_dataset(folder, split="train")
+
+    other = tmp_path / "photos.tar.gz"
+    with tarfile.open(other, "w:gz") as tar:
+        tar.add(folder / "batches.meta", arcname="photos/batches.meta")
+    with pytest.raises(DatasetError, match="photos.tar.gz: not a CIFAR archive; expected members under"):
+        load_dataset(other, split="test")
+    (tmp_path / "broken.tar.gz").write_bytes(archive.read_bytes()[:2000])
+    with pytest.raises(DatasetError, match="broken.tar.gz: not a readable tar archive"):
+        load_cifar_dataset(tmp_path / "broken.tar.gz", split="train")
+
+
+def test_load_dataset_names_what_it_found_and_the_formats_expected(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DatasetError, match=r"notes.txt: a file that is not a tar archive; expected an IDX folder"):
+        load_dataset(tmp_path / "notes.txt", split="train")
+    with pytest.raises(DatasetError, match=r": a folder with notes.txt; expected .*cifar-10-python.tar.gz.*ImageFolder"):
+        load_dataset(tmp_path, split="train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="empty: an empty folder; expected"):
+        load_dataset(tmp_path / "empty", split="train")
+    with pytest.raises(DatasetError, match="missing: no such file or folder"):
+        load_dataset(tmp_path / "missing", split="train")
+
+
+def test_load_dataset_still_reads_idx_folders(tmp_path: Path, rng: np.random.Generator) -> None:
+    images = rng.integers(0, 256, (2, 4, 4), dtype=np.uint8)
+    _write_split(tmp_path, "t10k", images, np.array([1, 0], np.uint8), gz=True)
+    test = load_dataset(tmp_path, split="test")
+    np.testing.assert_array_equal(test.images, images)
+    assert test.class_names == ["0", "1"]
+
+
+# --- ImageFolder trees ---
+
+
+def _save(path: Path, pixels: np.ndarray) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def test_image_folder_splits_classes_and_pixels(tmp_path: Path, rng: np.random.Generator) -> None:
+    train = {
+        "n01440764/a.png": _save(tmp_path / "train/n01440764/a.png", rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)),
+        "n01440764/b.PNG": _save(tmp_path / "train/n01440764/b.PNG", rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)),
+        "n01443537/c.png": _save(tmp_path / "train/n01443537/c.png", rng.integers(0, 256, (6, 5), dtype=np.uint8)),
+    }
+    y, x = np.mgrid[0:6, 0:5]
+    smooth = np.stack([x * 40, y * 30, x * 20 + y * 10], axis=-1).astype(np.uint8)
+    _save(tmp_path / "val/n01440764/ILSVRC2012_val_00000001.JPEG", smooth)
+    _save(tmp_path / "val/n01443537/ILSVRC2012_val_00000002.JPEG", smooth)
+    (tmp_path / "train/n01440764/.DS_Store").write_bytes(b"\x00")
+    (tmp_path / "LOC_synset_mapping.txt").write_text("n01440764 tench\n")
+
+    loaded = load_image_folder(tmp_path, split="train")
+    assert loaded.class_names == ["n01440764", "n01443537"] and loaded.labels.tolist() == [0, 0, 1]
+    assert loaded.images.shape == (3, 6, 5, 3)
+    np.testing.assert_array_equal(loaded.images[0], train["n01440764/a.png"])
+    np.testing.assert_array_equal(loaded.images[1], train["n01440764/b.PNG"])
+    # Grayscale files become RGB with three equal channels.
+    np.testing.assert_array_equal(loaded.images[2], np.repeat(train["n01443537/c.png"][..., None], 3, axis=2))
+
+    # "test" reads val/, ImageNet's labelled evaluation split; load_dataset does the same.
+    with Image.open(tmp_path / "val/n01440764/ILSVRC2012_val_00000001.JPEG") as jpeg:
+        decoded = np.asarray(jpeg)  # lossy: compare with the decoded file, not the saved pixels
+    for val in (load_image_folder(tmp_path, split="test"), load_dataset(tmp_path, split="test")):
+        assert val.labels.tolist() == [0, 1] and val.images.shape == (2, 6, 5, 3)
+        np.testing.assert_array_equal(val.images[0], decoded)
+    assert load_dataset(tmp_path / "val", split="train").labels.tolist() == [0, 1]
+    with pytest.raises(DatasetError, match=r"val: no train/ folder"):
+        load_image_folder(tmp_path / "val", split="train")
+
+
+def test_image_folder_resize_and_center_crop(tmp_path: Path, rng: np.random.Generator) -> None:
+    wide = _save(tmp_path / "a/wide.png", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    _save(tmp_path / "b/tall.png", rng.integers(0, 256, (40, 16, 3), dtype=np.uint8))
+    with pytest.raises(DatasetError, match=r"tall.png: 16×40 after resize/crop, but wide.png is 30×20; give resize"):
+        load_image_folder(tmp_path)
+
+    loaded = load_image_folder(tmp_path, resize=10, crop=(8, 6))
+    assert loaded.images.shape == (2, 8, 6, 3)
+    # Shorter side 20 → 10 keeps the aspect ratio (30 → 15), then the centre 8×6 is cut.
+    resized = np.asarray(Image.fromarray(wide).resize((15, 10), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(loaded.images[0], resized[1:9, 4:10])
+    with pytest.raises(DatasetError, match=r"wide.png: 15×10 is smaller than the 12×12 crop"):
+        load_image_folder(tmp_path, resize=10, crop=12)
+
+
+def test_image_folder_names_the_bad_file(tmp_path: Path) -> None:
+    _save(tmp_path / "cat/ok.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(DatasetError, match=r"dog: empty class folder"):
+        load_image_folder(tmp_path)
+    (tmp_path / "dog/broken.JPEG").write_bytes(b"\xff\xd8\xff not really a JPEG")
+    with pytest.raises(DatasetError, match=r"dog/broken.JPEG: not a readable image \("):
+        load_dataset(tmp_path, split="train")
+    (tmp_path / "dog/broken.JPEG").unlink()
+    (tmp_path / "dog/labels.csv").write_text("a,b\n")
+    with pytest.raises(DatasetError, match=r"dog/labels.csv: not an image file; expected only .*\.jpeg"):
+        load_image_folder(tmp_path)
+    with pytest.raises(DatasetError, match=r"cat: no class folders; expected <class>/<image>"):
+        load_image_folder(tmp_path / "cat")
+
+
+def test_preprocessing_resize_then_center_crop(rng: np.random.Generator) -> None:
+    imagenet = Preprocessing(channels=3, height=4, width=4, mean=(0.485, 0.456, 0.406),
+                             std=(0.229, 0.224, 0.225), resize=6)
+    data = imagenet.to_dict()
+    assert data["resize"] == 6 and Preprocessing.from_dict(json.loads(json.dumps(data))) == imagenet
+    # Dicts written before resize existed still load, and unset resize is not written out.
+    assert "resize" not in GRAY.to_dict() and Preprocessing.from_dict(GRAY.to_dict()).resize is None
+    with pytest.raises(DatasetError, match="resize must be an integer"):
+        Preprocessing.from_dict({**data, "resize": 6.5})
+    with pytest.raises(DatasetError, match="resize must be at least the 4×4 crop, got 3"):
+        Preprocessing.from_dict({**data, "resize": 3})
+
+    image = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    plain = Preprocessing(**{**data, "resize": None})
+    expected = np.asarray(Image.fromarray(image).resize((9, 6), Image.Resampling.BILINEAR))[1:5, 2:6]
+    np.testing.assert_array_equal(imagenet.normalize(image[None]), plain.normalize(expected[None]))

@@ -9,12 +9,13 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from samples import fashion_mnist, with_realistic_batchnorm
 
 from resnet_serve.errors import ExportError
-from resnet_serve.export import OnnxExportResult, count_ops, export_onnx
+from resnet_serve.export import OnnxExportResult, count_ops, export_onnx, load_onnx_safely
 from resnet_serve.fold import fold_batchnorm
 from resnet_serve.models import create_model
 
@@ -105,9 +106,154 @@ def test_failed_export_leaves_nothing_behind(tmp_path: Path) -> None:
         ({"input_shape": (28, 28)}, "input_shape"),
         ({"input_shape": (1, 28, 28), "opset": 9}, "opset 9 is not supported"),
         ({"input_shape": (1, 28, 28), "metadata": {"epochs": 3}}, "str to str"),
+        ({"input_shape": (1, 28, 28), "exporter": "dynamo", "opset": 17}, "not supported by the dynamo"),
+        ({"input_shape": (1, 28, 28), "exporter": "jit"}, "unknown exporter"),
     ],
 )
 def test_bad_arguments_raise_before_writing(options: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=message):
         export_onnx(nn.Conv2d(1, 1, 1), tmp_path / "m.onnx", **options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_over_two_gib_are_refused_before_exporting(tmp_path: Path) -> None:
+    # On the meta device the 2.3 GiB of weights exist only as shapes.
+    huge = nn.Linear(24_000, 24_000, device="meta")
+    with pytest.raises(ExportError, match="2 GiB"):
+        export_onnx(huge, tmp_path / "huge.onnx", input_shape=(1, 1, 24_000))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dynamic_height_and_width_run_at_another_size(model: nn.Module, images: np.ndarray, tmp_path: Path) -> None:
+    result = export_onnx(model, tmp_path / "hw.onnx", input_shape=(1, 28, 28), dynamic_hw=True)
+    assert result.dynamic_hw
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 1, "height", "width"]
+    larger = torch.nn.functional.interpolate(torch.from_numpy(images[:4]), size=36, mode="bilinear")
+    with torch.no_grad():
+        expected = model(larger).numpy()
+    (logits,) = session.run(["logits"], {"input": larger.numpy()})
+    assert np.abs(logits - expected).max() <= 1e-4
+
+
+def test_simplify_removes_nodes_and_keeps_results_and_metadata(
+    model: nn.Module, images: np.ndarray, exported: OnnxExportResult, tmp_path: Path
+) -> None:
+    result = export_onnx(
+        fold_batchnorm(model).model, tmp_path / "simple.onnx", input_shape=(1, 28, 28),
+        simplify=True, simplify_images=images[:16], metadata=METADATA,
+    )
+    assert result.simplified_nodes_removed == sum(exported.op_counts.values()) - sum(result.op_counts.values()) > 0
+    assert result.simplify_max_abs is not None and result.simplify_max_abs <= 1e-5
+    assert "Identity" not in result.op_counts and result.op_counts["Conv"] == 19
+    proto = onnx.load(result.path)
+    assert {p.key: p.value for p in proto.metadata_props} == METADATA
+    assert [o.domain for o in proto.opset_import] == [""]  # no onnxruntime-only domains declared
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images[:8])).numpy()
+    assert np.abs(session.run(None, {"input": images[:8]})[0] - expected).max() <= 1e-4
+
+
+class _SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.bn(self.conv(x)))
+        return self.head(nn.functional.adaptive_avg_pool2d(features, 1).flatten(1))
+
+
+def test_dynamo_exporter_writes_opset_18_quietly(
+    images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    net = with_realistic_batchnorm(_SmallNet(), torch.from_numpy(images[:16]), seed=3).train()
+    result = export_onnx(net, tmp_path / "dynamo.onnx", input_shape=(1, 28, 28), exporter="dynamo", metadata=METADATA)
+    assert net.training  # the caller's mode is restored
+    assert capsys.readouterr().out == ""
+    assert (result.exporter, result.opset, result.dynamic_batch) == ("dynamo", 18, True)
+    assert [p.name for p in tmp_path.iterdir()] == ["dynamo.onnx"]  # no external data file
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = net.eval()(torch.from_numpy(images[:8])).numpy()
+    assert np.abs(session.run(None, {"input": images[:8]})[0] - expected).max() <= 1e-4
+
+
+# ---- load_onnx_safely: a user's file is checked before anything it points to is opened.
+
+
+def _classifier_graph(*, conv: bool = True, inputs: int = 1) -> onnx.ModelProto:
+    """Conv → GlobalAveragePool → Flatten, with its weight as an initializer."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "weight")
+    first = (
+        helper.make_node("Conv", ["x", "weight"], ["features"], pads=[1, 1, 1, 1])
+        if conv
+        else helper.make_node("Relu", ["x"], ["features"])
+    )
+    graph = helper.make_graph(
+        [first, helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["logits"])],
+        "classifier",
+        [helper.make_tensor_value_info(f"x{i}" if i else "x", TensorProto.FLOAT, ["n", 1, 8, 8]) for i in range(inputs)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4 if conv else 1])],
+        initializer=[weight] if conv else [],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _with_external_weight(folder: Path, location: str) -> Path:
+    """Save a classifier whose weight lives in external data, then point it at ``location``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    onnx.save(_classifier_graph(), path, save_as_external_data=True, location="weight.bin", size_threshold=0)
+    proto = onnx.load(path, load_external_data=False)
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save(proto, path)
+    return path
+
+
+def test_safe_loader_accepts_external_data_inside_the_folder(tmp_path: Path) -> None:
+    proto = load_onnx_safely(_with_external_weight(tmp_path, "weight.bin"))
+    assert numpy_helper.to_array(proto.graph.initializer[0]).shape == (4, 1, 3, 3)
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../outside/weight.bin", "sub/../../outside/weight.bin"])
+def test_safe_loader_refuses_external_data_outside_the_folder(tmp_path: Path, location: str) -> None:
+    path = _with_external_weight(tmp_path / "model", location)
+    # The target exists, so only the check (not a missing file) can stop the load.
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "model" / "weight.bin").replace(tmp_path / "outside" / "weight.bin")
+    with pytest.raises(ExportError, match=r"refusing .*model\.onnx: external data of tensor 'weight' (uses the absolute|points to)"):
+        load_onnx_safely(path)
+
+
+def test_safe_loader_refuses_a_symlink_pointing_outside(tmp_path: Path) -> None:
+    path = _with_external_weight(tmp_path / "model", "weight.bin")
+    (tmp_path / "secret.bin").write_bytes((tmp_path / "model" / "weight.bin").read_bytes())
+    (tmp_path / "model" / "weight.bin").unlink()
+    (tmp_path / "model" / "weight.bin").symlink_to(tmp_path / "secret.bin")
+    with pytest.raises(ExportError, match="resolves outside the model's folder"):
+        load_onnx_safely(path)
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda p: p.write_bytes(b"\x08\x07 this is not protobuf \xff\xff"), "is not a valid ONNX model"),
+        (lambda p: p.write_bytes(b""), "is not a valid ONNX model"),
+        (lambda p: onnx.save(_classifier_graph(conv=False), p), "not a ResNet-like image classifier: it has no Conv"),
+        (lambda p: onnx.save(_classifier_graph(inputs=2), p), "2 inputs and 1 outputs"),
+    ],
+)
+def test_safe_loader_refuses_malformed_or_foreign_graphs(tmp_path: Path, write, message: str) -> None:
+    path = tmp_path / "user.onnx"
+    write(path)
+    with pytest.raises(ExportError, match=message):
+        load_onnx_safely(path)

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+from pathlib import Path
+
 import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+from typer.testing import CliRunner
 
-from samples import fashion_mnist, with_realistic_batchnorm
+from samples import FASHION_PREPROCESSING, fashion_mnist, with_realistic_batchnorm
 
-from resnet_serve.errors import ExportError
-from resnet_serve.fold import fold_batchnorm
+from resnet_serve.checkpoints import CheckpointMeta, save_checkpoint
+from resnet_serve.cli import app
+from resnet_serve.errors import ExportError, VerificationError
+from resnet_serve.export import count_ops
+from resnet_serve.fold import fold_batchnorm, fold_onnx_batchnorm
 from resnet_serve.models import create_model
 
 
@@ -122,3 +133,207 @@ class _DataDependent(nn.Module):
 def test_untraceable_model_raises_export_error() -> None:
     with pytest.raises(ExportError, match="cannot trace _DataDependent"):
         fold_batchnorm(_DataDependent())
+
+
+def test_preactivation_blocks_fold_what_they_can_and_report_the_rest() -> None:
+    torch.manual_seed(0)
+    images = torch.from_numpy(fashion_mnist(16))
+    model = with_realistic_batchnorm(create_model("preact_resnet20", in_channels=1), images, seed=4)
+
+    result = fold_batchnorm(model)
+
+    # Each block's bn2 follows conv1; bn1 (after the residual sum) and final_bn cannot fold.
+    assert result.folded == 9
+    assert result.unfolded == [*(f"layer{s}.{b}.bn1" for s in (1, 2, 3) for b in range(3)), "final_bn"]
+    assert result.unfolded_reasons["layer2.0.bn1"] == "not fed by a convolution"
+    assert result.to_dict()["unfolded_reasons"] == result.unfolded_reasons
+    with torch.no_grad():
+        assert (result.model(images) - model(images)).abs().max().item() <= 1e-5
+
+
+# ---- the ONNX graph pass
+
+
+def _export_unfolded(model: nn.Module, path: Path) -> Path:
+    """Export keeping BatchNormalization nodes: in EVAL mode the legacy exporter folds them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), (torch.zeros(2, 1, 28, 28),), path, dynamo=False, opset_version=17,
+            training=torch.onnx.TrainingMode.PRESERVE, input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_images() -> np.ndarray:
+    return fashion_mnist(64)
+
+
+# resnet20_b has 1×1 projection shortcuts; pre-activation graphs are covered by the CLI test.
+@pytest.mark.parametrize(("name", "folded", "left"), [("resnet20_b", 21, 0)])
+def test_onnx_pass_folds_every_conv_batchnorm_pair(
+    name: str, folded: int, left: int, real_images: np.ndarray, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    model = with_realistic_batchnorm(create_model(name, in_channels=1), torch.from_numpy(real_images[32:]), seed=1)
+    unfolded = _export_unfolded(model, tmp_path / "unfolded.onnx")
+    assert count_ops(unfolded)["BatchNormalization"] == folded + left
+    in_pytorch = fold_batchnorm(model)
+    folded_channels = sum(
+        m.num_features for n, m in model.named_modules()
+        if isinstance(m, nn.BatchNorm2d) and n not in in_pytorch.unfolded
+    )
+
+    report = fold_onnx_batchnorm(unfolded, tmp_path / "folded.onnx", images=real_images)
+
+    assert (report.folded, report.batchnorm_nodes, len(report.unfolded)) == (folded, left, left)
+    assert count_ops(report.path).get("BatchNormalization", 0) == left
+    assert report.max_abs is not None and report.max_abs <= 1e-5 and report.images == 64
+    onnx.checker.check_model(report.path, full_check=True)
+    # Each fold stores 3C fewer values: γ, β, mean and var out, a bias in.
+    assert report.params_before - report.params_after == 3 * folded_channels
+    assert report.folded == in_pytorch.folded
+    # Independently of the pass's own check: onnxruntime as served vs PyTorch.
+    session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(real_images)).numpy()
+    assert np.abs(session.run(None, {"input": real_images})[0] - expected).max() <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folded.onnx", "unfolded.onnx"]
+
+
+def _conv_bn_graph() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Two Convs sharing one weight tensor (one with a bias), each feeding a BatchNormalization
+    with its own statistics, and a third Conv whose output a BatchNorm and an Add both read."""
+    rng = np.random.default_rng(0)
+    channels = 4
+    tensors = {
+        "w": rng.standard_normal((channels, 1, 3, 3)),
+        "conv_b": rng.standard_normal(channels),
+        "w3": rng.standard_normal((channels, channels, 1, 1)),
+    }
+    for index in (1, 2, 3):
+        for part, values in [
+            ("gamma", rng.uniform(0.5, 1.5, channels)), ("beta", rng.normal(0, 0.2, channels)),
+            ("mean", rng.normal(0, 0.5, channels)), ("var", rng.uniform(0.5, 2.0, channels)),
+        ]:
+            tensors[f"bn{index}_{part}"] = values
+
+    def batchnorm(index: int, conv_out: str) -> onnx.NodeProto:
+        names = [f"bn{index}_{p}" for p in ("gamma", "beta", "mean", "var")]
+        return helper.make_node("BatchNormalization", [conv_out, *names], [f"b{index}"], name=f"bn{index}", epsilon=1e-3)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "conv_b"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Conv", ["x", "w"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        batchnorm(1, "c1"),
+        batchnorm(2, "c2"),
+        helper.make_node("Add", ["b1", "b2"], ["s"]),
+        helper.make_node("Conv", ["s", "w3"], ["c3"], name="conv3"),
+        batchnorm(3, "c3"),
+    ]
+    nodes += [
+        helper.make_node("Add", ["b3", "c3"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "conv_bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", channels])],
+        initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in tensors.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tensors
+
+
+def test_onnx_pass_handles_biases_shared_weights_and_shared_outputs(real_images: np.ndarray, tmp_path: Path) -> None:
+    proto, _ = _conv_bn_graph()
+    before = proto.SerializeToString()
+
+    report = fold_onnx_batchnorm(proto, tmp_path / "folded.onnx", images=real_images[:16])
+
+    assert proto.SerializeToString() == before  # the caller's proto is not changed
+    assert (report.folded, report.batchnorm_nodes) == (2, 1)
+    assert report.unfolded == {"bn3": "its Conv's output is also read elsewhere"}
+    assert report.max_abs is not None and report.max_abs <= 1e-5
+    folded = onnx.load(report.path)
+    initializers = {t.name for t in folded.graph.initializer}
+    # The shared weight and BN parameters of the folded pairs are gone; bn3's stay.
+    assert not initializers & {"w", "conv_b", "bn1_gamma", "bn2_var"}
+    assert {"w3", "bn3_gamma", "bn3_var"} <= initializers
+    convs = {node.name: node for node in folded.graph.node if node.op_type == "Conv"}
+    assert len(convs["conv1"].input) == len(convs["conv2"].input) == 3
+    assert [convs["conv1"].output[0], convs["conv2"].output[0]] == ["b1", "b2"]
+
+
+def test_failed_verification_leaves_nothing_behind(real_images: np.ndarray, tmp_path: Path) -> None:
+    target = tmp_path / "folded.onnx"
+    target.write_bytes(b"the previous fold")
+
+    with pytest.raises(VerificationError, match="folded onnx differs from unfolded onnx"):
+        fold_onnx_batchnorm(_conv_bn_graph()[0], target, images=real_images[:4], atol=0.0)
+
+    assert [p.name for p in tmp_path.iterdir()] == ["folded.onnx"]
+    assert target.read_bytes() == b"the previous fold"
+
+
+def test_onnx_pass_refuses_an_unsafe_file_before_writing(tmp_path: Path) -> None:
+    (tmp_path / "user.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(ExportError, match="is not a valid ONNX model"):
+        fold_onnx_batchnorm(tmp_path / "user.onnx", tmp_path / "folded.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["user.onnx"]
+
+
+# ---- `resnet-serve fold`
+
+
+def test_fold_command_on_a_checkpoint(real_images: np.ndarray, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = with_realistic_batchnorm(create_model("resnet20_b", in_channels=1), torch.from_numpy(real_images[32:]), seed=5)
+    checkpoint = save_checkpoint(
+        tmp_path / "r20.safetensors", model=model,
+        meta=CheckpointMeta(
+            architecture="resnet20_b", num_classes=10, in_channels=1,
+            class_names=[f"c{i}" for i in range(10)], preprocessing=FASHION_PREPROCESSING,
+        ),
+    )
+
+    outcome = CliRunner().invoke(app, ["fold", str(checkpoint), "--verify-images", "32", "--json", str(tmp_path / "r.json")])
+
+    assert outcome.exit_code == 0, outcome.output
+    assert "folded 21 BatchNorms" in outcome.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["folded"], report["batchnorm_nodes"], report["unfolded"]) == (21, 0, {})
+    assert report["kind"] == "checkpoint" and report["max_abs"] <= 1e-5 and report["onnx_max_abs"] <= 1e-4
+    assert report["output"] == str(tmp_path / "r20.folded.onnx")
+    metadata = {p.key: p.value for p in onnx.load(report["output"]).metadata_props}
+    assert json.loads(metadata["preprocessing"]) == FASHION_PREPROCESSING.to_dict()
+
+
+def test_fold_command_on_an_unfolded_onnx_file(real_images: np.ndarray, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = with_realistic_batchnorm(create_model("preact_resnet20", in_channels=1), torch.from_numpy(real_images[32:]), seed=6)
+    source = _export_unfolded(model, tmp_path / "user.onnx")
+    output = tmp_path / "out" / "folded.onnx"
+
+    outcome = CliRunner().invoke(
+        app, ["fold", str(source), "-o", str(output), "--verify-images", "32", "--json", str(tmp_path / "r.json")]
+    )
+
+    assert outcome.exit_code == 0, outcome.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    # No preprocessing metadata in a bare export: mean 0.5, std 0.25 at the graph's 28×28.
+    assert (report["kind"], report["preprocessing"], report["images"]) == ("onnx", "default", 32)
+    assert (report["folded"], report["batchnorm_nodes"]) == (9, 10)
+    assert report["max_abs"] <= 1e-5
+    assert "not fed by a Conv" in outcome.output
+    assert count_ops(output).get("BatchNormalization") == 10
+
+
+def test_fold_command_refuses_other_files_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"pickle")
+    outcome = CliRunner().invoke(app, ["fold", str(tmp_path / "model.pt")])
+    assert outcome.exit_code == 1
+    assert "expected a .safetensors checkpoint or an .onnx file" in outcome.output
+    assert len(outcome.output.strip().splitlines()) == 1

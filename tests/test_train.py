@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -12,7 +13,17 @@ import torch
 from resnet_serve.checkpoints import load_checkpoint
 from resnet_serve.data import ImageDataset, load_default_dataset
 from resnet_serve.errors import TrainingError, UnknownArchitectureError
-from resnet_serve.train import DEMO_TRAIN_CONFIG, TrainConfig, _augment, _learning_rate, evaluate, train
+from resnet_serve.train import (
+    DEMO_TRAIN_CONFIG,
+    RECIPES,
+    TrainConfig,
+    _augment,
+    _learning_rate,
+    evaluate,
+    train,
+    train_on_folder,
+    train_state_path,
+)
 
 TINY = TrainConfig(architecture="resnet20", epochs=1, batch_size=64, lr=0.05, limit=512, num_threads=2, seed=3)
 
@@ -136,8 +147,89 @@ def test_fractional_epochs_end_the_schedule_part_way(tmp_path: Path, datasets: t
 @pytest.mark.parametrize(
     "change,error",
     [({"epochs": 0}, TrainingError), ({"batch_size": 0}, TrainingError), ({"lr": -1.0}, TrainingError),
-     ({"limit": 0}, TrainingError), ({"architecture": "resnet21"}, UnknownArchitectureError)],
+     ({"limit": 0}, TrainingError), ({"architecture": "resnet21"}, UnknownArchitectureError),
+     ({"schedule": "linear"}, TrainingError), ({"milestones": (0.75, 0.5)}, TrainingError),
+     ({"milestones": (1.0,)}, TrainingError), ({"warmup": 1.0}, TrainingError)],
 )
 def test_impossible_configs_fail_before_training(change: dict, error: type) -> None:
     with pytest.raises(error):
         dataclasses.replace(TINY, **change)
+
+
+class InterruptedReporter(RecordingReporter):
+    """Stops the run the way Ctrl-C does, as the given epoch starts."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.prefix = f"epoch {epoch}/"
+
+    def start(self, description: str, total: int | None = None) -> None:
+        if description.startswith(self.prefix):
+            raise KeyboardInterrupt
+        super().start(description, total)
+
+
+def test_resumed_run_ends_with_the_uninterrupted_weights(
+    tmp_path: Path, datasets: tuple[ImageDataset, ImageDataset]
+) -> None:
+    train_set, test_set = datasets
+    test_set = ImageDataset(images=test_set.images[:100], labels=test_set.labels[:100], class_names=test_set.class_names)
+    # 2 steps per epoch; the step schedule drops the rate exactly where the run is cut, and
+    # crops, flips and Nesterov momentum all carry state across the cut.
+    config = dataclasses.replace(TINY, limit=128, epochs=2, schedule="step", milestones=(0.5,),
+                                 evaluate_each_epoch=True, num_threads=1)
+    whole = train(config=config, train_set=train_set, test_set=test_set, output=tmp_path / "whole.safetensors",
+                  reporter=RecordingReporter())
+
+    cut = tmp_path / "cut.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(config=config, train_set=train_set, test_set=test_set, output=cut, reporter=InterruptedReporter(2))
+    assert load_checkpoint(cut).meta.training["step"] == 2 and train_state_path(cut).is_file()
+    reporter = RecordingReporter()
+    resumed = train(config=config, train_set=train_set, test_set=test_set, output=cut, reporter=reporter,
+                    resume_from=cut)
+
+    assert [value for kind, value in reporter.events if kind == "start"] == [("epoch 2/2", 2)]
+    expected, actual = (load_checkpoint(run.checkpoint).model.state_dict() for run in (whole, resumed))
+    assert all(torch.allclose(expected[name].float(), actual[name].float(), atol=1e-6) for name in expected)
+    assert resumed.test_accuracy == pytest.approx(whole.test_accuracy)
+    assert [(s.epoch, s.train_loss, s.lr) for s in resumed.history] == [(s.epoch, s.train_loss, s.lr) for s in whole.history]
+    assert [s.lr for s in whole.history] == pytest.approx([0.05, 0.005])
+
+    # One CSV row per epoch, in the documented columns, and a PNG plot beside the checkpoint.
+    rows = list(csv.DictReader(resumed.history_csv.open()))
+    assert list(rows[0]) == ["epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", "seconds"]
+    assert [int(row["epoch"]) for row in rows] == [1, 2]
+    assert float(rows[1]["test_accuracy"]) == pytest.approx(resumed.test_accuracy)
+    assert resumed.history_csv.parent == cut.parent
+    assert resumed.history_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(config=config, train_set=train_set, test_set=test_set, output=cut, reporter=RecordingReporter(),
+              resume_from=cut)
+    with pytest.raises(TrainingError, match="lr=0.05"):
+        train(config=dataclasses.replace(config, lr=0.1), train_set=train_set, test_set=test_set, output=cut,
+              reporter=RecordingReporter(), resume_from=cut)
+
+
+def test_step_schedule_divides_by_ten_at_each_milestone() -> None:
+    config = TrainConfig(lr=0.1, schedule="step", milestones=(0.5, 0.75), warmup=0.0)
+    rates = [_learning_rate(step, 100, config) for step in range(100)]
+    assert rates[:50] == [0.1] * 50
+    assert rates[50:75] == pytest.approx([0.01] * 25) and rates[75:] == pytest.approx([0.001] * 25)
+
+
+def test_recipes() -> None:
+    assert RECIPES["demo"] is DEMO_TRAIN_CONFIG
+    cifar = RECIPES["cifar"]
+    # He et al. 2015, Sec. 4.2.
+    assert (cifar.batch_size, cifar.lr, cifar.momentum, cifar.weight_decay) == (128, 0.1, 0.9, 1e-4)
+    assert (cifar.schedule, cifar.milestones, cifar.pad, cifar.flip) == ("step", (0.5, 0.75), 4, True)
+    imagenet = RECIPES["imagenet"]
+    assert (imagenet.schedule, imagenet.label_smoothing, imagenet.lr * 256 / imagenet.batch_size) == ("cosine", 0.1, 0.1)
+    assert imagenet.warmup > 0
+
+
+def test_unknown_recipe_fails_before_reading_data(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="unknown recipe 'cifar100'"):
+        train_on_folder(recipe="cifar100", output=tmp_path / "x.safetensors", data_dir=tmp_path / "missing")

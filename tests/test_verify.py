@@ -128,3 +128,74 @@ def test_unloadable_onnx_files_raise_verification_error(tmp_path: Path) -> None:
         OnnxRuntime(corrupt)
     with pytest.raises(VerificationError, match="does not exist"):
         OnnxRuntime(tmp_path / "missing.onnx")
+
+
+# --- OpenVINO, named runtimes and `resnet-serve verify` ---------------------------------------
+
+from typer.testing import CliRunner  # noqa: E402
+
+from resnet_serve.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
+from resnet_serve.cli import app  # noqa: E402
+from resnet_serve.errors import MissingDependencyError  # noqa: E402
+from resnet_serve.runtimes import OpenVinoRuntime, RuntimeFactory  # noqa: E402
+from resnet_serve.verify import run_batched  # noqa: E402
+from samples import FASHION_PREPROCESSING  # noqa: E402
+
+
+def test_openvino_fp32_matches_onnxruntime_and_bf16_agrees(onnx_path: Path, images: np.ndarray) -> None:
+    expected = OnnxRuntime(onnx_path).run(images)
+    fp32 = OpenVinoRuntime(onnx_path, precision="fp32", threads=1)
+    assert fp32.name == "openvino-fp32" and fp32.inference_precision == "f32"
+    assert np.abs(run_batched(fp32, images, 8) - expected).max() <= 1e-4
+    bf16 = OpenVinoRuntime(onnx_path, precision="bf16", threads=1)
+    assert bf16.inference_precision in ("bf16", "f32")  # f32 where the CPU has no BF16
+    assert (bf16.run(images).argmax(1) == expected.argmax(1)).mean() >= 0.97
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    meta = CheckpointMeta(
+        architecture="resnet20", num_classes=10, in_channels=1,
+        class_names=[f"class {i}" for i in range(10)], preprocessing=FASHION_PREPROCESSING,
+    )
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "r20.safetensors", model=model, meta=meta)
+
+
+def test_factory_builds_named_runtimes_and_refuses_unknown_ones(checkpoint: Path, tmp_path: Path) -> None:
+    factory = RuntimeFactory(load_checkpoint(checkpoint), workdir=tmp_path)
+    folded = factory.build("torch-folded")
+    fp16 = factory.build("onnx-fp16")
+    assert (folded.name, fp16.name) == ("torch-folded", "onnx-fp16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-fp16.onnx", "model-fp32.onnx"]
+    assert run_batched(fp16, fashion_mnist(4), 4).shape == (4, 10)
+    with pytest.raises(VerificationError, match="unknown runtime 'onnx-int4'"):
+        factory.build("onnx-int4")
+    with pytest.raises(VerificationError, match="need calibration images"):
+        factory.build("onnx-int8")
+    with pytest.raises(MissingDependencyError, match="TensorRT"):
+        factory.build("tensorrt")
+
+
+def test_cli_verify_passes_within_thresholds_and_writes_json(checkpoint: Path, tmp_path: Path) -> None:
+    report_path = tmp_path / "verify.json"
+    result = CliRunner().invoke(app, [
+        "verify", str(checkpoint), "--reference", "torch", "--candidate", "openvino-fp32",
+        "--images", "40", "--batch-sizes", "1,16", "--max-abs", "1e-3", "--min-agreement", "1",
+        "--max-accuracy-drop", "0", "--json", str(report_path),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "openvino-fp32 vs torch on 40 test images" in result.output
+    report = json.loads(report_path.read_text())
+    assert report["parity"]["top1_agreement"] == 1.0
+    assert report["parity"]["reference_top1"] == report["parity"]["candidate_top1"]
+    assert [p["batch_size"] for p in report["parity"]["per_batch"]] == [1, 16]
+
+
+def test_cli_verify_fails_with_one_line_when_a_threshold_is_missed(checkpoint: Path) -> None:
+    result = CliRunner().invoke(app, [
+        "verify", str(checkpoint), "--candidate", "onnx-fp32", "--images", "16",
+        "--batch-sizes", "8", "--max-abs", "1e-12",
+    ])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "tolerance 1e-12" in lines[0], result.output

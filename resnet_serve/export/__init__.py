@@ -4,6 +4,20 @@ Each target module offers one ``export_<target>`` function that writes a single 
 atomically and returns a dataclass describing what it wrote.
 """
 
-from resnet_serve.export.onnx import OnnxExportResult, count_ops, export_onnx
+from resnet_serve.export.atomic import replacing_atomically
+from resnet_serve.export.onnx import (
+    OnnxExportResult,
+    OnnxGraphRuntime,
+    count_ops,
+    export_onnx,
+    load_onnx_safely,
+)
 
-__all__ = ["OnnxExportResult", "count_ops", "export_onnx"]
+__all__ = [
+    "OnnxExportResult",
+    "OnnxGraphRuntime",
+    "count_ops",
+    "export_onnx",
+    "load_onnx_safely",
+    "replacing_atomically",
+]

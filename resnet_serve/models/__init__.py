@@ -1,71 +1,248 @@
-"""The model zoo: every architecture by name, with a plain (shortcut-free) twin of each depth."""
+"""The model zoo: every architecture by name, each with a plain (shortcut-free) twin.
+
+A name is ``[preact_](resnet|plain)<depth>[_v1][_a|_b|_c]``:
+
+- ``preact_``: pre-activation blocks (He et al., 2016, "Identity Mappings in Deep Residual
+  Networks").
+- ``resnet`` or ``plain``: with or without shortcuts (``plain`` takes no shortcut option).
+- depth: 18, 34, 50, 101, 152 on ImageNet (224²); 20, 32, 44, 56, 110, 1202 (basic blocks)
+  and 164, 1001 (bottlenecks) on CIFAR (32²).
+- ``_v1``: the paper's bottleneck with the stride on the first 1×1; without it, v1.5 as in
+  torchvision, stride on the 3×3. Basic-block nets are the same in both, so ``_v1`` is
+  accepted there and changes nothing.
+- ``_a``/``_b``/``_c``: the paper's shortcut option (``resnet.Shortcut``). The default is B on
+  ImageNet (torchvision's) and for bottlenecks, A on CIFAR basic-block nets (the paper's). A
+  bottleneck net takes B or C (C only on ImageNet), a CIFAR basic net A or B.
+
+Each architecture has one canonical name, without the suffixes that restate a default:
+``resnet50_b`` builds ``resnet50`` and reports that name.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from functools import partial
-from typing import Callable
+import contextlib
+import re
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from typing import Any, Callable, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from resnet_serve.errors import UnknownArchitectureError
-from resnet_serve.models.blocks import BasicBlock, Bottleneck
-from resnet_serve.models.resnet import CifarResNet, ResNet
+from resnet_serve.models.blocks import (
+    BasicBlock,
+    Bottleneck,
+    PreActBasicBlock,
+    PreActBottleneck,
+    ResidualBlock,
+)
+from resnet_serve.models.resnet import CifarResNet, ResNet, Shortcut
 
-__all__ = ["ArchitectureInfo", "ResNet", "CifarResNet", "create_model", "list_models", "architecture_info"]
+__all__ = [
+    "ArchitectureInfo",
+    "ResNet",
+    "CifarResNet",
+    "architecture_info",
+    "count_macs",
+    "count_parameters",
+    "create_model",
+    "list_models",
+]
+
+Family = Literal["imagenet", "cifar"]
+Block = Literal["basic", "bottleneck"]
+Version = Literal["v1", "v1.5"]
 
 
 @dataclass(frozen=True)
 class ArchitectureInfo:
-    """What the registry knows of one architecture; ``params`` counts its default head."""
+    """What the registry knows of one architecture, for its default head and input size.
+
+    Attributes:
+        name: the canonical name, which ``create_model`` builds.
+        version: "v1.5" (stride on the 3×3) or "v1" (on the first 1×1); None for basic-block
+            nets, which are the same in both.
+        shortcut: the paper's option "A", "B" or "C"; None for plain nets.
+        params: parameter count with the default classifier.
+        macs: multiply-accumulates of one image at the default input size, counted over the
+            convolutions and the classifier as torchvision and fvcore do.
+    """
 
     name: str
-    family: str  # "imagenet" or "cifar"
+    family: Family
     depth: int
-    block: str  # "basic" or "bottleneck"
+    block: Block
     residual: bool
+    preact: bool
+    version: Version | None
+    shortcut: Shortcut | None
     default_num_classes: int
     default_input_size: int
     params: int
+    macs: int
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-_IMAGENET_LAYERS = {
-    18: (BasicBlock, (2, 2, 2, 2)),
-    34: (BasicBlock, (3, 4, 6, 3)),
-    50: (Bottleneck, (3, 4, 6, 3)),
-    101: (Bottleneck, (3, 4, 23, 3)),
-    152: (Bottleneck, (3, 8, 36, 3)),
+@dataclass(frozen=True, eq=False)  # compared by identity: there is one of each
+class _Family:
+    name: Family
+    title: str
+    num_classes: int
+    input_size: int
+    shortcuts: dict[Block, tuple[Shortcut, ...]]  # the valid options, the default first
+    depths: dict[int, tuple[Block, tuple[int, ...]]]  # depth → block and blocks per stage
+
+
+_FAMILIES = (
+    _Family(
+        name="imagenet",
+        title="ImageNet",
+        num_classes=1000,
+        input_size=224,
+        # Option A would zero-pad 64 channels to 256 inside the first bottleneck stage; the
+        # paper uses projections for every bottleneck net.
+        shortcuts={"basic": ("B", "A", "C"), "bottleneck": ("B", "C")},
+        depths={
+            18: ("basic", (2, 2, 2, 2)),
+            34: ("basic", (3, 4, 6, 3)),
+            50: ("bottleneck", (3, 4, 6, 3)),
+            101: ("bottleneck", (3, 4, 23, 3)),
+            152: ("bottleneck", (3, 8, 36, 3)),
+        },
+    ),
+    _Family(
+        name="cifar",
+        title="CIFAR",
+        num_classes=10,
+        input_size=32,
+        shortcuts={"basic": ("A", "B"), "bottleneck": ("B",)},
+        # Depth counts the stem, the classifier and the 2 (basic) or 3 (bottleneck) weighted
+        # layers of each block in three stages of n: 6n+2 or 9n+2.
+        depths={
+            depth: (block, ((depth - 2) // (3 * per_block),) * 3)
+            for block, per_block, depths in (("basic", 2, (20, 32, 44, 56, 110, 1202)), ("bottleneck", 3, (164, 1001)))
+            for depth in depths
+        },
+    ),
+)
+_FAMILY_OF_DEPTH = {depth: family for family in _FAMILIES for depth in family.depths}
+_BLOCKS: dict[tuple[bool, Block], type[ResidualBlock]] = {
+    (False, "basic"): BasicBlock,
+    (False, "bottleneck"): Bottleneck,
+    (True, "basic"): PreActBasicBlock,
+    (True, "bottleneck"): PreActBottleneck,
 }
-_CIFAR_DEPTHS = (20, 32, 44, 56, 110)
-
-_BUILDERS: dict[str, tuple[Callable[..., nn.Module], dict]] = {}
-for _depth, (_block, _layers) in _IMAGENET_LAYERS.items():
-    for _residual, _prefix in ((True, "resnet"), (False, "plain")):
-        _BUILDERS[f"{_prefix}{_depth}"] = (
-            partial(ResNet, _block, _layers, residual=_residual),
-            dict(family="imagenet", depth=_depth, block="bottleneck" if _block is Bottleneck else "basic",
-                 residual=_residual, default_num_classes=1000, default_input_size=224),
-        )
-for _depth in _CIFAR_DEPTHS:
-    for _residual, _prefix in ((True, "resnet"), (False, "plain")):
-        _BUILDERS[f"{_prefix}{_depth}"] = (
-            partial(CifarResNet, _depth, residual=_residual),
-            dict(family="cifar", depth=_depth, block="basic", residual=_residual,
-                 default_num_classes=10, default_input_size=32),
-        )
+_NAME = re.compile(r"(?P<preact>preact_)?(?P<kind>resnet|plain)(?P<depth>\d+)(?P<v1>_v1)?(?:_(?P<shortcut>[abc]))?")
+_GRAMMAR = "[preact_](resnet|plain)<depth>[_v1][_a|_b|_c]"
 
 
-def _lookup(name: str) -> tuple[Callable[..., nn.Module], dict]:
-    try:
-        return _BUILDERS[name.lower()]
-    except KeyError:
+@dataclass(frozen=True)
+class _Spec:
+    """One architecture, normalised: defaults filled in, irrelevant choices set to None."""
+
+    family: _Family
+    depth: int
+    preact: bool
+    residual: bool
+    version: Version | None
+    shortcut: Shortcut | None
+
+    @property
+    def block(self) -> Block:
+        return self.family.depths[self.depth][0]
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.family.depths[self.depth][1]
+
+    @property
+    def name(self) -> str:
+        prefix = ("preact_" if self.preact else "") + ("resnet" if self.residual else "plain")
+        version = "_v1" if self.version == "v1" else ""
+        default_shortcut = self.family.shortcuts[self.block][0]
+        shortcut = f"_{self.shortcut.lower()}" if self.shortcut not in (None, default_shortcut) else ""
+        return f"{prefix}{self.depth}{version}{shortcut}"
+
+    def with_residual(self, residual: bool) -> _Spec:
+        if residual == self.residual:
+            return self
+        shortcut = self.family.shortcuts[self.block][0] if residual else None
+        return replace(self, residual=residual, shortcut=shortcut)
+
+
+def _parse(name: str) -> _Spec:
+    match = _NAME.fullmatch(name.strip().lower())
+    if match is None:
         raise UnknownArchitectureError(
-            f"unknown architecture {name!r}; choose one of: {', '.join(_BUILDERS)}"
-        ) from None
+            f"unknown architecture {name!r}; names are {_GRAMMAR}, e.g. resnet50, resnet50_v1_c, "
+            "resnet34_a, resnet20_b, preact_resnet110, plain18 (`resnet-serve models` lists them)"
+        )
+    prefix = (match["preact"] or "") + match["kind"]
+    depth = int(match["depth"])
+    family = _FAMILY_OF_DEPTH.get(depth)
+    if family is None:
+        choices = "; ".join(
+            f"{', '.join(f'{prefix}{d}' for d in f.depths)} ({f.title})"
+            for f in _FAMILIES
+        )
+        raise UnknownArchitectureError(f"unknown architecture {name!r}: no depth {depth}; choose one of {choices}")
+    block = family.depths[depth][0]
+    residual = match["kind"] == "resnet"
+    base = f"{prefix}{depth}{match['v1'] or ''}"
+    valid = family.shortcuts[block]
+    shortcut = match["shortcut"].upper() if match["shortcut"] else valid[0]
+    if not residual and match["shortcut"]:
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}: a plain net has no shortcut to choose; use {base}"
+        )
+    if shortcut not in valid:
+        choices = " or ".join(
+            f"{base}{'' if option == valid[0] else '_' + option.lower()} (option {option})" for option in valid
+        )
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}: option {shortcut} does not apply to "
+            f"{family.title} {block}-block nets; choose {choices}"
+        )
+    return _Spec(
+        family=family,
+        depth=depth,
+        preact=bool(match["preact"]),
+        residual=residual,
+        version=("v1" if match["v1"] else "v1.5") if block == "bottleneck" else None,
+        shortcut=shortcut if residual else None,
+    )
+
+
+def _resolve(name: str, residual: bool | None) -> _Spec:
+    spec = _parse(name)
+    return spec if residual is None else spec.with_residual(residual)
+
+
+def _build(
+    spec: _Spec,
+    *,
+    num_classes: int,
+    in_channels: int,
+    zero_init_last: bool,
+    layers: Sequence[int] | None = None,
+) -> nn.Module:
+    network = CifarResNet if spec.family.name == "cifar" else ResNet
+    return network(
+        _BLOCKS[(spec.preact, spec.block)],
+        layers or spec.layers,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        # A plain net builds no shortcut, so the option it is given does not matter.
+        shortcut=spec.shortcut or "B",
+        stride_on_3x3=spec.version != "v1",
+        residual=spec.residual,
+        zero_init_last=zero_init_last,
+    )
 
 
 def create_model(
@@ -74,11 +251,25 @@ def create_model(
     num_classes: int | None = None,
     in_channels: int = 3,
     zero_init_last: bool = False,
+    residual: bool | None = None,
 ) -> nn.Module:
-    """Build an architecture by name; ``num_classes`` defaults to its family's (1000 or 10)."""
-    builder, facts = _lookup(name)
-    return builder(
-        num_classes=num_classes or facts["default_num_classes"],
+    """Build an architecture by name (see the module docstring for the names).
+
+    Args:
+        name: architecture name, e.g. ``resnet50``, ``resnet50_v1_c``, ``preact_resnet110``.
+        num_classes: classifier size; defaults to the family's (1000 or 10).
+        in_channels: channels of the input image.
+        zero_init_last: start every residual branch at zero (each block an identity).
+        residual: False removes every shortcut (the plain twin, ``--no-skip``); True adds
+            them to a ``plain`` name with the default option; None keeps the name's.
+
+    Raises:
+        UnknownArchitectureError: unknown name or an option the architecture does not take.
+    """
+    spec = _resolve(name, residual)
+    return _build(
+        spec,
+        num_classes=num_classes or spec.family.num_classes,
         in_channels=in_channels,
         zero_init_last=zero_init_last,
     )
@@ -88,13 +279,170 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def architecture_info(name: str) -> ArchitectureInfo:
-    _, facts = _lookup(name)
-    # Shapes alone decide the count: building on the meta device allocates no weights.
-    with torch.device("meta"):
-        params = count_parameters(create_model(name))
-    return ArchitectureInfo(name=name.lower(), params=params, **facts)
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass on an input of ``input_shape`` (batch included).
+
+    Counts what torchvision's and fvcore's published figures count: for each convolution,
+    output elements × input channels per group × kernel area; for each linear layer, output
+    elements × input features; nothing for BatchNorm, activations, pooling or additions.
+    Runs one forward pass of zeros in eval mode on the model's device (training flags are
+    restored); on the meta device that only propagates shapes, so build there to count
+    without allocating or computing anything.
+    """
+    return sum(_macs_by_module(model, input_shape).values())
+
+
+def _broadcast_shape(a: torch.Tensor | float, b: torch.Tensor | float, *_: Any, **__: Any) -> tuple[int, ...]:
+    return torch.broadcast_shapes(*(t.shape for t in (a, b) if isinstance(t, torch.Tensor)))
+
+
+def _pooled_shape(x: torch.Tensor, size: int | tuple[int | None, int | None]) -> tuple[int, ...]:
+    *batch, height, width = x.shape
+    size = (size, size) if isinstance(size, int) else size
+    return (*batch, height if size[0] is None else size[0], width if size[1] is None else size[1])
+
+
+class _MetaShapesOnly(TorchFunctionMode):
+    """Answers meta-tensor ops whose result is known from shapes alone, without running them.
+
+    The meta device runs weight initialisers, BatchNorm, additions, average pooling and
+    linear layers as Python decompositions that take milliseconds each (and import
+    torch._dynamo, seconds, on first use): most of the time to build and count a net there.
+    An initialiser changes only values, so its tensor is the answer; the others' output
+    shapes follow from their inputs'.
+    """
+
+    _INITIALISERS = (torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_)
+    _SHAPES: dict[Callable[..., Any], Callable[..., tuple[int, ...]]] = {
+        F.batch_norm: lambda x, *_, **__: tuple(x.shape),
+        torch.add: _broadcast_shape,
+        torch.Tensor.add: _broadcast_shape,
+        F.adaptive_avg_pool2d: _pooled_shape,
+        F.linear: lambda x, weight, *_, **__: (*x.shape[:-1], weight.shape[0]),
+    }
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Sequence[type],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if tensors and all(t.is_meta for t in tensors):
+            if func in self._INITIALISERS:
+                return args[0]
+            if func in self._SHAPES:
+                return tensors[0].new_empty(self._SHAPES[func](*args, **kwargs))
+        return func(*args, **kwargs)
+
+
+def _macs_by_module(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    macs: dict[str, int] = {}
+
+    def counter(name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+        def count(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if isinstance(module, nn.Conv2d):
+                per_output = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+            else:
+                per_output = module.in_features
+            macs[name] = macs.get(name, 0) + output.numel() * per_output
+
+        return count
+
+    reference = next(model.parameters(), None)
+    x = torch.zeros(
+        tuple(input_shape),
+        device=reference.device if reference is not None else None,
+        dtype=reference.dtype if reference is not None else None,
+    )
+    training = {module: module.training for module in model.modules()}
+    handles = [
+        module.register_forward_hook(counter(name))
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    ]
+    # Elsewhere the real kernels are fast, and a Python mode around each op would slow them.
+    shapes_only = _MetaShapesOnly() if x.is_meta else contextlib.nullcontext()
+    try:
+        model.eval()
+        with torch.no_grad(), shapes_only:
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, was_training in training.items():
+            module.training = was_training
+    return macs
+
+
+@lru_cache(maxsize=None)
+def _info(spec: _Spec) -> ArchitectureInfo:
+    # The blocks after the first of a stage all have the same shapes (stride 1, equal widths),
+    # so each adds exactly what the second one does: counting a sample net with two blocks per
+    # stage, the second weighted by the repeats, gives the deep net's totals without building
+    # hundreds of blocks (ResNet-1202 has 600). On the meta device nothing is allocated.
+    with torch.device("meta"), _MetaShapesOnly():
+        sample = _build(
+            spec,
+            num_classes=spec.family.num_classes,
+            in_channels=3,
+            zero_init_last=False,
+            layers=[min(count, 2) for count in spec.layers],
+        )
+    repeats = {f"layer{stage}.1": count - 1 for stage, count in enumerate(spec.layers, start=1)}
+
+    def weight(name: str) -> int:
+        return repeats.get(".".join(name.split(".")[:2]), 1)
+
+    size = spec.family.input_size
+    return ArchitectureInfo(
+        name=spec.name,
+        family=spec.family.name,
+        depth=spec.depth,
+        block=spec.block,
+        residual=spec.residual,
+        preact=spec.preact,
+        version=spec.version,
+        shortcut=spec.shortcut,
+        default_num_classes=spec.family.num_classes,
+        default_input_size=size,
+        params=sum(p.numel() * weight(name) for name, p in sample.named_parameters()),
+        macs=sum(macs * weight(name) for name, macs in _macs_by_module(sample, (1, 3, size, size)).items()),
+    )
+
+
+def architecture_info(name: str, *, residual: bool | None = None) -> ArchitectureInfo:
+    """Facts about an architecture, computed from a meta-device build (cached, cheap).
+
+    ``residual`` works as in ``create_model``; the returned ``name`` is then the canonical
+    name of the result (``architecture_info("resnet34_c", residual=False).name == "plain34"``),
+    which is what a checkpoint should record.
+
+    Raises:
+        UnknownArchitectureError: unknown name or an option the architecture does not take.
+    """
+    return _info(_resolve(name, residual))
+
+
+def _all_specs() -> list[_Spec]:
+    specs = []
+    for preact in (False, True):
+        for family in _FAMILIES:
+            for residual in (True, False):
+                for depth, (block, _) in family.depths.items():
+                    versions: tuple[Version | None, ...] = ("v1.5", "v1") if block == "bottleneck" else (None,)
+                    shortcuts: tuple[Shortcut | None, ...] = family.shortcuts[block] if residual else (None,)
+                    specs += [
+                        _Spec(family, depth, preact, residual, version, shortcut)
+                        for version in versions
+                        for shortcut in shortcuts
+                    ]
+    return specs
 
 
 def list_models() -> list[ArchitectureInfo]:
-    return [architecture_info(name) for name in _BUILDERS]
+    """Every architecture under its canonical name: post- then pre-activation, ImageNet then
+    CIFAR, residual then plain, by depth."""
+    return [_info(spec) for spec in _all_specs()]

@@ -1,13 +1,41 @@
-"""ResNet for ImageNet-sized inputs (He et al., 2015, Table 1) and for CIFAR-sized ones (Sec. 4.2)."""
+"""ResNet for ImageNet-sized inputs (He et al., 2015, Table 1) and for CIFAR-sized ones (Sec. 4.2),
+post-activation or pre-activation (He et al., 2016), with the paper's three shortcut options.
+
+Shortcut options (He et al., 2015, Sec. 4.1): "A" zero-pads the identity where the shape
+changes (no parameters), "B" projects (1×1 conv) only where the shape changes, "C" projects in
+every block.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
 
-from resnet_serve.models.blocks import BasicBlock, Bottleneck, CifarBasicBlock, conv1x1
+from resnet_serve.models.blocks import (
+    Bottleneck,
+    PadShortcut,
+    PreActBottleneck,
+    ResidualBlock,
+    conv1x1,
+    conv3x3,
+)
+
+Shortcut = Literal["A", "B", "C"]
+
+
+def _make_shortcut(
+    option: Shortcut, in_planes: int, out_planes: int, stride: int, *, preact: bool
+) -> nn.Module | None:
+    reshapes = stride != 1 or in_planes != out_planes
+    if option == "C" or (option == "B" and reshapes):
+        projection = conv1x1(in_planes, out_planes, stride)
+        # In a pre-activation net the next block normalises the sum, so the projection has no BN.
+        return projection if preact else nn.Sequential(projection, nn.BatchNorm2d(out_planes))
+    if option == "A" and reshapes:
+        return PadShortcut(in_planes, out_planes, stride)
+    return None
 
 
 def _init_weights(model: nn.Module, *, zero_init_last: bool) -> None:
@@ -21,72 +49,88 @@ def _init_weights(model: nn.Module, *, zero_init_last: bool) -> None:
     # helps large-batch training; it would silence a plain net, so it only applies with skips.
     if zero_init_last:
         for m in model.modules():
-            if isinstance(m, (BasicBlock, Bottleneck)) and m.residual:
+            if isinstance(m, ResidualBlock) and m.residual:
                 m.zero_init_last()
 
 
 class ResNet(nn.Module):
     """ImageNet-style ResNet: 7×7 stem, max-pool, four stages, global average pool, classifier.
 
+    With pre-activation blocks the stem is the bare convolution and max-pool (each block
+    normalises its own input) and one BN-ReLU follows the last stage, whose sum nothing else
+    normalises.
+
     Args:
-        block: BasicBlock (ResNet-18/34) or Bottleneck (ResNet-50/101/152).
-        layers: number of blocks in each of the four stages.
+        block: a block type from ``blocks`` (basic for ResNet-18/34, bottleneck for deeper).
+        layers: number of blocks in each stage.
         num_classes: size of the classifier.
         in_channels: channels of the input image.
+        shortcut: the paper's option "A", "B" or "C" (see the module docstring).
+        stride_on_3x3: bottlenecks only: True for v1.5 (torchvision), False for v1 (the paper).
         residual: False builds the plain twin (no shortcuts, no projections).
-        zero_init_last: zero the last BatchNorm of every residual branch.
+        zero_init_last: zero the last scale of every residual branch.
     """
+
+    widths: ClassVar[tuple[int, ...]] = (64, 128, 256, 512)
 
     def __init__(
         self,
-        block: type[BasicBlock] | type[Bottleneck],
+        block: type[ResidualBlock],
         layers: Sequence[int],
         *,
         num_classes: int = 1000,
         in_channels: int = 3,
+        shortcut: Shortcut = "B",
+        stride_on_3x3: bool = True,
         residual: bool = True,
         zero_init_last: bool = False,
     ) -> None:
         super().__init__()
+        if len(layers) != len(self.widths):
+            raise ValueError(f"{type(self).__name__} has {len(self.widths)} stages, got layers={list(layers)}")
         self.residual = residual
-        self.in_planes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.preact = block.preact
+        self.conv1, stem_pool = self._stem(in_channels)
+        if not self.preact:
+            self.bn1 = nn.BatchNorm2d(self.widths[0])
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.maxpool = stem_pool
+        block_options = (
+            {"stride_on_3x3": stride_on_3x3} if issubclass(block, (Bottleneck, PreActBottleneck)) else {}
+        )
+        in_planes = self.widths[0]
+        for index, (planes, count) in enumerate(zip(self.widths, layers), start=1):
+            out_planes = planes * block.expansion
+            stage = []
+            for position in range(count):
+                stride = 2 if index > 1 and position == 0 else 1
+                downsample = (
+                    _make_shortcut(shortcut, in_planes, out_planes, stride, preact=self.preact)
+                    if residual
+                    else None
+                )
+                stage.append(block(in_planes, planes, stride, downsample, residual, **block_options))
+                in_planes = out_planes
+            setattr(self, f"layer{index}", nn.Sequential(*stage))
+        self.num_features = in_planes
+        if self.preact:
+            self.final_bn = nn.BatchNorm2d(self.num_features)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.num_features = 512 * block.expansion
         self.fc = nn.Linear(self.num_features, num_classes)
         _init_weights(self, zero_init_last=zero_init_last)
 
-    def _make_layer(
-        self,
-        block: type[BasicBlock] | type[Bottleneck],
-        planes: int,
-        blocks: int,
-        stride: int = 1,
-    ) -> nn.Sequential:
-        out_planes = planes * block.expansion
-        downsample = None
-        # A projection only where the shortcut must change shape (the paper's option B).
-        if self.residual and (stride != 1 or self.in_planes != out_planes):
-            downsample = nn.Sequential(
-                conv1x1(self.in_planes, out_planes, stride), nn.BatchNorm2d(out_planes)
-            )
-        stage = [block(self.in_planes, planes, stride, downsample, self.residual)]
-        self.in_planes = out_planes
-        stage += [
-            block(self.in_planes, planes, residual=self.residual) for _ in range(1, blocks)
-        ]
-        return nn.Sequential(*stage)
+    def _stem(self, in_channels: int) -> tuple[nn.Conv2d, nn.Module]:
+        conv = nn.Conv2d(in_channels, self.widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+        return conv, nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.conv1(x)
+        if not self.preact:
+            x = self.relu(self.bn1(x))
+        x = self.maxpool(x)
+        for index in range(1, len(self.widths) + 1):
+            x = getattr(self, f"layer{index}")(x)
+        return self.relu(self.final_bn(x)) if self.preact else x
 
     def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)
@@ -96,55 +140,48 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-class CifarResNet(nn.Module):
-    """The paper's CIFAR ResNet-(6n+2): 3×3 stem, three stages of n basic blocks at 16/32/64
-    channels, option-A shortcuts, global average pool, classifier.
+class CifarResNet(ResNet):
+    """The paper's CIFAR ResNet: 3×3 stem, three stages at 16/32/64 channels (times the
+    block's expansion), global average pool, classifier. With n blocks per stage the depth is
+    6n+2 for basic blocks (He et al., 2015, Sec. 4.2) and 9n+2 for bottlenecks (ResNet-164
+    and -1001, He et al., 2016).
 
     Args:
-        depth: 6n + 2 (20, 32, 44, 56, 110, ...).
+        block: a block type from ``blocks``.
+        layers: number of blocks in each of the three stages.
         num_classes: size of the classifier.
         in_channels: channels of the input image.
+        shortcut: the paper's option "A" (its choice for CIFAR), "B" or "C".
+        stride_on_3x3: bottlenecks only: True for v1.5 (torchvision), False for v1 (the paper).
         residual: False builds the plain twin.
-        zero_init_last: zero the last BatchNorm of every residual branch.
+        zero_init_last: zero the last scale of every residual branch.
     """
+
+    widths = (16, 32, 64)
 
     def __init__(
         self,
-        depth: int,
+        block: type[ResidualBlock],
+        layers: Sequence[int],
         *,
         num_classes: int = 10,
         in_channels: int = 3,
+        shortcut: Shortcut = "A",
+        stride_on_3x3: bool = True,
         residual: bool = True,
         zero_init_last: bool = False,
     ) -> None:
-        super().__init__()
-        if (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
-        n = (depth - 2) // 6
-        self.residual = residual
-        self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU(inplace=True)
-        widths = (16, 32, 64)
-        in_planes = 16
-        for index, width in enumerate(widths, start=1):
-            stride = 1 if index == 1 else 2
-            stage = [CifarBasicBlock(in_planes, width, stride, residual=residual)]
-            stage += [CifarBasicBlock(width, width, residual=residual) for _ in range(1, n)]
-            setattr(self, f"layer{index}", nn.Sequential(*stage))
-            in_planes = width
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.num_features = widths[-1]
-        self.fc = nn.Linear(self.num_features, num_classes)
-        _init_weights(self, zero_init_last=zero_init_last)
+        super().__init__(
+            block,
+            layers,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            shortcut=shortcut,
+            stride_on_3x3=stride_on_3x3,
+            residual=residual,
+            zero_init_last=zero_init_last,
+        )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        return self.layer3(self.layer2(self.layer1(x)))
-
-    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _stem(self, in_channels: int) -> tuple[nn.Conv2d, nn.Module]:
+        # 32² inputs are small already: the stem keeps full resolution and does not pool.
+        return conv3x3(in_channels, self.widths[0]), nn.Identity()

@@ -24,6 +24,7 @@ __all__ = [
     "ONNXRUNTIME",
     "PYTHON_ONNXRUNTIME",
     "SERVING_TARGETS",
+    "TENSORRT_PLAN",
     "DynamicBatching",
     "InstanceGroup",
     "ModelConfig",
@@ -397,8 +398,18 @@ ONNXRUNTIME = ServingTarget(
     instance_kind="KIND_AUTO",
     description="Triton's onnxruntime backend (the official tritonserver container images)",
 )
+TENSORRT_PLAN = ServingTarget(
+    name="tensorrt-plan",
+    backend="tensorrt",
+    platform="tensorrt_plan",
+    model_filename="model.plan",
+    # An engine only runs on the GPU model it was built for.
+    instance_kind="KIND_GPU",
+    description="Triton's tensorrt backend running a serialized engine (official container "
+    "images, on the GPU model and TensorRT version that built it)",
+)
 SERVING_TARGETS: dict[str, ServingTarget] = {
-    target.name: target for target in (PYTHON_ONNXRUNTIME, ONNXRUNTIME)
+    target.name: target for target in (PYTHON_ONNXRUNTIME, ONNXRUNTIME, TENSORRT_PLAN)
 }
 
 

@@ -5,6 +5,7 @@ One entry is laid out as Triton expects it:
     <repository>/<name>/config.pbtxt
     <repository>/<name>/labels.txt          one class name per line (classification extension)
     <repository>/<name>/<version>/model.onnx
+    <repository>/<name>/<version>/model.plan + model.plan.json   (TensorRT engine + its sidecar)
     <repository>/<name>/<version>/model.py  only for targets that run in the python backend
 
 Preprocessing and other metadata travel in the config's `parameters`, so any client can read
@@ -139,7 +140,7 @@ def _check_arguments(
     """Validate what can be checked before touching the disk; return the preprocessing JSON."""
     _check_name(name)
     if not onnx_path.is_file():
-        raise RepositoryError(f"ONNX model {onnx_path} does not exist")
+        raise RepositoryError(f"model file {onnx_path} does not exist")
     if not class_names:
         raise RepositoryError("a classifier needs at least one class name")
     bad = [c for c in class_names if not c.strip() or "\n" in c or "\r" in c]
@@ -178,6 +179,9 @@ def write_model_entry(
     metadata: Mapping[str, str] | None = None,
 ) -> ModelEntry:
     """Write (or replace) one model entry atomically and return it.
+
+    ``onnx_path`` is the model file the target serves: ONNX, or for ``TENSORRT_PLAN`` an
+    engine with its ``<plan>.json`` sidecar beside it.
 
     The entry is built in a hidden folder inside the repository, read back and checked, then
     swapped in with renames: a failed write leaves the repository exactly as it was. A server
@@ -261,7 +265,15 @@ def _build_entry(
     version_folder.mkdir()
     model_path = version_folder / target.model_filename
     shutil.copyfile(onnx_path, model_path)
-    _check_onnx(model_path, input_shape=input_shape, num_classes=len(class_names))
+    if model_path.suffix == ".onnx":
+        _check_onnx(model_path, input_shape=input_shape, num_classes=len(class_names))
+    else:
+        # A TensorRT plan cannot be inspected without TensorRT and its GPU; the JSON sidecar
+        # that records which ones it needs travels with it instead.
+        sidecar = onnx_path.with_name(f"{onnx_path.name}.json")
+        if not sidecar.is_file():
+            raise RepositoryError(f"{onnx_path} has no sidecar {sidecar.name} beside it")
+        shutil.copyfile(sidecar, model_path.with_name(f"{model_path.name}.json"))
     if target.copies_python_model:
         template = resources.files("resnet_serve.triton").joinpath(
             "python_model", target.python_model

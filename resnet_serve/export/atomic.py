@@ -1,0 +1,74 @@
+"""Writing derived ONNX models (INT8, FP16) so that readers only ever see a complete, checked
+file that still carries the metadata of the model it came from."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import onnx
+
+from resnet_serve.errors import ExportError
+
+__all__ = ["first_line", "replacing_atomically", "save_onnx_atomically"]
+
+
+def save_onnx_atomically(
+    proto: onnx.ModelProto,
+    destination: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save ``proto`` as one self-contained file at ``destination``, after ``onnx.checker``
+    (full check, with shape inference) accepts it.
+
+    ``metadata`` entries are added to the model's ``metadata_props``, replacing any of the
+    same key. The file is written beside its destination under a temporary name and renamed
+    into place, so a failure leaves neither a partial file nor a changed old one.
+
+    Raises:
+        ExportError: the checker refused the model or the file could not be written.
+    """
+    merged = {entry.key: entry.value for entry in proto.metadata_props} | dict(metadata or {})
+    del proto.metadata_props[:]
+    for key, value in merged.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+    destination = Path(destination)
+    try:
+        with replacing_atomically(destination) as temporary:
+            onnx.save(proto, temporary, save_as_external_data=False)
+            onnx.checker.check_model(temporary, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"writing {destination} failed: {first_line(exc)}") from exc
+    return destination
+
+
+@contextlib.contextmanager
+def replacing_atomically(destination: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``destination``, moved onto it only if the block succeeds.
+
+    On any failure the temporary file is removed and an existing ``destination`` is untouched,
+    so a reader never sees a half-written file.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type when it has none): third-party
+    tools put whole graphs and stack dumps in theirs."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

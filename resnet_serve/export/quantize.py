@@ -1,0 +1,223 @@
+"""FP32 ONNX → INT8 ONNX for CPUs: onnxruntime static quantization in QDQ form.
+
+Weights are quantized per output channel (signed INT8), activations per tensor (unsigned
+INT8) with ranges calibrated on real images. Quantize the *folded* export: a BatchNorm left in
+the graph would be quantized as its own op, with its own rounding, instead of vanishing into
+the convolution's per-channel weight scales.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from resnet_serve.errors import ExportError
+from resnet_serve.export.atomic import first_line, save_onnx_atomically
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "MIN_CALIBRATION_IMAGES",
+    "CalibrationMethodName",
+    "QuantizationResult",
+    "quantize_int8",
+]
+
+CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
+CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+# Fewer images give activation ranges that depend on which few were drawn; the entropy and
+# percentile methods need enough samples for a histogram to mean anything.
+MIN_CALIBRATION_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class QuantizationResult:
+    """What ``quantize_int8`` wrote.
+
+    Attributes:
+        path: the INT8 ONNX file.
+        method: the calibration method.
+        per_channel: whether weights have one scale per output channel.
+        calibration_images: images the activation ranges were calibrated on.
+        quantize_nodes / dequantize_nodes: QuantizeLinear / DequantizeLinear nodes in the graph.
+        size_bytes / source_size_bytes: the INT8 file and the FP32 file it came from.
+    """
+
+    path: Path
+    method: str
+    per_channel: bool
+    calibration_images: int
+    quantize_nodes: int
+    dequantize_nodes: int
+    size_bytes: int
+    source_size_bytes: int
+
+    def to_dict(self) -> dict:
+        result = asdict(self)
+        result["path"] = str(self.path)
+        return result
+
+
+def quantize_int8(
+    onnx_fp32_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    calibration_images: np.ndarray,
+    method: CalibrationMethodName = "minmax",
+    per_channel: bool = True,
+    calibration_batch_size: int = 32,
+) -> QuantizationResult:
+    """Quantize an FP32 ONNX classifier to INT8 (QDQ), calibrated on ``calibration_images``.
+
+    ``calibration_images`` are preprocessed exactly as for inference: float NCHW matching the
+    model's input. The model's metadata is carried over, with the precision and calibration
+    added. The file appears atomically, after ``onnx.checker`` accepted it.
+
+    Raises:
+        ExportError: an unknown method, too few images, images of the wrong shape or with
+            non-finite values, an unreadable model, or a failed quantization.
+    """
+    if method not in CALIBRATION_METHODS:
+        raise ExportError(
+            f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
+        )
+    if calibration_batch_size < 1:
+        raise ExportError(f"calibration batch size must be ≥ 1, got {calibration_batch_size}")
+    source = Path(onnx_fp32_path)
+    if not source.is_file():
+        raise ExportError(f"ONNX model {source} does not exist")
+    try:
+        proto = onnx.load(source)
+    except Exception as exc:
+        raise ExportError(f"{source} is not a readable ONNX model: {first_line(exc)}") from exc
+    input_name, batch_dim, image_dims = _single_input(proto, source)
+    images = _checked_calibration_images(calibration_images, image_dims)
+    # A model exported with a fixed batch only accepts batches of exactly that size.
+    batch_size = batch_dim or calibration_batch_size
+    if batch_dim and len(images) < batch_dim:
+        raise ExportError(
+            f"{source} has a fixed batch of {batch_dim}; calibration needs at least that many "
+            f"images, got {len(images)}"
+        )
+
+    # Imported here: the quantization tooling is slow to import and only this function needs it.
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            stop = len(images) - len(images) % batch_size if batch_dim else len(images)
+            self._feeds = iter(
+                {input_name: images[i : i + batch_size]} for i in range(0, stop, batch_size)
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    calibrate_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+    destination = Path(output_path)
+    with tempfile.TemporaryDirectory(prefix="resnet-serve-quantize-") as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quantized = Path(scratch) / "int8.onnx"
+        try:
+            # The histogram calibrators print their progress to stdout; a library must not.
+            with contextlib.redirect_stdout(io.StringIO()):
+                # Shape inference and constant folding first, as onnxruntime recommends: the
+                # quantizer only handles tensors whose type and shape it knows.
+                quant_pre_process(source, prepared)
+                quantize_static(
+                    prepared,
+                    quantized,
+                    _Batches(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=calibrate_method,
+                    extra_options={"CalibTensorRangeSymmetric": False},
+                )
+            result = onnx.load(quantized)
+        except Exception as exc:  # onnxruntime's tooling raises anything from KeyError to its own
+            raise ExportError(f"INT8 quantization of {source} failed: {first_line(exc)}") from exc
+        # The quantizer keeps only its own notes; the serving metadata must travel on.
+        metadata = {entry.key: entry.value for entry in proto.metadata_props} | {
+            "precision": "int8",
+            "calibration_method": method,
+            "calibration_images": str(len(images)),
+        }
+        save_onnx_atomically(result, destination, metadata=metadata)
+
+    ops = Counter(node.op_type for node in result.graph.node)
+    return QuantizationResult(
+        path=destination,
+        method=method,
+        per_channel=per_channel,
+        calibration_images=len(images),
+        quantize_nodes=ops.get("QuantizeLinear", 0),
+        dequantize_nodes=ops.get("DequantizeLinear", 0),
+        size_bytes=destination.stat().st_size,
+        source_size_bytes=source.stat().st_size,
+    )
+
+
+def _single_input(proto: onnx.ModelProto, source: Path) -> tuple[str, int, tuple[int | None, ...]]:
+    """The graph's image input: its name, fixed batch (0 when dynamic) and per-image dims
+    (None where symbolic)."""
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = [value for value in proto.graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        raise ExportError(f"{source} has {len(inputs)} inputs; INT8 quantization needs exactly one")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ExportError(f"{source} takes a rank-{len(dims)} input, not an NCHW batch of images")
+    batch = dims[0].dim_value if dims[0].HasField("dim_value") else 0
+    image_dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
+    return inputs[0].name, batch, image_dims
+
+
+def _checked_calibration_images(
+    images: np.ndarray, expected: tuple[int | None, ...]
+) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ExportError(
+            f"calibration images must be an N×C×H×W array, got shape {images.shape}"
+        )
+    wanted = "×".join("?" if d is None else str(d) for d in expected)
+    if any(d is not None and d != actual for d, actual in zip(expected, images.shape[1:])):
+        raise ExportError(
+            f"calibration images are {'×'.join(map(str, images.shape[1:]))} but the model "
+            f"takes {wanted} (C×H×W)"
+        )
+    if len(images) < MIN_CALIBRATION_IMAGES:
+        raise ExportError(
+            f"{len(images)} calibration images are too few; give at least "
+            f"{MIN_CALIBRATION_IMAGES} (a few hundred real training images is typical)"
+        )
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ExportError(
+            f"calibration images must be preprocessed floats as the model takes them, "
+            f"got {images.dtype}"
+        )
+    if not np.isfinite(images).all():
+        raise ExportError("calibration images contain NaN or infinite values")
+    return np.ascontiguousarray(images, dtype=np.float32)
+

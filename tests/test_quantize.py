@@ -1,0 +1,91 @@
+"""INT8 (static QDQ) quantization of a trained ResNet-20, checked against FP32 on real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from samples import fashion_mnist
+
+from resnet_serve.checkpoints import Checkpoint, load_checkpoint
+from resnet_serve.data import load_default_dataset
+from resnet_serve.errors import ExportError
+from resnet_serve.export import export_onnx
+from resnet_serve.export.quantize import MIN_CALIBRATION_IMAGES, quantize_int8
+from resnet_serve.fold import fold_batchnorm
+from resnet_serve.runtimes import OnnxRuntime
+
+
+@pytest.fixture(scope="module")
+def trained(trained_resnet20: Path) -> Checkpoint:
+    return load_checkpoint(trained_resnet20)
+
+
+@pytest.fixture(scope="module")
+def fp32_path(trained: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_onnx(
+        fold_batchnorm(trained.model).model, tmp_path_factory.mktemp("quantize") / "fp32.onnx",
+        input_shape=trained.meta.preprocessing.input_shape, metadata={"architecture": "resnet20"},
+    ).path
+
+
+@pytest.fixture(scope="module")
+def calibration(trained: Checkpoint) -> np.ndarray:
+    train = load_default_dataset(split="train")
+    return trained.meta.preprocessing.normalize(train.images[-128:])
+
+
+def test_int8_keeps_the_fp32_top1_on_real_images(
+    trained: Checkpoint, fp32_path: Path, calibration: np.ndarray, tmp_path: Path
+) -> None:
+    result = quantize_int8(fp32_path, tmp_path / "int8.onnx", calibration_images=calibration)
+
+    proto = onnx.load(result.path)
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert result.quantize_nodes > 0 and result.dequantize_nodes > result.quantize_nodes
+    assert (result.method, result.per_channel, result.calibration_images) == ("minmax", True, 128)
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    assert metadata["architecture"] == "resnet20" and metadata["precision"] == "int8"
+    assert result.size_bytes < result.source_size_bytes / 2
+    # The dynamic batch axis survives quantization.
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+    images = trained.meta.preprocessing.normalize(load_default_dataset(split="test").images[:300])
+    fp32 = OnnxRuntime(fp32_path).run(images)
+    int8 = OnnxRuntime(result.path).run(images)
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.88
+    assert list(tmp_path.iterdir()) == [result.path]
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_every_calibration_method_quantizes(fp32_path: Path, calibration: np.ndarray, tmp_path: Path, method: str) -> None:
+    result = quantize_int8(fp32_path, tmp_path / "int8.onnx", calibration_images=calibration[:32], method=method)
+    assert result.method == method
+    assert OnnxRuntime(result.path).run(fashion_mnist(4)).shape == (4, 10)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((MIN_CALIBRATION_IMAGES - 1, 1, 28, 28), np.float32), "too few"),
+        (np.zeros((32, 3, 28, 28), np.float32), "3×28×28 but the model takes 1×28×28"),
+        (np.zeros((32, 28, 28), np.float32), "N×C×H×W"),
+        (np.full((32, 1, 28, 28), np.nan, np.float32), "NaN"),
+        (np.zeros((32, 1, 28, 28), np.uint8), "preprocessed floats"),
+    ],
+)
+def test_bad_calibration_sets_are_refused_and_nothing_is_written(
+    fp32_path: Path, tmp_path: Path, images: np.ndarray, message: str
+) -> None:
+    with pytest.raises(ExportError, match=message):
+        quantize_int8(fp32_path, tmp_path / "int8.onnx", calibration_images=images)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_method_is_refused(fp32_path: Path, calibration: np.ndarray, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="unknown calibration method 'kl'"):
+        quantize_int8(fp32_path, tmp_path / "int8.onnx", calibration_images=calibration, method="kl")  # type: ignore[arg-type]

@@ -115,7 +115,7 @@ def train(
     arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture (see `resnet-serve models`).")] = "resnet20",
     data: DataOption = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")] = Path("checkpoints/model.safetensors"),
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: the recipe's).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs, fractions allowed (default: the recipe's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.")] = None,
@@ -123,14 +123,20 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     recipe: Annotated[str, typer.Option(help="demo (Fashion-MNIST in minutes), cifar (the paper's: step schedule, 164 epochs) or imagenet (cosine, warm-up, label smoothing).")] = "demo",
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run that wrote this checkpoint (same options); usually the --output path.")] = None,
+    no_skip: Annotated[bool, typer.Option("--no-skip", help="Remove every shortcut: train the architecture's plain twin.")] = False,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bfloat16 autocast when training on a CUDA GPU (no effect on the CPU).")] = True,
     json_path: JsonOption = None,
 ) -> None:
     """Train an architecture on Fashion-MNIST (or an IDX folder) and write a checkpoint."""
+    from resnet_serve.models import architecture_info
     from resnet_serve.train import train_on_folder
 
+    if no_skip:
+        # The plain twin's own name, so the checkpoint rebuilds the network that was trained.
+        arch = architecture_info(arch, residual=False).name
     result = train_on_folder(
         architecture=arch, data_dir=data, output=output, recipe=recipe, epochs=epochs, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, limit=limit, seed=seed, resume_from=resume,
+        lr=lr, weight_decay=weight_decay, limit=limit, seed=seed, amp=amp, resume_from=resume,
         reporter=RichReporter(err_console),
     )
     console.print(
@@ -217,6 +223,8 @@ def export(
     simplify: Annotated[bool, typer.Option("--simplify", help="Simplify the graph with onnxruntime's basic optimisations, checked against the unsimplified graph.")] = False,
     data: DataOption = None,
     verify_images: Annotated[int, typer.Option(help="Real test images used to verify folding and ONNX.")] = 256,
+    fold_atol: Annotated[float, typer.Option(help="Largest logit difference allowed between the folded and the original model.")] = 1e-5,
+    onnx_atol: Annotated[float, typer.Option(help="Largest logit difference allowed between onnxruntime and PyTorch.")] = 1e-4,
     export_format: Annotated[str, typer.Option("--format", help="onnx, or tensorrt: build the verified ONNX into an engine served by Triton's tensorrt backend (needs TensorRT and an NVIDIA GPU).")] = "onnx",
     precision: Annotated[str, typer.Option(help="tensorrt: fp32, fp16 or int8 (calibrated on real training images).")] = "fp16",
     min_batch: Annotated[int, typer.Option(help="tensorrt: smallest batch of the optimisation profile.")] = 1,
@@ -243,7 +251,7 @@ def export(
         checkpoint=checkpoint, repository=repository, name=name, target=target,
         max_batch_size=max_batch_size, instances=instances, opset=opset,
         exporter=_exporter(exporter), dynamic_hw=dynamic_hw, simplify=simplify,
-        data_dir=data, verify_images=verify_images, engine=engine,
+        data_dir=data, verify_images=verify_images, fold_atol=fold_atol, onnx_atol=onnx_atol, engine=engine,
         reporter=RichReporter(err_console),
     )
     console.print(

@@ -84,17 +84,19 @@ def fold_export_verify(
     images: np.ndarray,
     *,
     batch_sizes: Sequence[int],
+    fold_atol: float = FOLD_TOLERANCE,
+    onnx_atol: float = ONNX_TOLERANCE,
     **export_options: Any,
 ) -> VerifiedOnnx:
     """Fold the checkpoint's BatchNorms, export the folded model to ``path`` and verify both:
-    folded vs original within 1e-5, onnxruntime vs the original within 1e-4 with identical
-    top-1 at every batch size, and no BatchNormalization node left in the graph."""
+    folded vs original within ``fold_atol``, onnxruntime vs the original within ``onnx_atol``
+    with identical top-1 at every batch size, and no BatchNormalization node left in the graph."""
     folded = fold_batchnorm(loaded.model)
     fold_parity = compare_runtimes(
         TorchRuntime(loaded.model), TorchRuntime(folded.model, name="pytorch-folded"), images,
         batch_sizes=batch_sizes[-1:],
     )
-    check_parity(fold_parity, atol=FOLD_TOLERANCE)
+    check_parity(fold_parity, atol=fold_atol)
     exported = export_onnx(
         folded.model, path, input_shape=loaded.meta.input_shape,
         metadata=loaded.meta.onnx_metadata(), **export_options,
@@ -102,7 +104,7 @@ def fold_export_verify(
     if exported.batchnorm_nodes:
         raise VerificationError(f"the folded ONNX still has {exported.batchnorm_nodes} BatchNormalization nodes")
     # Against the original, unfolded model: the whole chain is what must hold.
-    onnx_parity = verify_onnx_export(loaded.model, path, images, atol=ONNX_TOLERANCE, batch_sizes=batch_sizes)
+    onnx_parity = verify_onnx_export(loaded.model, path, images, atol=onnx_atol, batch_sizes=batch_sizes)
     return VerifiedOnnx(folded, fold_parity, exported, onnx_parity)
 
 
@@ -121,14 +123,18 @@ def export_to_repository(
     data_dir: Path | None = None,
     verify_images: int = 256,
     verify_batch_size: int = 64,
+    fold_atol: float = FOLD_TOLERANCE,
+    onnx_atol: float = ONNX_TOLERANCE,
     engine: EngineOptions | None = None,
     reporter: Reporter | None = None,
 ) -> ExportReport:
     """Fold, export and verify a checkpoint, then write its Triton repository entry.
 
     Nothing is written to the repository unless the folded model matches the original within
-    1e-5 and onnxruntime matches PyTorch within 1e-4 with identical top-1, at batch 1 and at
-    ``verify_batch_size``, on real test images. With ``engine``, the verified ONNX is built
+    ``fold_atol`` (1e-5) and onnxruntime matches PyTorch within ``onnx_atol`` (1e-4) with
+    identical top-1, at batch 1 and at ``verify_batch_size``, on real test images. Float32
+    rounding grows with depth and with the logits' scale, so a very deep net with large logits
+    may need looser tolerances; its report shows what was measured. With ``engine``, the verified ONNX is built
     into a TensorRT engine (INT8 calibrated on real training images) that the entry serves
     through the ``tensorrt`` target instead.
     """
@@ -159,6 +165,7 @@ def export_to_repository(
         verified = fold_export_verify(
             loaded, onnx_path, images, batch_sizes=batch_sizes, opset=opset, exporter=exporter,
             dynamic_hw=dynamic_hw, simplify=simplify, simplify_images=images,
+            fold_atol=fold_atol, onnx_atol=onnx_atol,
         )
         model_file, built = onnx_path, None
         if engine is not None:

@@ -600,6 +600,7 @@ def train_on_folder(
     weight_decay: float | None = None,
     limit: int | None = None,
     seed: int = 0,
+    amp: bool = True,
     resume_from: Path | None = None,
     reporter: Reporter | None = None,
 ) -> TrainResult:
@@ -612,7 +613,7 @@ def train_on_folder(
         for key, value in dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay).items()
         if value is not None
     }
-    config = replace(RECIPES[recipe], architecture=architecture, seed=seed, limit=limit, **overrides)
+    config = replace(RECIPES[recipe], architecture=architecture, seed=seed, limit=limit, amp=amp, **overrides)
     return train(
         config=config,
         train_set=load_dataset(data_dir, split="train"),

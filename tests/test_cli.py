@@ -96,3 +96,15 @@ def test_bad_concurrency_levels_are_refused(levels: str):
     port = find_free_port()
     result = runner.invoke(app, ["bench", "--concurrency", levels, "--url", f"localhost:{port}"])
     assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_train_no_skip_trains_the_plain_twin(tmp_path: Path):
+    from resnet_serve.checkpoints import read_checkpoint_meta
+
+    output = tmp_path / "twin.safetensors"
+    result = runner.invoke(
+        app, ["train", "--arch", "resnet20", "--no-skip", "--limit", "256", "--epochs", "0.5",
+              "--batch-size", "64", "-o", str(output)],
+    )
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint_meta(output).architecture == "plain20"

@@ -38,7 +38,7 @@ ProtocolOption = Annotated[str, typer.Option("--protocol", "-p", help="http or g
 UrlOption = Annotated[Optional[str], typer.Option(help="Server address host:port (default localhost:8000 for http, :8001 for grpc).")]
 ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="Served model name (default: the server's only ready model).")]
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
-DataOption = Annotated[Optional[Path], typer.Option("--data", help="Folder with IDX files (default: Fashion-MNIST from the Debian package).")]
+DataOption = Annotated[Optional[Path], typer.Option("--data", help="An IDX folder, a CIFAR-10/100 archive or folder, or an ImageFolder tree (default: Fashion-MNIST from the Debian package).")]
 
 
 def _command(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -127,7 +127,7 @@ def train(
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bfloat16 autocast when training on a CUDA GPU (no effect on the CPU).")] = True,
     json_path: JsonOption = None,
 ) -> None:
-    """Train an architecture on Fashion-MNIST (or an IDX folder) and write a checkpoint."""
+    """Train an architecture on Fashion-MNIST (or a dataset given by --data) and write a checkpoint."""
     from resnet_serve.models import architecture_info
     from resnet_serve.train import train_on_folder
 

@@ -274,7 +274,8 @@ class RuntimeFactory:
         result = self.onnx_int8
         return (
             f"static QDQ, per-channel weights, {result.method} calibration on "
-            f"{result.calibration_images} training images"
+            f"{result.calibration_images} training images; kept in FP32: "
+            f"{', '.join(result.kept_fp32) or 'nothing'}"
         )
 
     def _openvino(self, kind: str, path: Path, precision: Literal["fp32", "bf16"]) -> Runtime:

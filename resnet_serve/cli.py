@@ -457,7 +457,7 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the checkpoint, images and logs go.")] = Path("demo-output"),
     repository: Annotated[Path, typer.Option(help="Triton model repository to write into.")] = DEFAULT_REPOSITORY,
     summary: Annotated[Path, typer.Option(help="Write the summary JSON here.")] = Path("demo-summary.json"),
-    epochs: Annotated[Optional[int], typer.Option(help="Override the demo recipe's epochs.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Override the demo recipe's epochs (fractions allowed).")] = None,
 ) -> None:
     """Train ResNet-20 on Fashion-MNIST, export, serve, classify, evaluate and benchmark it."""
     from resnet_serve.demo import run_demo

@@ -85,7 +85,7 @@ def run_demo(
     workdir: Path,
     repository: Path,
     data_dir: Path | None = None,
-    epochs: int | None = None,
+    epochs: float | None = None,
     limit: int | None = None,
     bench_seconds: float = 4.0,
     reporter: Reporter | None = None,

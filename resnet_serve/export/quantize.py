@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import onnx
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
-CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethodName)
 # Fewer images give activation ranges that depend on which few were drawn; the entropy and
 # percentile methods need enough samples for a histogram to mean anything.
 MIN_CALIBRATION_IMAGES = 16

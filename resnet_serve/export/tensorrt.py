@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 _MISSING_TENSORRT = (
     "TensorRT is not installed: on a CUDA machine `pip install tensorrt` from NVIDIA's index"
 )

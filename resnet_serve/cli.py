@@ -226,13 +226,15 @@ def export(
     fold_atol: Annotated[float, typer.Option(help="Largest logit difference allowed between the folded and the original model.")] = 1e-5,
     onnx_atol: Annotated[float, typer.Option(help="Largest logit difference allowed between onnxruntime and PyTorch.")] = 1e-4,
     export_format: Annotated[str, typer.Option("--format", help="onnx, or tensorrt: build the verified ONNX into an engine served by Triton's tensorrt backend (needs TensorRT and an NVIDIA GPU).")] = "onnx",
-    precision: Annotated[str, typer.Option(help="tensorrt: fp32, fp16 or int8 (calibrated on real training images).")] = "fp16",
+    precision: Annotated[Optional[str], typer.Option(help="onnx: fp32, int8 (static QDQ) or fp16; tensorrt: fp32, fp16 or int8. INT8 is calibrated on real training images (default: fp32 for onnx, fp16 for tensorrt).")] = None,
     min_batch: Annotated[int, typer.Option(help="tensorrt: smallest batch of the optimisation profile.")] = 1,
     opt_batch: Annotated[Optional[int], typer.Option(help="tensorrt: batch the engine is tuned for (default: the max batch).")] = None,
     max_batch: Annotated[Optional[int], typer.Option(help="tensorrt: largest batch of the profile (default: --max-batch-size).")] = None,
     workspace_mb: Annotated[int, typer.Option(help="tensorrt: builder workspace limit in MiB.")] = 1024,
     timing_cache: Annotated[Optional[Path], typer.Option(help="tensorrt: timing cache file, read before and updated after the build.")] = None,
-    calibration_images: Annotated[int, typer.Option(help="tensorrt int8: real training images to calibrate on.")] = 512,
+    calibration_images: Annotated[int, typer.Option(help="int8: real training images to calibrate on.")] = 512,
+    calibration_method: Annotated[str, typer.Option(help="onnx int8: minmax, entropy or percentile.")] = "minmax",
+    min_agreement: Annotated[float, typer.Option(help="onnx int8/fp16: least top-1 agreement with the FP32 ONNX on the test images, a fraction.")] = 0.99,
     calibration_cache: Annotated[Optional[Path], typer.Option(help="tensorrt int8: calibration cache file, reused when present.")] = None,
     json_path: JsonOption = None,
 ) -> None:
@@ -243,7 +245,7 @@ def export(
     if export_format not in ("onnx", "tensorrt"):
         raise typer.BadParameter(f"expected onnx or tensorrt, got {export_format!r}", param_hint="--format")
     engine = EngineOptions(
-        precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,  # type: ignore[arg-type]
+        precision=precision or "fp16", min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,  # type: ignore[arg-type]
         workspace_bytes=workspace_mb << 20, timing_cache_path=timing_cache,
         calibration_images=calibration_images, calibration_cache_path=calibration_cache,
     ) if export_format == "tensorrt" else None
@@ -251,8 +253,11 @@ def export(
         checkpoint=checkpoint, repository=repository, name=name, target=target,
         max_batch_size=max_batch_size, instances=instances, opset=opset,
         exporter=_exporter(exporter), dynamic_hw=dynamic_hw, simplify=simplify,
-        data_dir=data, verify_images=verify_images, fold_atol=fold_atol, onnx_atol=onnx_atol, engine=engine,
-        reporter=RichReporter(err_console),
+        data_dir=data, verify_images=verify_images, fold_atol=fold_atol, onnx_atol=onnx_atol,
+        precision=(precision or "fp32") if engine is None else "fp32",  # type: ignore[arg-type]
+        calibration_images=calibration_images,
+        calibration_method=calibration_method, min_agreement=min_agreement,  # type: ignore[arg-type]
+        engine=engine, reporter=RichReporter(err_console),
     )
     console.print(
         f"[green]✓[/] folded {report.batchnorms_folded} BatchNorms (max-abs {report.fold_max_abs:.1e}); "
@@ -260,8 +265,14 @@ def export(
         f"{report.onnx_top1_agreement:.2%} on {report.verify_images} test images at batch "
         f"{'/'.join(map(str, report.verify_batch_sizes))}"
     )
+    if report.precision_parity is not None:
+        parity = report.precision_parity
+        console.print(
+            f"[green]✓[/] {report.precision} ONNX vs FP32 ONNX: top-1 agreement {parity['top1_agreement']:.2%}, "
+            f"max-abs {parity['max_abs']:.2g} on {parity['n_images']} test images"
+        )
     if report.engine is not None:
-        console.print(f"[green]✓[/] built a {precision} TensorRT engine ({report.engine['size_bytes']:,} bytes) in {report.engine['build_seconds']:.0f} s")
+        console.print(f"[green]✓[/] built a {report.precision} TensorRT engine ({report.engine['size_bytes']:,} bytes) in {report.engine['build_seconds']:.0f} s")
     console.print(f"[green]✓[/] wrote {report.entry} ({report.target})")
     _write_json(json_path, report)
 

@@ -8,7 +8,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 import onnx
@@ -17,10 +17,13 @@ from resnet_serve.checkpoints import Checkpoint, load_checkpoint
 from resnet_serve.data import Preprocessing, load_dataset
 from resnet_serve.errors import ExportError, ResnetServeError, VerificationError
 from resnet_serve.export.atomic import first_line, replacing_atomically
+from resnet_serve.export.fp16 import convert_fp16
 from resnet_serve.export.onnx import Exporter, OnnxExportResult, export_onnx, load_onnx_safely
+from resnet_serve.export.quantize import CALIBRATION_METHODS, CalibrationMethodName, quantize_int8
 from resnet_serve.export.tensorrt import EngineOptions, build_engine, require_tensorrt
 from resnet_serve.fold import FOLD_TOLERANCE, FoldResult, fold_batchnorm, fold_onnx_batchnorm
 from resnet_serve.progress import Reporter, SilentReporter
+from resnet_serve.runtimes import OnnxRuntime
 from resnet_serve.triton.config import TENSORRT_PLAN, get_serving_target
 from resnet_serve.triton.repository import write_model_entry
 from resnet_serve.verify import ParityResult, TorchRuntime, check_parity, compare_runtimes, verify_onnx_export
@@ -28,6 +31,11 @@ from resnet_serve.verify import ParityResult, TorchRuntime, check_parity, compar
 # onnxruntime's kernels differ from PyTorch's in summation order; 1e-4 on logits is far below
 # any change of the top-1 class.
 ONNX_TOLERANCE = 1e-4
+# An INT8 or FP16 file changes logits by design; what it must keep is the top-1 class.
+MIN_LOW_PRECISION_AGREEMENT = 0.99
+
+OnnxPrecision = Literal["fp32", "fp16", "int8"]
+ONNX_PRECISIONS: tuple[str, ...] = get_args(OnnxPrecision)
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class ExportReport:
     verify_images: int
     verify_batch_sizes: list[int]
     seconds: float
+    precision: str = "fp32"
+    precision_parity: dict | None = None
     engine: dict | None = None
 
     def to_dict(self) -> dict:
@@ -125,6 +135,10 @@ def export_to_repository(
     verify_batch_size: int = 64,
     fold_atol: float = FOLD_TOLERANCE,
     onnx_atol: float = ONNX_TOLERANCE,
+    precision: OnnxPrecision = "fp32",
+    calibration_images: int = 512,
+    calibration_method: CalibrationMethodName = "minmax",
+    min_agreement: float = MIN_LOW_PRECISION_AGREEMENT,
     engine: EngineOptions | None = None,
     reporter: Reporter | None = None,
 ) -> ExportReport:
@@ -134,12 +148,26 @@ def export_to_repository(
     ``fold_atol`` (1e-5) and onnxruntime matches PyTorch within ``onnx_atol`` (1e-4) with
     identical top-1, at batch 1 and at ``verify_batch_size``, on real test images. Float32
     rounding grows with depth and with the logits' scale, so a very deep net with large logits
-    may need looser tolerances; its report shows what was measured. With ``engine``, the verified ONNX is built
-    into a TensorRT engine (INT8 calibrated on real training images) that the entry serves
-    through the ``tensorrt`` target instead.
+    may need looser tolerances; its report shows what was measured.
+
+    ``precision`` int8 or fp16 serves a lower-precision copy of the verified FP32 ONNX: INT8
+    static QDQ calibrated on ``calibration_images`` real training images, or FP16 weights
+    with FP32 inputs and outputs. It is written only if its top-1 agrees with the FP32 file's
+    on at least ``min_agreement`` of the test images at every batch size.
+
+    With ``engine``, the verified ONNX is built into a TensorRT engine (INT8 calibrated on
+    real training images) that the entry serves through the ``tensorrt`` target instead.
     """
     reporter = reporter or SilentReporter()
     began = time.perf_counter()
+    if precision not in ONNX_PRECISIONS:
+        raise ExportError(f"unknown ONNX precision {precision!r}; choose one of {', '.join(ONNX_PRECISIONS)}")
+    if precision == "int8" and calibration_method not in CALIBRATION_METHODS:
+        raise ExportError(
+            f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
+        )
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ExportError(f"the minimum top-1 agreement is a fraction from 0 to 1, got {min_agreement}")
     if engine is not None:
         # Before any work: without TensorRT and a GPU the whole export would be wasted.
         require_tensorrt()
@@ -167,7 +195,16 @@ def export_to_repository(
             dynamic_hw=dynamic_hw, simplify=simplify, simplify_images=images,
             fold_atol=fold_atol, onnx_atol=onnx_atol,
         )
-        model_file, built = onnx_path, None
+        model_file, built, precision_parity = onnx_path, None, None
+        if engine is None and precision != "fp32":
+            reporter.message(f"making the {precision} ONNX and checking it against FP32 on {len(images)} test images")
+            model_file, precision_parity = _lower_precision_onnx(
+                onnx_path, precision=precision, batch_sizes=batch_sizes, images=images,
+                calibration_images=verification_images(
+                    loaded, data_dir=data_dir, count=calibration_images, split="train"
+                ) if precision == "int8" else None,
+                calibration_method=calibration_method, min_agreement=min_agreement,
+            )
         if engine is not None:
             reporter.message(f"building a {engine.precision} TensorRT engine")
             built = build_engine(
@@ -219,8 +256,35 @@ def export_to_repository(
         verify_images=len(images),
         verify_batch_sizes=batch_sizes,
         seconds=time.perf_counter() - began,
+        precision=engine.precision if engine is not None else precision,
+        precision_parity=precision_parity.to_dict() if precision_parity is not None else None,
         engine=built.to_dict() if built is not None else None,
     )
+
+
+def _lower_precision_onnx(
+    fp32_path: Path,
+    *,
+    precision: OnnxPrecision,
+    batch_sizes: Sequence[int],
+    images: np.ndarray,
+    calibration_images: np.ndarray | None,
+    calibration_method: CalibrationMethodName,
+    min_agreement: float,
+) -> tuple[Path, ParityResult]:
+    """An INT8 or FP16 copy of a verified FP32 ONNX beside it, checked for top-1 agreement."""
+    path = fp32_path.with_name(f"model-{precision}.onnx")
+    if precision == "int8":
+        assert calibration_images is not None
+        quantize_int8(fp32_path, path, calibration_images=calibration_images, method=calibration_method)
+    else:
+        convert_fp16(fp32_path, path)
+    parity = compare_runtimes(
+        OnnxRuntime(fp32_path, name="onnx-fp32"), OnnxRuntime(path, name=f"onnx-{precision}"),
+        images, batch_sizes=batch_sizes,
+    )
+    check_parity(parity, atol=None, min_top1_agreement=min_agreement)
+    return path, parity
 
 # For an ONNX file without preprocessing in its metadata: pixels of 0..1 scaled to about ±2,
 # the spread a normalised input has, so the check exercises realistic activations.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 from typer.testing import CliRunner
 
@@ -108,3 +109,42 @@ def test_train_no_skip_trains_the_plain_twin(tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     assert read_checkpoint_meta(output).architecture == "plain20"
+
+
+@pytest.mark.parametrize(("precision", "weight_type"), [("int8", onnx.TensorProto.INT8), ("fp16", onnx.TensorProto.FLOAT16)])
+def test_export_serves_a_lower_precision_file_checked_against_fp32(
+    trained_resnet20: Path, tmp_path: Path, precision: str, weight_type: int
+):
+    report = tmp_path / "report.json"
+    result = runner.invoke(app, [
+        "export", str(trained_resnet20), "--repository", str(tmp_path / "repo"), "--name", "m",
+        "--precision", precision, "--verify-images", "128", "--calibration-images", "64",
+        "--min-agreement", "0.95", "--json", str(report),
+    ])
+
+    assert result.exit_code == 0, result.output
+    assert f"{precision} ONNX vs FP32 ONNX: top-1 agreement" in result.output
+    exported = json.loads(report.read_text())
+    assert exported["precision"] == precision
+    assert exported["precision_parity"]["n_images"] == 128
+    assert exported["precision_parity"]["top1_agreement"] >= 0.95
+    served = onnx.load(tmp_path / "repo" / "m" / "1" / "model.onnx")
+    assert any(tensor.data_type == weight_type for tensor in served.graph.initializer)
+    # Clients keep sending and receiving float32.
+    assert served.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert served.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--precision", "int4"], "unknown ONNX precision 'int4'"),
+        (["--precision", "int8", "--calibration-method", "kl"], "unknown calibration method 'kl'"),
+        (["--precision", "int8", "--min-agreement", "99"], "a fraction from 0 to 1"),
+    ],
+)
+def test_bad_precision_options_are_one_line_before_any_work(tmp_path: Path, options: list[str], message: str):
+    # The checkpoint is never read: the options are refused first.
+    result = runner.invoke(app, ["export", str(tmp_path / "never-read.safetensors"), "--repository", str(tmp_path / "repo"), *options])
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "repo").exists()

@@ -275,7 +275,6 @@ def _lower_precision_onnx(
     """An INT8 or FP16 copy of a verified FP32 ONNX beside it, checked for top-1 agreement."""
     path = fp32_path.with_name(f"model-{precision}.onnx")
     if precision == "int8":
-        assert calibration_images is not None
         quantize_int8(fp32_path, path, calibration_images=calibration_images, method=calibration_method)
     else:
         convert_fp16(fp32_path, path)
@@ -285,6 +284,7 @@ def _lower_precision_onnx(
     )
     check_parity(parity, atol=None, min_top1_agreement=min_agreement)
     return path, parity
+
 
 # For an ONNX file without preprocessing in its metadata: pixels of 0..1 scaled to about ±2,
 # the spread a normalised input has, so the check exercises realistic activations.

@@ -1,0 +1,71 @@
+"""ResNet-50 at batch 8 in onnxruntime: FP32 (folded) against the two INT8 variants that
+``quantize_int8`` makes, with the stem and classifier in FP32 (the default) and fully quantized
+(7-bit weights). The three are timed in interleaved rounds; prints one line each.
+
+    .venv/bin/python benchmarks/int8_variants.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resnet_serve.data import load_dataset  # noqa: E402
+from resnet_serve.export import export_onnx  # noqa: E402
+from resnet_serve.export.quantize import quantize_int8  # noqa: E402
+from resnet_serve.fold import fold_batchnorm  # noqa: E402
+from resnet_serve.models import create_model  # noqa: E402
+from resnet_serve.runtimes import OnnxRuntime  # noqa: E402
+
+from runtimes import IMAGENET  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset for calibration images (default: the installed Fashion-MNIST)")
+    args = parser.parse_args()
+    calibration = IMAGENET.normalize(load_dataset(args.data, split="train").images[:64])
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as workdir:
+        folder = Path(workdir)
+        fp32 = export_onnx(
+            fold_batchnorm(create_model("resnet50").eval()).model, folder / "fp32.onnx", input_shape=(3, 224, 224)
+        ).path
+        files = {
+            "onnx-fp32": fp32,
+            "int8, ends in FP32": quantize_int8(fp32, folder / "ends.onnx", calibration_images=calibration).path,
+            "int8, all": quantize_int8(
+                fp32, folder / "all.onnx", calibration_images=calibration, keep_ends_fp32=False
+            ).path,
+        }
+        runtimes = {name: OnnxRuntime(path, threads=args.threads) for name, path in files.items()}
+        batch = np.random.default_rng(0).standard_normal((8, 3, 224, 224), dtype=np.float32)
+        for runtime in runtimes.values():
+            for _ in range(3):
+                runtime.run(batch)
+        samples: dict[str, list[float]] = {name: [] for name in runtimes}
+        for _ in range(args.rounds):
+            for name, runtime in runtimes.items():
+                start = time.perf_counter()
+                runtime.run(batch)
+                samples[name].append(time.perf_counter() - start)
+    base = statistics.median(samples["onnx-fp32"])
+    for name, times in samples.items():
+        p50 = statistics.median(times)
+        print(f"{name:<20} p50 {p50 * 1000:7.1f} ms {len(batch) / p50:6.1f} img/s {base / p50:5.2f}× onnx-fp32")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,10 +8,8 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from resnet_serve.fold import fold_batchnorm  # noqa: E402
 from resnet_serve.models import create_model  # noqa: E402
 from resnet_serve.runtimes import OnnxRuntime  # noqa: E402
 
-from runtimes import IMAGENET  # noqa: E402
+from runtimes import IMAGENET, measure_interleaved  # noqa: E402
 
 
 def main() -> None:
@@ -52,20 +50,11 @@ def main() -> None:
         }
         runtimes = {name: OnnxRuntime(path, threads=args.threads) for name, path in files.items()}
         batch = np.random.default_rng(0).standard_normal((8, 3, 224, 224), dtype=np.float32)
-        for runtime in runtimes.values():
-            for _ in range(3):
-                runtime.run(batch)
-        samples: dict[str, list[float]] = {name: [] for name in runtimes}
-        for _ in range(args.rounds):
-            for name, runtime in runtimes.items():
-                start = time.perf_counter()
-                runtime.run(batch)
-                samples[name].append(time.perf_counter() - start)
-    base = statistics.median(samples["onnx-fp32"])
-    for name, times in samples.items():
-        p50 = statistics.median(times)
-        print(f"{name:<20} p50 {p50 * 1000:7.1f} ms {len(batch) / p50:6.1f} img/s {base / p50:5.2f}× onnx-fp32")
-
+        results = measure_interleaved(runtimes, batch, min_seconds=0.0, min_runs=args.rounds)
+    base = results["onnx-fp32"]["p50_ms"]
+    for name, result in results.items():
+        print(f"{name:<20} p50 {result['p50_ms']:7.1f} ms {result['images_per_second']:6.1f} img/s "
+              f"{base / result['p50_ms']:5.2f}× onnx-fp32")
 
 if __name__ == "__main__":
     main()

@@ -9,10 +9,8 @@ Foreign weights (torchvision or timm state dicts, bare safetensors files) come i
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +26,7 @@ from torch import Tensor, nn
 from resnet_serve import __version__
 from resnet_serve.data import Preprocessing
 from resnet_serve.errors import CheckpointError, ResnetServeError
+from resnet_serve.files import replacing_atomically
 from resnet_serve.models import architecture_info, create_model
 
 __all__ = [
@@ -183,14 +182,8 @@ def save_checkpoint(path: Path | str, *, model: nn.Module, meta: CheckpointMeta)
     # safetensors wants contiguous tensors that share no storage.
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
     metadata = {"format": "pt", _METADATA_KEY: json.dumps(meta.to_dict())}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with replacing_atomically(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return path
 
 

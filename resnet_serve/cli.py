@@ -21,6 +21,7 @@ from rich.table import Table
 
 from resnet_serve import __version__
 from resnet_serve.errors import ResnetServeError
+from resnet_serve.files import replacing_atomically
 from resnet_serve.reporting import RichReporter
 
 app = typer.Typer(
@@ -62,10 +63,8 @@ def _write_json(path: Path | None, result: Any) -> None:
     if path is None:
         return
     data = result.to_dict() if hasattr(result, "to_dict") else asdict(result) if is_dataclass(result) else result
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    temporary.replace(path)
+    with replacing_atomically(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _version(value: bool) -> None:

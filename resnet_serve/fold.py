@@ -13,7 +13,7 @@ import copy
 import os
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,9 @@ from onnx import numpy_helper
 from torch import fx, nn
 
 from resnet_serve.errors import ExportError, ResnetServeError
-from resnet_serve.export.atomic import first_line, replacing_atomically
+from resnet_serve.export.atomic import first_line
 from resnet_serve.export.onnx import OnnxGraphRuntime, load_onnx_safely
+from resnet_serve.files import asdict_with_paths, replacing_atomically
 from resnet_serve.models import count_parameters
 from resnet_serve.verify import check_parity, compare_runtimes
 
@@ -201,9 +202,7 @@ class OnnxFoldReport:
     images: int = 0
 
     def to_dict(self) -> dict:
-        result = asdict(self)
-        result["path"] = str(self.path)
-        return result
+        return asdict_with_paths(self)
 
 
 def fold_onnx_batchnorm(

@@ -4,7 +4,6 @@ Each target module offers one ``export_<target>`` function that writes a single 
 atomically and returns a dataclass describing what it wrote.
 """
 
-from resnet_serve.export.atomic import replacing_atomically
 from resnet_serve.export.onnx import (
     OnnxExportResult,
     OnnxGraphRuntime,
@@ -19,5 +18,4 @@ __all__ = [
     "count_ops",
     "export_onnx",
     "load_onnx_safely",
-    "replacing_atomically",
 ]

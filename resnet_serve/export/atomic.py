@@ -3,17 +3,16 @@ file that still carries the metadata of the model it came from."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
 
 from resnet_serve.errors import ExportError
+from resnet_serve.files import replacing_atomically
 
-__all__ = ["first_line", "replacing_atomically", "save_onnx_atomically"]
+__all__ = ["first_line", "save_onnx_atomically"]
 
 
 def save_onnx_atomically(
@@ -46,25 +45,6 @@ def save_onnx_atomically(
     except Exception as exc:
         raise ExportError(f"writing {destination} failed: {first_line(exc)}") from exc
     return destination
-
-
-@contextlib.contextmanager
-def replacing_atomically(destination: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path beside ``destination``, moved onto it only if the block succeeds.
-
-    On any failure the temporary file is removed and an existing ``destination`` is untouched,
-    so a reader never sees a half-written file.
-    """
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
-    os.close(fd)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def first_line(exc: BaseException) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from resnet_serve.errors import ExportError
 from resnet_serve.export.atomic import first_line, save_onnx_atomically
+from resnet_serve.files import asdict_with_paths
 
 __all__ = ["Fp16ConversionResult", "convert_fp16"]
 
@@ -41,9 +42,7 @@ class Fp16ConversionResult:
     source_size_bytes: int
 
     def to_dict(self) -> dict:
-        result = asdict(self)
-        result["path"] = str(self.path)
-        return result
+        return asdict_with_paths(self)
 
 
 def convert_fp16(

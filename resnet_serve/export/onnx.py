@@ -18,7 +18,7 @@ import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
@@ -29,7 +29,8 @@ from google.protobuf.message import DecodeError
 from torch import nn
 
 from resnet_serve.errors import ExportError, ResnetServeError, VerificationError
-from resnet_serve.export.atomic import first_line, replacing_atomically
+from resnet_serve.export.atomic import first_line
+from resnet_serve.files import asdict_with_paths, replacing_atomically
 
 __all__ = [
     "DEFAULT_OPSETS",
@@ -101,9 +102,7 @@ class OnnxExportResult:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        result = asdict(self)
-        result["path"] = str(self.path)
-        return result
+        return asdict_with_paths(self)
 
 
 def count_ops(model: str | os.PathLike[str] | onnx.ModelProto) -> dict[str, int]:

@@ -25,7 +25,7 @@ import io
 import os
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -34,6 +34,7 @@ import onnx
 
 from resnet_serve.errors import ExportError
 from resnet_serve.export.atomic import first_line, save_onnx_atomically
+from resnet_serve.files import asdict_with_paths
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -77,9 +78,7 @@ class QuantizationResult:
     source_size_bytes: int
 
     def to_dict(self) -> dict:
-        result = asdict(self)
-        result["path"] = str(self.path)
-        return result
+        return asdict_with_paths(self)
 
 
 def quantize_int8(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
@@ -24,6 +23,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from resnet_serve.errors import ExportError, MissingDependencyError
+from resnet_serve.files import asdict_with_paths, replacing_atomically
 from resnet_serve.triton import TRITON_CONTAINER_TAG
 
 __all__ = [
@@ -223,10 +223,7 @@ class EngineResult:
     calibration_cache_path: Path | None
 
     def to_dict(self) -> dict[str, Any]:
-        result = asdict(self)
-        result["sidecar"] = self.sidecar.to_dict()
-        return {key: str(value) if isinstance(value, Path) else value
-                for key, value in result.items()}
+        return {**asdict_with_paths(self), "sidecar": self.sidecar.to_dict()}
 
 
 def require_tensorrt() -> ModuleType:
@@ -405,14 +402,7 @@ def build_engine(
 
 def _write_atomically(path: Path, data: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with replacing_atomically(path) as temporary:
+            temporary.write_bytes(data)
     except OSError as error:
         raise ExportError(f"cannot write {path}: {error}") from None

@@ -1,0 +1,37 @@
+"""Files that appear whole or not at all, and results that name the files they wrote."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["asdict_with_paths", "replacing_atomically"]
+
+
+@contextlib.contextmanager
+def replacing_atomically(destination: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``destination``, moved onto it only if the block succeeds.
+
+    On any failure the temporary file is removed and an existing ``destination`` is untouched,
+    so a reader never sees a half-written file.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def asdict_with_paths(result: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(result)`` with each top-level ``Path`` as a string, ready for JSON."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(result).items()}

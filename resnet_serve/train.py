@@ -33,7 +33,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "evaluate",
-    "history_paths",
     "make_optimizer",
     "train",
     "train_on_folder",

@@ -243,8 +243,9 @@ def export(
 
     if export_format not in ("onnx", "tensorrt"):
         raise typer.BadParameter(f"expected onnx or tensorrt, got {export_format!r}", param_hint="--format")
+    precision = precision or ("fp16" if export_format == "tensorrt" else "fp32")
     engine = EngineOptions(
-        precision=precision or "fp16", min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,  # type: ignore[arg-type]
+        precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,  # type: ignore[arg-type]
         workspace_bytes=workspace_mb << 20, timing_cache_path=timing_cache,
         calibration_images=calibration_images, calibration_cache_path=calibration_cache,
     ) if export_format == "tensorrt" else None
@@ -253,7 +254,7 @@ def export(
         max_batch_size=max_batch_size, instances=instances, opset=opset,
         exporter=_exporter(exporter), dynamic_hw=dynamic_hw, simplify=simplify,
         data_dir=data, verify_images=verify_images, fold_atol=fold_atol, onnx_atol=onnx_atol,
-        precision=(precision or "fp32") if engine is None else "fp32",  # type: ignore[arg-type]
+        precision=precision if engine is None else "fp32",  # type: ignore[arg-type]
         calibration_images=calibration_images,
         calibration_method=calibration_method, min_agreement=min_agreement,  # type: ignore[arg-type]
         engine=engine, reporter=RichReporter(err_console),

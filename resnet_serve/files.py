@@ -10,7 +10,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["asdict_with_paths", "replacing_atomically"]
+__all__ = ["asdict_with_paths", "give_default_permissions", "replacing_atomically"]
+
+# Read once: os.umask can only be read by setting it, which would race with other threads.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -18,7 +22,8 @@ def replacing_atomically(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``destination``, moved onto it only if the block succeeds.
 
     On any failure the temporary file is removed and an existing ``destination`` is untouched,
-    so a reader never sees a half-written file.
+    so a reader never sees a half-written file. The file ends with the permissions a plain
+    ``open()`` would give it.
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -27,9 +32,20 @@ def replacing_atomically(destination: str | os.PathLike[str]) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
+        give_default_permissions(temporary)
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def give_default_permissions(path: Path) -> None:
+    """Give ``path`` the mode ``open()`` or ``mkdir()`` would have under the umask.
+
+    ``tempfile.mkstemp`` and ``mkdtemp`` make owner-only files and folders; renamed into place
+    they would stay so, and a server running as another user (Triton's container, a Kubernetes
+    pod) could not read a model repository or checkpoint written here.
+    """
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
 
 
 def asdict_with_paths(result: Any) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,15 @@ def test_onnx_without_a_dynamic_batch_is_refused(tmp_path: Path) -> None:
 
 def test_python_target_is_the_default(tmp_path: Path, onnx_path: Path) -> None:
     assert write(tmp_path, onnx_path).config.backend == PYTHON_ONNXRUNTIME.backend
+
+
+def test_the_entry_is_readable_by_other_users_as_the_umask_allows(tmp_path: Path, onnx_path: Path) -> None:
+    # A Triton container or pod often runs as another user than the one who exported.
+    mask = os.umask(0)
+    os.umask(mask)
+    entry = write(tmp_path, onnx_path)
+
+    folders = [entry.path, *(p for p in entry.path.rglob("*") if p.is_dir())]
+    files = [p for p in entry.path.rglob("*") if p.is_file()]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folders} == {0o777 & ~mask}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~mask}

@@ -28,6 +28,7 @@ from typing import Any
 import onnx
 
 from resnet_serve.errors import RepositoryError
+from resnet_serve.files import give_default_permissions
 from resnet_serve.triton.config import (
     PYTHON_ONNXRUNTIME,
     DynamicBatching,
@@ -229,6 +230,7 @@ def write_model_entry(
     try:
         repository.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=repository))
+        give_default_permissions(staging)
     except OSError as error:
         raise RepositoryError(f"cannot write to model repository {repository}: {error}") from None
     try:

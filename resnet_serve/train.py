@@ -21,6 +21,7 @@ from torch import nn
 from resnet_serve.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from resnet_serve.data import ImageDataset, Preprocessing, load_dataset
 from resnet_serve.errors import CheckpointError, DatasetError, TrainingError
+from resnet_serve.files import replacing_atomically
 from resnet_serve.models import architecture_info, create_model
 from resnet_serve.progress import Reporter, SilentReporter
 
@@ -339,7 +340,9 @@ def _save_train_state(
         "seconds": progress.seconds,
         "history": [asdict(stats) for stats in progress.history],
     }
-    save_file(tensors, str(path), metadata={"format": "pt", _STATE_KEY: json.dumps(state)})
+    # Atomic: a run killed while saving must leave the previous state to resume from.
+    with replacing_atomically(path) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt", _STATE_KEY: json.dumps(state)})
 
 
 def _resume(

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := dataset-fashion-mnist
 
-.PHONY: demo test install system-packages clean
+.PHONY: demo test test-unit test-integration lint install system-packages clean
 
 install: $(STAMP)
 
@@ -31,8 +31,19 @@ system-packages:
 demo: install system-packages
 	$(BIN)/resnet-serve demo
 
-test: install system-packages
-	$(BIN)/python -m pytest -q
+# The whole suite: the linter, then the unit tests and the integration tests (a real tritonserver)
+# in one pytest run, so session fixtures such as the trained ResNet-20 are made once.
+test: lint system-packages
+	$(BIN)/python -m pytest -q tests/unit tests/integration
+
+lint: install
+	$(BIN)/ruff check resnet_serve tests benchmarks
+
+test-unit: install system-packages
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: install system-packages
+	$(BIN)/python -m pytest -q tests/integration
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output demo-summary.json

@@ -125,9 +125,9 @@ def run_check(*, seconds: float) -> dict[str, object]:
     for batch in BATCH_SIZES:
         x32 = torch.randn(batch, *IMAGE_SHAPE, device=device)
         x16 = x32.half().contiguous(memory_format=torch.channels_last)
-        results["eager_fp32"][str(batch)] = _measure(lambda: fp32(x32), batch=batch, seconds=seconds)
+        results["eager_fp32"][str(batch)] = _measure(lambda x32=x32: fp32(x32), batch=batch, seconds=seconds)
         results["eager_fp16_channels_last"][str(batch)] = _measure(
-            lambda: fp16(x16), batch=batch, seconds=seconds
+            lambda x16=x16: fp16(x16), batch=batch, seconds=seconds
         )
         results["cuda_graph_fp16_channels_last"][str(batch)] = _measure(
             _cuda_graph(fp16, x16), batch=batch, seconds=seconds

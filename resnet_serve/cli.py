@@ -11,9 +11,10 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -36,10 +37,10 @@ err_console = Console(stderr=True)
 
 DEFAULT_REPOSITORY = Path("model_repository")
 ProtocolOption = Annotated[str, typer.Option("--protocol", "-p", help="http or grpc.")]
-UrlOption = Annotated[Optional[str], typer.Option(help="Server address host:port (default localhost:8000 for http, :8001 for grpc).")]
-ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="Served model name (default: the server's only ready model).")]
-JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
-DataOption = Annotated[Optional[Path], typer.Option("--data", help="An IDX folder, a CIFAR-10/100 archive or folder, or an ImageFolder tree (default: Fashion-MNIST from the Debian package).")]
+UrlOption = Annotated[str | None, typer.Option(help="Server address host:port (default localhost:8000 for http, :8001 for grpc).")]
+ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Served model name (default: the server's only ready model).")]
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this file.")]
+DataOption = Annotated[Path | None, typer.Option("--data", help="An IDX folder, a CIFAR-10/100 archive or folder, or an ImageFolder tree (default: Fashion-MNIST from the Debian package).")]
 
 
 def _command(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -114,14 +115,14 @@ def train(
     arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture (see `resnet-serve models`).")] = "resnet20",
     data: DataOption = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")] = Path("checkpoints/model.safetensors"),
-    epochs: Annotated[Optional[float], typer.Option(help="Epochs, fractions allowed (default: the recipe's).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images (quick runs).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs, fractions allowed (default: the recipe's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N training images (quick runs).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     recipe: Annotated[str, typer.Option(help="demo (Fashion-MNIST in minutes), cifar (the paper's: step schedule, 164 epochs) or imagenet (cosine, warm-up, label smoothing).")] = "demo",
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run that wrote this checkpoint (same options); usually the --output path.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the interrupted run that wrote this checkpoint (same options); usually the --output path.")] = None,
     no_skip: Annotated[bool, typer.Option("--no-skip", help="Remove every shortcut: train the architecture's plain twin.")] = False,
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bfloat16 autocast when training on a CUDA GPU (no effect on the CPU).")] = True,
     json_path: JsonOption = None,
@@ -151,8 +152,8 @@ def import_weights(
     weights: Annotated[Path, typer.Argument(help="torchvision/timm state dict (.pth, .pt, .bin) or a .safetensors file.")],
     arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture the weights are for (see `resnet-serve models`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
-    num_classes: Annotated[Optional[int], typer.Option(help="Classes of the head; another number than the weights' replaces it with an untrained one (to fine-tune).")] = None,
-    classes: Annotated[Optional[str], typer.Option(help="Class names: 'imagenet', or a file with one per line (default: ImageNet's for 1000 classes, else class_0…).")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classes of the head; another number than the weights' replaces it with an untrained one (to fine-tune).")] = None,
+    classes: Annotated[str | None, typer.Option(help="Class names: 'imagenet', or a file with one per line (default: ImageNet's for 1000 classes, else class_0…).")] = None,
 ) -> None:
     """Import torchvision/timm weights into a resnet-serve checkpoint, ready for `export`."""
     from resnet_serve.checkpoints import imagenet_class_names, import_foreign_weights, read_class_names, save_checkpoint
@@ -181,7 +182,7 @@ def _exporter(value: str) -> Literal["legacy", "dynamo"]:
 @_command
 def fold(
     source: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or an ONNX file (.onnx) to fold.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folded ONNX to write (default: SOURCE's name with .folded.onnx).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folded ONNX to write (default: SOURCE's name with .folded.onnx).")] = None,
     data: DataOption = None,
     verify_images: Annotated[int, typer.Option(help="Real test images the folded model is checked on.")] = 256,
     json_path: JsonOption = None,
@@ -212,11 +213,11 @@ def fold(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `resnet-serve train`.")],
     repository: Annotated[Path, typer.Option(help="Triton model repository to write into.")] = DEFAULT_REPOSITORY,
-    name: Annotated[Optional[str], typer.Option(help="Model name in the repository (default: the checkpoint's file name).")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the checkpoint's file name).")] = None,
     target: Annotated[str, typer.Option(help="python-onnxruntime (embedded server) or onnxruntime (official container).")] = "python-onnxruntime",
     max_batch_size: Annotated[int, typer.Option(help="Largest batch the server accepts.")] = 64,
     instances: Annotated[int, typer.Option(help="Model instances in the server.")] = 1,
-    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")] = None,
     exporter: Annotated[str, typer.Option(help="legacy (TorchScript, fast, opset 10-20) or dynamo (torch.export, opset 18+).")] = "legacy",
     dynamic_hw: Annotated[bool, typer.Option("--dynamic-hw", help="Also make the ONNX input's height and width dynamic.")] = False,
     simplify: Annotated[bool, typer.Option("--simplify", help="Simplify the graph with onnxruntime's basic optimisations, checked against the unsimplified graph.")] = False,
@@ -225,16 +226,16 @@ def export(
     fold_atol: Annotated[float, typer.Option(help="Largest logit difference allowed between the folded and the original model.")] = 1e-5,
     onnx_atol: Annotated[float, typer.Option(help="Largest logit difference allowed between onnxruntime and PyTorch.")] = 1e-4,
     export_format: Annotated[str, typer.Option("--format", help="onnx, or tensorrt: build the verified ONNX into an engine served by Triton's tensorrt backend (needs TensorRT and an NVIDIA GPU).")] = "onnx",
-    precision: Annotated[Optional[str], typer.Option(help="onnx: fp32, int8 (static QDQ) or fp16; tensorrt: fp32, fp16 or int8. INT8 is calibrated on real training images (default: fp32 for onnx, fp16 for tensorrt).")] = None,
+    precision: Annotated[str | None, typer.Option(help="onnx: fp32, int8 (static QDQ) or fp16; tensorrt: fp32, fp16 or int8. INT8 is calibrated on real training images (default: fp32 for onnx, fp16 for tensorrt).")] = None,
     min_batch: Annotated[int, typer.Option(help="tensorrt: smallest batch of the optimisation profile.")] = 1,
-    opt_batch: Annotated[Optional[int], typer.Option(help="tensorrt: batch the engine is tuned for (default: the max batch).")] = None,
-    max_batch: Annotated[Optional[int], typer.Option(help="tensorrt: largest batch of the profile (default: --max-batch-size).")] = None,
+    opt_batch: Annotated[int | None, typer.Option(help="tensorrt: batch the engine is tuned for (default: the max batch).")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="tensorrt: largest batch of the profile (default: --max-batch-size).")] = None,
     workspace_mb: Annotated[int, typer.Option(help="tensorrt: builder workspace limit in MiB.")] = 1024,
-    timing_cache: Annotated[Optional[Path], typer.Option(help="tensorrt: timing cache file, read before and updated after the build.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="tensorrt: timing cache file, read before and updated after the build.")] = None,
     calibration_images: Annotated[int, typer.Option(help="int8: real training images to calibrate on.")] = 512,
     calibration_method: Annotated[str, typer.Option(help="onnx int8: minmax, entropy or percentile.")] = "minmax",
     min_agreement: Annotated[float, typer.Option(help="onnx int8/fp16: least top-1 agreement with the FP32 ONNX on the test images, a fraction.")] = 0.99,
-    calibration_cache: Annotated[Optional[Path], typer.Option(help="tensorrt int8: calibration cache file, reused when present.")] = None,
+    calibration_cache: Annotated[Path | None, typer.Option(help="tensorrt int8: calibration cache file, reused when present.")] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Fold BatchNorm, export ONNX, verify it against PyTorch, and write the Triton repository entry."""
@@ -285,7 +286,7 @@ def serve(
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
     address: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
-    log_file: Annotated[Optional[Path], typer.Option(help="Write the server log here.")] = None,
+    log_file: Annotated[Path | None, typer.Option(help="Write the server log here.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the models to load.")] = 180.0,
 ) -> None:
     """Run the embedded Triton Inference Server on a repository until Ctrl-C or SIGTERM."""
@@ -348,8 +349,8 @@ def evaluate(
     protocol: ProtocolOption = "grpc",
     url: UrlOption = None,
     data: DataOption = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint to measure agreement against.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N test images.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="PyTorch checkpoint to measure agreement against.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N test images.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per request.")] = 64,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 2,
     json_path: JsonOption = None,
@@ -386,7 +387,7 @@ def bench(
     warmup: Annotated[float, typer.Option(help="Warm-up seconds per level (not measured).")] = 2.0,
     seconds: Annotated[float, typer.Option(help="Measurement window per level, in seconds.")] = 5.0,
     json_path: JsonOption = None,
-    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write perf_analyzer-style CSV here.")] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write perf_analyzer-style CSV here.")] = None,
 ) -> None:
     """Latency percentiles and throughput per concurrency level, with Triton's server-side split."""
     from resnet_serve.client.bench import benchmark_served_model
@@ -424,11 +425,11 @@ def verify(
     calibration_images: Annotated[int, typer.Option(help="Training images that calibrate INT8.")] = 256,
     calibration_method: Annotated[str, typer.Option(help="INT8 calibration: minmax, entropy or percentile.")] = "minmax",
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes the candidate runs at, comma-separated.")] = "1,64",
-    max_abs: Annotated[Optional[float], typer.Option(help="Fail if any logit differs by more than this.")] = None,
-    max_mean_rel: Annotated[Optional[float], typer.Option(help="Fail if the mean relative error of the logits exceeds this.")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(help="Fail if top-1 agreement is below this fraction (0.99).")] = None,
-    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Fail if the candidate loses more top-1 accuracy than this, in points (0.5).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Threads for onnxruntime and OpenVINO.")] = None,
+    max_abs: Annotated[float | None, typer.Option(help="Fail if any logit differs by more than this.")] = None,
+    max_mean_rel: Annotated[float | None, typer.Option(help="Fail if the mean relative error of the logits exceeds this.")] = None,
+    min_agreement: Annotated[float | None, typer.Option(help="Fail if top-1 agreement is below this fraction (0.99).")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="Fail if the candidate loses more top-1 accuracy than this, in points (0.5).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads for onnxruntime and OpenVINO.")] = None,
     data: DataOption = None,
     json_path: JsonOption = None,
 ) -> None:
@@ -468,7 +469,7 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the checkpoint, images and logs go.")] = Path("demo-output"),
     repository: Annotated[Path, typer.Option(help="Triton model repository to write into.")] = DEFAULT_REPOSITORY,
     summary: Annotated[Path, typer.Option(help="Write the summary JSON here.")] = Path("demo-summary.json"),
-    epochs: Annotated[Optional[float], typer.Option(help="Override the demo recipe's epochs (fractions allowed).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Override the demo recipe's epochs (fractions allowed).")] = None,
 ) -> None:
     """Train ResNet-20 on Fashion-MNIST, export, serve, classify, evaluate and benchmark it."""
     from resnet_serve.demo import run_demo
@@ -492,9 +493,9 @@ app.add_typer(experiment_app, name="experiment")
 @_command
 def degradation(
     depths: Annotated[str, typer.Option(help="Depths (6n+2), comma-separated; each trains plain and residual.")] = "20,56",
-    epochs: Annotated[Optional[float], typer.Option(help="Epochs (default: 5, or the recipe's with --full).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Training images (default: 10,000, or all with --full).")] = None,
-    test_limit: Annotated[Optional[int], typer.Option(help="Test images (default: 2,000, or all with --full).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (default: 5, or the recipe's with --full).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Training images (default: 10,000, or all with --full).")] = None,
+    test_limit: Annotated[int | None, typer.Option(help="Test images (default: 2,000, or all with --full).")] = None,
     full: Annotated[bool, typer.Option("--full", help="All images and the recipe's whole schedule (a GPU job).")] = False,
     recipe: Annotated[str, typer.Option(help="Training recipe shared by every net.")] = "cifar",
     data: DataOption = None,

@@ -70,7 +70,8 @@ class DemoSummary:
             (f"served top-1 ({self.evaluation.images} images, {self.evaluation.protocol})",
              f"{self.top1:.2%} (target ≥ {TOP1_TARGET:.0%}: {'met' if self.top1_target_met else 'MISSED'})"),
             ("agreement with PyTorch top-1",
-             f"{self.agreement:.2%} (target ≥ {AGREEMENT_TARGET:.1%}: {'met' if self.agreement_target_met else 'MISSED'})"),
+             f"{self.agreement:.2%} (target ≥ {AGREEMENT_TARGET:.1%}: "
+             f"{'met' if self.agreement_target_met else 'MISSED'})"),
             ("classified over", " and ".join(self.classified_over)),
             (f"p50 latency, batch 1, concurrency 1 ({bench.protocol})", f"{self.p50_ms:.2f} ms"),
             ("onnxruntime in-process p50, batch 1", f"{self.onnxruntime_p50_ms:.2f} ms"),

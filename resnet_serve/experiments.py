@@ -7,9 +7,9 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -145,7 +145,8 @@ def run_degradation(
         writer = csv.writer(handle)
         writer.writerow(["architecture", "depth", "residual", "epoch", "train_error", "test_error"])
         for run in runs:
-            for epoch, (train_error, test_error) in enumerate(zip(run.train_error, run.test_error), start=1):
+            errors = zip(run.train_error, run.test_error, strict=True)
+            for epoch, (train_error, test_error) in enumerate(errors, start=1):
                 writer.writerow([run.architecture, run.depth, run.residual, epoch, train_error, test_error])
     plot_path = output_dir / "degradation.png"
     _plot_degradation(plot_path, runs)
@@ -167,7 +168,7 @@ def _plot_degradation(path: Path, runs: list[DegradationRun]) -> None:
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     panels = figure.subplots(1, 2, sharey=True)
     colours = {depth: f"C{i}" for i, depth in enumerate(sorted({run.depth for run in runs}))}
-    for axes, residual in zip(panels, (False, True)):
+    for axes, residual in zip(panels, (False, True), strict=True):
         for run in (run for run in runs if run.residual == residual):
             epochs = range(1, len(run.train_error) + 1)
             name = f"{'ResNet' if residual else 'plain'}-{run.depth}"
@@ -262,7 +263,9 @@ def run_gradients(
     # The probe batch, then one batch per step.
     count = min(len(train_set), batch_size * (steps + 1))
     preprocessing = Preprocessing.for_dataset(
-        ImageDataset(images=train_set.images[:count], labels=train_set.labels[:count], class_names=train_set.class_names)
+        ImageDataset(
+            images=train_set.images[:count], labels=train_set.labels[:count], class_names=train_set.class_names
+        )
     )
     inputs = torch.from_numpy(preprocessing.normalize(train_set.images[:count]))
     labels = torch.from_numpy(train_set.labels[:count])
@@ -321,7 +324,8 @@ def _plot_gradients(path: Path, profiles: list[GradientProfile], *, steps: int) 
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     panels = figure.subplots(1, 2, sharey=True)
     colours = {depth: f"C{i}" for i, depth in enumerate(sorted({p.depth for p in profiles}))}
-    for axes, moment, title in zip(panels, ("at_init", "after_steps"), ("at initialisation", f"after {steps} SGD steps")):
+    moments = (("at_init", "at initialisation"), ("after_steps", f"after {steps} SGD steps"))
+    for axes, (moment, title) in zip(panels, moments, strict=True):
         for profile in profiles:
             norms = getattr(profile, moment)
             axes.plot(

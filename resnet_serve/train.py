@@ -469,7 +469,7 @@ def train(
     train_labels = torch.from_numpy(labels)
     test_inputs = torch.from_numpy(preprocessing.normalize(test_set.images))
     test_labels = torch.from_numpy(test_set.labels)
-    fill = torch.tensor([-m / s for m, s in zip(preprocessing.mean, preprocessing.std)])
+    fill = torch.tensor([-m / s for m, s in zip(preprocessing.mean, preprocessing.std, strict=True)])
 
     model = create_model(
         config.architecture,

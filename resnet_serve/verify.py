@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 from torch import nn
@@ -20,6 +20,7 @@ from resnet_serve.checkpoints import load_checkpoint
 from resnet_serve.data import load_dataset
 from resnet_serve.errors import VerificationError
 from resnet_serve.export.quantize import CalibrationMethodName
+
 # The runtimes lived here first; they are re-exported so that existing imports keep working.
 from resnet_serve.runtimes import OnnxRuntime, Runtime, RuntimeFactory, TorchRuntime, as_batch
 

@@ -10,9 +10,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from samples import FASHION_PREPROCESSING
+from torch import nn
 
 INPUT_SHAPE = (1, 28, 28)
 CLASS_NAMES = [f"class_{i}" for i in range(10)]

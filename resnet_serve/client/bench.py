@@ -8,10 +8,10 @@ import csv
 import json
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -55,6 +55,6 @@ def classify_files(
             model=served.name,
             protocol=client.protocol,
             url=client.url,
-            images=[ImageClassification(str(p), r) for p, r in zip(paths, ranked)],
+            images=[ImageClassification(str(p), r) for p, r in zip(paths, ranked, strict=True)],
         )
 

@@ -260,7 +260,7 @@ def rank_classes(logits: np.ndarray, class_names: list[str], *, k: int) -> list[
     order = np.argsort(-probabilities, axis=1)[:, :k]
     return [
         [Prediction(int(i), class_names[int(i)], float(row[i])) for i in indices]
-        for row, indices in zip(probabilities, order)
+        for row, indices in zip(probabilities, order, strict=True)
     ]
 
 

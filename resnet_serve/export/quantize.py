@@ -271,7 +271,7 @@ def _checked_calibration_images(
             f"calibration images must be an N×C×H×W array, got shape {images.shape}"
         )
     wanted = "×".join("?" if d is None else str(d) for d in expected)
-    if any(d is not None and d != actual for d, actual in zip(expected, images.shape[1:])):
+    if any(d is not None and d != actual for d, actual in zip(expected, images.shape[1:], strict=True)):
         raise ExportError(
             f"calibration images are {'×'.join(map(str, images.shape[1:]))} but the model "
             f"takes {wanted} (C×H×W)"

@@ -340,7 +340,7 @@ def build_engine(
     network_input = network.get_input(0)
     image_dims = tuple(network_input.shape)[1:]
     # -1 is a dynamic axis, which the profile's extent then fixes.
-    if len(image_dims) != 3 or any(d not in (-1, e) for d, e in zip(image_dims, profile.input_shape)):
+    if len(image_dims) != 3 or any(d not in (-1, e) for d, e in zip(image_dims, profile.input_shape, strict=True)):
         raise ExportError(
             f"{onnx_file} takes images of shape {list(image_dims)}, "
             f"the profile is for {list(profile.input_shape)}"

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
-from typing import Any, Callable, Literal, Sequence
+from functools import cache
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -377,7 +378,7 @@ def _macs_by_module(model: nn.Module, input_shape: Sequence[int]) -> dict[str, i
     return macs
 
 
-@lru_cache(maxsize=None)
+@cache
 def _info(spec: _Spec) -> ArchitectureInfo:
     # The blocks after the first of a stage all have the same shapes (stride 1, equal widths),
     # so each adds exactly what the second one does: counting a sample net with two blocks per

@@ -8,7 +8,8 @@ every block.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Sequence
+from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -99,7 +100,7 @@ class ResNet(nn.Module):
             {"stride_on_3x3": stride_on_3x3} if issubclass(block, (Bottleneck, PreActBottleneck)) else {}
         )
         in_planes = self.widths[0]
-        for index, (planes, count) in enumerate(zip(self.widths, layers), start=1):
+        for index, (planes, count) in enumerate(zip(self.widths, layers, strict=True), start=1):
             out_planes = planes * block.expansion
             stage = []
             for position in range(count):

@@ -112,7 +112,7 @@ def _check_onnx(path: Path, *, input_shape: tuple[int, int, int], num_classes: i
     expected_input: list[int | None] = [None, *input_shape]
     got_input = inputs[INPUT_NAME]
     if len(got_input) != 4 or any(
-        g is not None and e is not None and g != e for g, e in zip(got_input, expected_input)
+        g is not None and e is not None and g != e for g, e in zip(got_input, expected_input, strict=True)
     ):
         raise RepositoryError(
             f"{path}: input {INPUT_NAME!r} has shape {got_input}, expected [batch, "

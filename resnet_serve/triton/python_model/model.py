@@ -113,7 +113,7 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor(name, np.ascontiguousarray(value, dtype=dtype))
-                for name, value, dtype in zip(self.output_names, outputs, self.output_dtypes)
+                for name, value, dtype in zip(self.output_names, outputs, self.output_dtypes, strict=True)
             ]
         )
 

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from samples import fashion_mnist, with_realistic_batchnorm
 
 from resnet_serve.errors import ExportError

@@ -164,7 +164,7 @@ def test_classification_extension_returns_labelled_top3(
     top3 = infer(server, "tiny", images, class_count=3).as_numpy("logits")  # type: ignore[operator]
 
     assert top3.shape == (len(images), 3)
-    for row, expected in zip(top3, onnx_logits):
+    for row, expected in zip(top3, onnx_logits, strict=True):
         # Each entry is b"<score>:<index>:<label>", best first.
         entries = [entry.decode().split(":") for entry in row]
         indices = [int(index) for _, index, _ in entries]

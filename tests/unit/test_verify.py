@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from samples import fashion_mnist, with_realistic_batchnorm
+from torch import nn
 
 from resnet_serve.errors import VerificationError
 from resnet_serve.export import export_onnx
@@ -132,6 +131,7 @@ def test_unloadable_onnx_files_raise_verification_error(tmp_path: Path) -> None:
 
 # --- OpenVINO, named runtimes and `resnet-serve verify` ---------------------------------------
 
+from samples import FASHION_PREPROCESSING  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from resnet_serve.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
@@ -139,7 +139,6 @@ from resnet_serve.cli import app  # noqa: E402
 from resnet_serve.errors import MissingDependencyError  # noqa: E402
 from resnet_serve.runtimes import OpenVinoRuntime, RuntimeFactory  # noqa: E402
 from resnet_serve.verify import run_batched  # noqa: E402
-from samples import FASHION_PREPROCESSING  # noqa: E402
 
 
 def test_openvino_fp32_matches_onnxruntime_and_bf16_agrees(onnx_path: Path, images: np.ndarray) -> None:

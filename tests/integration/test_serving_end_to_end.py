@@ -104,7 +104,7 @@ def test_classify_image_files(server, pytorch, test_set, protocol, tmp_path):
     answers = json.loads(report.read_text())["images"]
     expected = TorchRuntime(pytorch.model).run(pytorch.meta.preprocessing.normalize(test_set.images[:4])).argmax(1)
     names = pytorch.meta.class_names
-    for answer, index in zip(answers, expected):
+    for answer, index in zip(answers, expected, strict=False):
         assert answer["predictions"][0]["label"] == names[index]
         probabilities = [p["probability"] for p in answer["predictions"]]
         assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)

@@ -35,7 +35,7 @@ from resnet_serve.triton.config import (
 )
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 needs_no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="checks the refusal without TensorRT")
 
 

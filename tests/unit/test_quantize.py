@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-
 from samples import fashion_mnist
 
 from resnet_serve.checkpoints import Checkpoint, load_checkpoint

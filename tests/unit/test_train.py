@@ -118,7 +118,7 @@ def test_augment_crops_and_flips_per_image() -> None:
     flipped = _augment(batch.repeat(16, 1, 1, 1), pad=0, flip=True, fill=fill, generator=generator)
     same = [torch.equal(image, batch[i % 2]) for i, image in enumerate(flipped)]
     mirrored = [torch.equal(image, batch[i % 2].flip(2)) for i, image in enumerate(flipped)]
-    assert all(s or m for s, m in zip(same, mirrored)) and any(same) and any(mirrored)
+    assert all(s or m for s, m in zip(same, mirrored, strict=True)) and any(same) and any(mirrored)
 
 
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
@@ -126,7 +126,7 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
     rates = [_learning_rate(step, 100, config) for step in range(100)]
     assert rates[0] == pytest.approx(0.02) and rates[9] == pytest.approx(0.2)
     assert max(rates) == pytest.approx(0.2) and rates[-1] < 1e-3
-    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
 
 
 def test_demo_config_is_the_full_fashion_mnist_recipe() -> None:

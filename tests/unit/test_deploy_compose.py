@@ -8,7 +8,7 @@ import yaml
 
 from resnet_serve.triton import TRITON_CONTAINER_TAG
 
-COMPOSE_FILE = Path(__file__).resolve().parents[1] / "deploy" / "docker-compose.yml"
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "deploy" / "docker-compose.yml"
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import onnxruntime
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from torch import nn
-
 from samples import fashion_mnist, with_realistic_batchnorm
+from torch import nn
 
 from resnet_serve.errors import ExportError
 from resnet_serve.export import OnnxExportResult, count_ops, export_onnx, load_onnx_safely

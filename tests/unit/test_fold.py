@@ -13,10 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
+from samples import FASHION_PREPROCESSING, fashion_mnist, with_realistic_batchnorm
 from torch import nn
 from typer.testing import CliRunner
-
-from samples import FASHION_PREPROCESSING, fashion_mnist, with_realistic_batchnorm
 
 from resnet_serve.checkpoints import CheckpointMeta, save_checkpoint
 from resnet_serve.cli import app

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from resnet_serve import __version__
 from resnet_serve.data import Preprocessing
-from resnet_serve.errors import CheckpointError, ResnetServeError
+from resnet_serve.errors import CheckpointError, ResnetServeError, first_line
 from resnet_serve.files import replacing_atomically
 from resnet_serve.models import architecture_info, create_model
 
@@ -329,8 +329,7 @@ def _load_pickle(path: Path) -> Any:
             f"{path}: not a readable PyTorch checkpoint ({reason.group(1) if reason else 'corrupt pickle'})"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
 
 
 def _find_state_dict(loaded: Any, path: Path) -> dict[str, Tensor]:

@@ -1,4 +1,18 @@
-"""One base error for the whole toolkit; the CLI turns each into one line and an exit code."""
+"""One base error for the whole toolkit; the CLI turns each into one line and an exit code.
+
+This module imports nothing, so it can travel with the preprocessing code into a Triton
+python-backend model.
+"""
+
+# Third-party messages can hold whole graphs or stack dumps; one line of them is enough.
+_REASON_LIMIT = 300
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), at most
+    300 characters: third-party tools put whole graphs and stack dumps in theirs."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:_REASON_LIMIT] if text else type(exc).__name__
 
 
 class ResnetServeError(Exception):

@@ -22,8 +22,7 @@ import torch
 from onnx import numpy_helper
 from torch import fx, nn
 
-from resnet_serve.errors import ExportError, ResnetServeError
-from resnet_serve.export.atomic import first_line
+from resnet_serve.errors import ExportError, ResnetServeError, first_line
 from resnet_serve.export.onnx import OnnxGraphRuntime, load_onnx_safely
 from resnet_serve.files import asdict_with_paths, replacing_atomically
 from resnet_serve.models import count_parameters

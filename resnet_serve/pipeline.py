@@ -17,8 +17,7 @@ import onnx
 
 from resnet_serve.checkpoints import Checkpoint, load_checkpoint
 from resnet_serve.data import Preprocessing, load_dataset
-from resnet_serve.errors import ExportError, ResnetServeError, VerificationError
-from resnet_serve.export.atomic import first_line
+from resnet_serve.errors import ExportError, ResnetServeError, VerificationError, first_line
 from resnet_serve.export.fp16 import convert_fp16
 from resnet_serve.export.onnx import Exporter, OnnxExportResult, export_onnx, load_onnx_safely
 from resnet_serve.export.quantize import CALIBRATION_METHODS, CalibrationMethodName, quantize_int8

@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from resnet_serve.checkpoints import Checkpoint
-from resnet_serve.errors import MissingDependencyError, VerificationError
+from resnet_serve.errors import MissingDependencyError, VerificationError, first_line
 from resnet_serve.export import export_onnx
-from resnet_serve.export.atomic import first_line
 from resnet_serve.export.fp16 import convert_fp16
 from resnet_serve.export.quantize import CalibrationMethodName, QuantizationResult, quantize_int8
 

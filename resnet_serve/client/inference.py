@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from resnet_serve.data import Preprocessing
-from resnet_serve.errors import ClientError
+from resnet_serve.errors import ClientError, first_line
 
 Protocol = Literal["http", "grpc"]
 DEFAULT_URLS: dict[str, str] = {"http": "localhost:8000", "grpc": "localhost:8001"}
@@ -102,7 +102,7 @@ class InferenceClient:
             ready = self._client.is_server_ready()
         except Exception as exc:  # tritonclient raises many types for one cause: nobody answered
             raise ClientError(
-                f"no Triton server answering at {protocol}://{self.url} ({_reason(exc)})"
+                f"no Triton server answering at {protocol}://{self.url} ({first_line(exc)})"
             ) from None
         if not ready:
             raise ClientError(f"the Triton server at {protocol}://{self.url} is not ready")
@@ -121,7 +121,7 @@ class InferenceClient:
         try:
             ready = self._client.is_model_ready(name)
         except Exception as exc:
-            raise ClientError(f"cannot ask {self.url} about model {name!r}: {_reason(exc)}") from None
+            raise ClientError(f"cannot ask {self.url} about model {name!r}: {first_line(exc)}") from None
         if not ready:
             raise ClientError(
                 f"model {name!r} is not ready on {self.protocol}://{self.url}; "
@@ -178,7 +178,7 @@ class InferenceClient:
                 return method(*args, as_json=True)
             return method(*args)
         except Exception as exc:
-            raise ClientError(f"{self.protocol}://{self.url}: {_reason(exc)}") from None
+            raise ClientError(f"{self.protocol}://{self.url}: {first_line(exc)}") from None
 
     def ready_models(self) -> list[str]:
         index = self._json(self._client.get_model_repository_index)
@@ -204,7 +204,7 @@ class InferenceClient:
         try:
             result = self._client.infer(model.name, [request], outputs=[output])
         except Exception as exc:
-            raise ClientError(f"inference on {model.name!r} failed: {_reason(exc)}") from None
+            raise ClientError(f"inference on {model.name!r} failed: {first_line(exc)}") from None
         logits = result.as_numpy(model.output_name)
         if logits is None or logits.shape != (batch.shape[0], model.num_classes):
             raise ClientError(
@@ -262,8 +262,3 @@ def rank_classes(logits: np.ndarray, class_names: list[str], *, k: int) -> list[
         [Prediction(int(i), class_names[int(i)], float(row[i])) for i in indices]
         for row, indices in zip(probabilities, order, strict=True)
     ]
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

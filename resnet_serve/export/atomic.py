@@ -9,10 +9,10 @@ from pathlib import Path
 
 import onnx
 
-from resnet_serve.errors import ExportError
+from resnet_serve.errors import ExportError, first_line
 from resnet_serve.files import replacing_atomically
 
-__all__ = ["first_line", "save_onnx_atomically"]
+__all__ = ["save_onnx_atomically"]
 
 
 def save_onnx_atomically(
@@ -45,10 +45,3 @@ def save_onnx_atomically(
     except Exception as exc:
         raise ExportError(f"writing {destination} failed: {first_line(exc)}") from exc
     return destination
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (or its type when it has none): third-party
-    tools put whole graphs and stack dumps in theirs."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import onnx
 
-from resnet_serve.errors import ExportError
-from resnet_serve.export.atomic import first_line, save_onnx_atomically
+from resnet_serve.errors import ExportError, first_line
+from resnet_serve.export.atomic import save_onnx_atomically
 from resnet_serve.files import asdict_with_paths
 
 __all__ = ["Fp16ConversionResult", "convert_fp16"]

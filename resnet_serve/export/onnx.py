@@ -28,8 +28,7 @@ import torch
 from google.protobuf.message import DecodeError
 from torch import nn
 
-from resnet_serve.errors import ExportError, ResnetServeError, VerificationError
-from resnet_serve.export.atomic import first_line
+from resnet_serve.errors import ExportError, ResnetServeError, VerificationError, first_line
 from resnet_serve.files import asdict_with_paths, replacing_atomically
 
 __all__ = [

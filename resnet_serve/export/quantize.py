@@ -32,8 +32,8 @@ from typing import Literal, get_args
 import numpy as np
 import onnx
 
-from resnet_serve.errors import ExportError
-from resnet_serve.export.atomic import first_line, save_onnx_atomically
+from resnet_serve.errors import ExportError, first_line
+from resnet_serve.export.atomic import save_onnx_atomically
 from resnet_serve.files import asdict_with_paths
 
 __all__ = [

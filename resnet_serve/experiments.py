@@ -17,6 +17,7 @@ from torch import nn
 
 from resnet_serve.data import ImageDataset, Preprocessing, load_dataset
 from resnet_serve.errors import TrainingError
+from resnet_serve.files import replacing_atomically
 from resnet_serve.models import create_model
 from resnet_serve.models.blocks import BasicBlock, Bottleneck
 from resnet_serve.progress import Reporter
@@ -138,7 +139,7 @@ def run_degradation(
         )
 
     csv_path = output_dir / "degradation.csv"
-    with csv_path.open("w", newline="") as handle:
+    with replacing_atomically(csv_path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["architecture", "depth", "residual", "epoch", "train_error", "test_error"])
         for run in runs:
@@ -176,7 +177,8 @@ def _plot_degradation(path: Path, runs: list[DegradationRun]) -> None:
         axes.grid(alpha=0.3)
         axes.legend(title="bold: test, dashed: train")
     panels[0].set_ylabel("error (%)")
-    figure.savefig(path, dpi=100)
+    with replacing_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
 
 
 @dataclass
@@ -310,7 +312,8 @@ def run_gradients(
         profiles=profiles, steps=steps, batch_size=batch_size, json=output_dir / "gradients.json",
         plot=output_dir / "gradients.png", seconds=time.perf_counter() - began,
     )
-    result.json.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    with replacing_atomically(result.json) as temporary:
+        temporary.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     _plot_gradients(result.plot, profiles, steps=steps)
     return result
 
@@ -333,4 +336,5 @@ def _plot_gradients(path: Path, profiles: list[GradientProfile], *, steps: int) 
         axes.grid(alpha=0.3, which="both")
         axes.legend()
     panels[0].set_ylabel("‖∂loss/∂block input‖")
-    figure.savefig(path, dpi=100)
+    with replacing_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")

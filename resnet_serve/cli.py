@@ -40,6 +40,8 @@ ProtocolOption = Annotated[str, typer.Option("--protocol", "-p", help="http or g
 UrlOption = Annotated[str | None, typer.Option(help="Server address host:port (default localhost:8000 for http, :8001 for grpc).")]
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Served model name (default: the server's only ready model).")]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this file.")]
+PadOption = Annotated[int | None, typer.Option(help="Random crops: pad each side by N pixels, crop back; 0 turns them off (default: the recipe's).")]
+FlipOption = Annotated[bool | None, typer.Option("--flip/--no-flip", help="Random horizontal flips; --no-flip for digits and text, which a mirror changes (default: the recipe's).")]
 DataOption = Annotated[Path | None, typer.Option("--data", help="An IDX folder, a CIFAR-10/100 archive or folder, or an ImageFolder tree (default: Fashion-MNIST from the Debian package).")]
 
 
@@ -120,6 +122,8 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images (quick runs).")] = None,
+    pad: PadOption = None,
+    flip: FlipOption = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     recipe: Annotated[str, typer.Option(help="demo (Fashion-MNIST in minutes), cifar (the paper's: step schedule, 164 epochs) or imagenet (cosine, warm-up, label smoothing).")] = "demo",
     resume: Annotated[Path | None, typer.Option(help="Continue the interrupted run that wrote this checkpoint (same options); usually the --output path.")] = None,
@@ -136,7 +140,7 @@ def train(
         arch = architecture_info(arch, residual=False).name
     result = train_on_folder(
         architecture=arch, data_dir=data, output=output, recipe=recipe, epochs=epochs, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, limit=limit, seed=seed, amp=amp, resume_from=resume,
+        lr=lr, weight_decay=weight_decay, limit=limit, pad=pad, flip=flip, seed=seed, amp=amp, resume_from=resume,
         reporter=RichReporter(err_console),
     )
     console.print(
@@ -498,6 +502,8 @@ def degradation(
     test_limit: Annotated[int | None, typer.Option(help="Test images (default: 2,000, or all with --full).")] = None,
     full: Annotated[bool, typer.Option("--full", help="All images and the recipe's whole schedule (a GPU job).")] = False,
     recipe: Annotated[str, typer.Option(help="Training recipe shared by every net.")] = "cifar",
+    pad: PadOption = None,
+    flip: FlipOption = None,
     data: DataOption = None,
     seed: Annotated[int, typer.Option(help="Random seed, the same for every net.")] = 0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, CSV and plots.")] = Path("experiments/degradation"),
@@ -507,7 +513,8 @@ def degradation(
 
     result = run_degradation(
         depths=_levels(depths), epochs=epochs, limit=limit, test_limit=test_limit, full=full,
-        recipe=recipe, data_dir=data, seed=seed, output_dir=output, reporter=RichReporter(err_console),
+        recipe=recipe, pad=pad, flip=flip, data_dir=data, seed=seed, output_dir=output,
+        reporter=RichReporter(err_console),
     )
     table = Table("net", "train error", "test error", "seconds", title=f"after {result.epochs} epochs on {result.train_images} images")
     for run in result.runs:

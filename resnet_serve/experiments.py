@@ -8,7 +8,7 @@ import csv
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,10 +17,11 @@ from torch import nn
 
 from resnet_serve.data import ImageDataset, Preprocessing, load_dataset
 from resnet_serve.errors import TrainingError
+from resnet_serve.files import replacing_atomically
 from resnet_serve.models import create_model
 from resnet_serve.models.blocks import BasicBlock, Bottleneck
 from resnet_serve.progress import Reporter
-from resnet_serve.train import RECIPES, TrainConfig, make_optimizer, train
+from resnet_serve.train import make_optimizer, recipe_config, train
 
 __all__ = [
     "DegradationResult",
@@ -34,12 +35,6 @@ __all__ = [
 
 def _architecture(depth: int, residual: bool) -> str:
     return f"{'resnet' if residual else 'plain'}{depth}"
-
-
-def _recipe(name: str) -> TrainConfig:
-    if name not in RECIPES:
-        raise TrainingError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
-    return RECIPES[name]
 
 
 @dataclass
@@ -82,6 +77,8 @@ def run_degradation(
     test_limit: int | None = None,
     full: bool = False,
     recipe: str = "cifar",
+    pad: int | None = None,
+    flip: bool | None = None,
     data_dir: Path | None = None,
     seed: int = 0,
     output_dir: Path,
@@ -92,21 +89,22 @@ def run_degradation(
 
     ``epochs``, ``limit`` (training images) and ``test_limit`` default to a CPU-sized run: 5
     epochs on the first 10,000 training images, tested on 2,000; with ``full``, to the recipe's
-    whole schedule on every image.
+    whole schedule on every image. ``pad`` and ``flip`` change the recipe's augmentation (None
+    keeps it).
 
     Writes ``<architecture>.safetensors`` (with its own history CSV and plot) per net, then
     ``degradation.csv`` (one row per net and epoch) and ``degradation.png`` into ``output_dir``.
     """
     began = time.perf_counter()
     if epochs is None:
-        epochs = _recipe(recipe).epochs if full else _CPU_EPOCHS
+        epochs = recipe_config(recipe).epochs if full else _CPU_EPOCHS
     if not full:
         limit = _CPU_LIMIT if limit is None else limit
         test_limit = _CPU_TEST_LIMIT if test_limit is None else test_limit
     # Every config is built (and so validated) before the first net trains.
     configs = [
-        (depth, residual, replace(
-            _recipe(recipe), architecture=_architecture(depth, residual), epochs=epochs, limit=limit,
+        (depth, residual, recipe_config(
+            recipe, architecture=_architecture(depth, residual), epochs=epochs, limit=limit, pad=pad, flip=flip,
             seed=seed, evaluate_each_epoch=True,
         ))
         for depth in depths
@@ -141,7 +139,7 @@ def run_degradation(
         )
 
     csv_path = output_dir / "degradation.csv"
-    with csv_path.open("w", newline="") as handle:
+    with replacing_atomically(csv_path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["architecture", "depth", "residual", "epoch", "train_error", "test_error"])
         for run in runs:
@@ -179,7 +177,8 @@ def _plot_degradation(path: Path, runs: list[DegradationRun]) -> None:
         axes.grid(alpha=0.3)
         axes.legend(title="bold: test, dashed: train")
     panels[0].set_ylabel("error (%)")
-    figure.savefig(path, dpi=100)
+    with replacing_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
 
 
 @dataclass
@@ -253,8 +252,8 @@ def run_gradients(
         raise TrainingError(f"steps must be ≥ 0 and batch_size ≥ 1, got {steps} and {batch_size}")
     began = time.perf_counter()
     configs = [
-        (depth, residual, replace(
-            _recipe(recipe), architecture=_architecture(depth, residual), batch_size=batch_size, seed=seed
+        (depth, residual, recipe_config(
+            recipe, architecture=_architecture(depth, residual), batch_size=batch_size, seed=seed
         ))
         for depth in depths
         for residual in (False, True)
@@ -313,7 +312,8 @@ def run_gradients(
         profiles=profiles, steps=steps, batch_size=batch_size, json=output_dir / "gradients.json",
         plot=output_dir / "gradients.png", seconds=time.perf_counter() - began,
     )
-    result.json.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    with replacing_atomically(result.json) as temporary:
+        temporary.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     _plot_gradients(result.plot, profiles, steps=steps)
     return result
 
@@ -336,4 +336,5 @@ def _plot_gradients(path: Path, profiles: list[GradientProfile], *, steps: int) 
         axes.grid(alpha=0.3, which="both")
         axes.legend()
     panels[0].set_ylabel("‖∂loss/∂block input‖")
-    figure.savefig(path, dpi=100)
+    with replacing_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -20,7 +21,7 @@ from torch import nn
 
 from resnet_serve.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from resnet_serve.data import ImageDataset, Preprocessing, load_dataset
-from resnet_serve.errors import CheckpointError, DatasetError, TrainingError
+from resnet_serve.errors import CheckpointError, DatasetError, TrainingError, first_line
 from resnet_serve.files import replacing_atomically
 from resnet_serve.models import architecture_info, create_model
 from resnet_serve.progress import Reporter, SilentReporter
@@ -35,6 +36,7 @@ __all__ = [
     "TrainResult",
     "evaluate",
     "make_optimizer",
+    "recipe_config",
     "train",
     "train_on_folder",
     "train_state_path",
@@ -105,11 +107,10 @@ class TrainConfig:
                 f"epochs and lr must be > 0 and batch_size ≥ 1, got epochs={self.epochs}, "
                 f"lr={self.lr}, batch_size={self.batch_size}"
             )
-        if self.weight_decay < 0 or self.pad < 0 or (self.limit is not None and self.limit < 1):
-            raise TrainingError(
-                f"weight_decay and pad must be ≥ 0 and limit ≥ 1, got {self.weight_decay}, "
-                f"{self.pad}, {self.limit}"
-            )
+        if self.weight_decay < 0 or (self.limit is not None and self.limit < 1):
+            raise TrainingError(f"weight_decay must be ≥ 0 and limit ≥ 1, got {self.weight_decay} and {self.limit}")
+        if self.pad < 0:
+            raise TrainingError(f"pad must be ≥ 0 pixels (0 turns random crops off), got {self.pad}")
         if self.schedule not in _SCHEDULES:
             raise TrainingError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(_SCHEDULES)}")
         # JSON (a checkpoint's training record) gives a list; a tuple keeps the config hashable.
@@ -187,6 +188,18 @@ RECIPES: dict[str, TrainConfig] = {
     "cifar": CIFAR_TRAIN_CONFIG,
     "imagenet": IMAGENET_TRAIN_CONFIG,
 }
+
+
+def recipe_config(recipe: str, **changes: object) -> TrainConfig:
+    """``RECIPES[recipe]`` with the fields named in ``changes`` replaced, except those given as
+    None, which keep the recipe's value (an option left out means "the recipe's").
+
+    Raises:
+        TrainingError: an unknown recipe, or a change that makes an impossible config.
+    """
+    if recipe not in RECIPES:
+        raise TrainingError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    return replace(RECIPES[recipe], **{name: value for name, value in changes.items() if value is not None})
 
 
 @dataclass
@@ -303,6 +316,63 @@ def _device(config: TrainConfig) -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class _Tensors:
+    """A run's images, normalised as the checkpoint will say, and what it records of them."""
+
+    train_inputs: torch.Tensor
+    train_labels: torch.Tensor
+    test_inputs: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: list[str]
+    preprocessing: Preprocessing
+    fill: torch.Tensor  # black after normalisation, per channel: what crops pad with
+
+
+def _prepare_tensors(config: TrainConfig, train_set: ImageDataset, test_set: ImageDataset) -> _Tensors:
+    """Check that the sets match, keep the first ``config.limit`` training images, measure the
+    preprocessing on them and normalise both sets with it."""
+    if train_set.class_names != test_set.class_names:
+        raise DatasetError("train and test sets have different class names")
+    if train_set.images.shape[1:] != test_set.images.shape[1:]:
+        raise DatasetError(
+            f"train images are {train_set.images.shape[1:]}, test images {test_set.images.shape[1:]}"
+        )
+    images, labels = train_set.images, train_set.labels
+    if config.limit is not None:
+        images, labels = images[: config.limit], labels[: config.limit]
+    if len(images) == 0:
+        raise DatasetError("no training images")
+    preprocessing = Preprocessing.for_dataset(
+        ImageDataset(images=images, labels=labels, class_names=train_set.class_names)
+    )
+    return _Tensors(
+        train_inputs=torch.from_numpy(preprocessing.normalize(images)),
+        train_labels=torch.from_numpy(labels),
+        test_inputs=torch.from_numpy(preprocessing.normalize(test_set.images)),
+        test_labels=torch.from_numpy(test_set.labels),
+        class_names=list(train_set.class_names),
+        preprocessing=preprocessing,
+        fill=torch.tensor([-m / s for m, s in zip(preprocessing.mean, preprocessing.std, strict=True)]),
+    )
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """How a run's SGD steps fall into passes over the training images."""
+
+    per_epoch: int
+    total: int
+    passes: int
+
+    @classmethod
+    def of(cls, config: TrainConfig, train_images: int) -> _Steps:
+        # The last partial batch is dropped: a tiny batch gives BatchNorm noisy statistics.
+        per_epoch = max(1, train_images // config.batch_size)
+        total = max(1, round(per_epoch * config.epochs))
+        return cls(per_epoch=per_epoch, total=total, passes=math.ceil(total / per_epoch))
+
+
 @dataclass
 class _Progress:
     """How far a run has come: all a resumed run needs beyond weights, momentum and RNG states."""
@@ -313,49 +383,203 @@ class _Progress:
     history: list[EpochStats] = field(default_factory=list)
 
 
-def _save_train_state(
-    path: Path,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
+@dataclass
+class _Run:
+    """What one training run works with; ``progress`` is what it has done."""
+
+    config: TrainConfig
+    tensors: _Tensors
+    model: nn.Module
+    optimizer: torch.optim.SGD
+    generator: torch.Generator
+    device: torch.device
+    steps: _Steps
+    progress: _Progress
+    started: float  # time.perf_counter() when this process began the run
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return _memory_format(self.config)
+
+    @property
+    def amp(self) -> bool:
+        return self.device.type == "cuda" and self.config.amp
+
+    def seconds(self) -> float:
+        """Training time so far, over every process that worked on the run."""
+        return self.progress.seconds + time.perf_counter() - self.started
+
+
+def _memory_format(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
+def _start(
     config: TrainConfig,
-    progress: _Progress,
-    train_images: int,
-) -> None:
+    tensors: _Tensors,
+    *,
+    num_classes: int,
+    device: torch.device,
+    resume_from: Path | None,
+    started: float,
+) -> _Run:
+    """Seed, build the model and optimizer, and put them where ``resume_from`` stopped if given."""
+    torch.manual_seed(config.seed)
+    model = create_model(
+        config.architecture,
+        num_classes=num_classes,
+        in_channels=tensors.preprocessing.channels,
+        zero_init_last=config.zero_init_last,
+    )
+    model = model.to(device=device, memory_format=_memory_format(config))
+    run = _Run(
+        config=config,
+        tensors=tensors,
+        model=model,
+        optimizer=make_optimizer(model, config),
+        generator=torch.Generator().manual_seed(config.seed),
+        device=device,
+        steps=_Steps.of(config, len(tensors.train_inputs)),
+        progress=_Progress(),
+        started=started,
+    )
+    if resume_from is not None:
+        run.progress = _resume(Path(resume_from), run)
+        if run.progress.step >= run.steps.total:
+            raise TrainingError(f"{resume_from} has finished all {config.epochs} epochs; nothing to resume")
+    return run
+
+
+def _epoch_batches(
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    config: TrainConfig,
+    fill: torch.Tensor,
+    generator: torch.Generator,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """What SGD sees in one pass: ``steps`` shuffled batches, augmented as ``config`` says."""
+    order = torch.randperm(len(inputs), generator=generator)
+    for index in range(steps):
+        batch = order[index * config.batch_size : (index + 1) * config.batch_size]
+        yield _augment(inputs[batch], pad=config.pad, flip=config.flip, fill=fill, generator=generator), labels[batch]
+
+
+def _sgd_epoch(run: _Run, *, epoch: int, reporter: Reporter) -> EpochStats:
+    """One pass of SGD (or what is left of the schedule); the running loss and accuracy over it."""
+    config, model, optimizer, progress = run.config, run.model, run.optimizer, run.progress
+    model.train()
+    started = time.perf_counter()
+    loss_sum = 0.0
+    correct = 0
+    seen = 0
+    steps = min(run.steps.per_epoch, run.steps.total - progress.step)
+    reporter.start(f"epoch {epoch}/{run.steps.passes}", total=steps)
+    batches = _epoch_batches(
+        run.tensors.train_inputs, run.tensors.train_labels, steps=steps, config=config,
+        fill=run.tensors.fill, generator=run.generator,
+    )
+    for inputs, labels in batches:
+        batch = inputs.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+        target = labels.to(run.device, non_blocking=True)
+        lr = _learning_rate(progress.step, run.steps.total, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            logits = model(batch)
+            loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        progress.step += 1
+        seen += len(target)
+        loss_sum += loss.item() * len(target)
+        correct += int((logits.argmax(1) == target).sum())
+        reporter.advance(1, loss=loss_sum / seen, accuracy=correct / seen, lr=lr)
+    reporter.finish()
+    progress.images_seen += seen
+    return EpochStats(
+        epoch=epoch,
+        train_loss=loss_sum / seen,
+        train_accuracy=correct / seen,
+        seconds=time.perf_counter() - started,
+        lr=lr,
+    )
+
+
+def _test_accuracy(run: _Run, *, reporter: Reporter) -> float:
+    reporter.message(f"evaluating on {len(run.tensors.test_inputs)} test images")
+    return evaluate(
+        run.model, run.tensors.test_inputs, run.tensors.test_labels, channels_last=run.config.channels_last
+    )
+
+
+def _checkpoint_meta(run: _Run, stats: EpochStats, *, seconds: float) -> CheckpointMeta:
+    metrics = {"train_loss": stats.train_loss}
+    if stats.test_accuracy is not None:
+        metrics["test_accuracy"] = stats.test_accuracy
+    return CheckpointMeta(
+        architecture=run.config.architecture,
+        num_classes=len(run.tensors.class_names),
+        in_channels=run.tensors.preprocessing.channels,
+        class_names=run.tensors.class_names,
+        preprocessing=run.tensors.preprocessing,
+        metrics=metrics,
+        training={
+            **run.config.to_dict(),
+            "train_images": len(run.tensors.train_inputs),
+            "seconds": round(seconds, 1),
+            "step": run.progress.step,
+        },
+    )
+
+
+def _save(run: _Run, output: Path, stats: EpochStats) -> None:
+    """The checkpoint of the weights so far, and beside it what a resume needs."""
+    seconds = run.seconds()
+    # The state goes first: a crash between the two writes leaves a checkpoint whose step
+    # differs from its state's, which a resume detects rather than continuing wrongly.
+    _save_train_state(train_state_path(output), run, seconds=seconds)
+    save_checkpoint(output, model=run.model, meta=_checkpoint_meta(run, stats, seconds=seconds))
+
+
+def _end_epoch(run: _Run, stats: EpochStats, *, output: Path, reporter: Reporter) -> None:
+    run.progress.history.append(stats)
+    reporter.message(
+        f"epoch {stats.epoch}: loss {stats.train_loss:.4f}, train accuracy {stats.train_accuracy:.4f}"
+        + (f", test accuracy {stats.test_accuracy:.4f}" if stats.test_accuracy is not None else "")
+    )
+    _save(run, output, stats)
+    _write_history_csv(_beside(output, ".history.csv"), run.progress.history)
+
+
+def _save_train_state(path: Path, run: _Run, *, seconds: float) -> None:
     tensors = {
         f"momentum.{name}": buffer.detach().cpu().contiguous()
-        for name, param in model.named_parameters()
-        if (buffer := optimizer.state.get(param, {}).get("momentum_buffer")) is not None
+        for name, param in run.model.named_parameters()
+        if (buffer := run.optimizer.state.get(param, {}).get("momentum_buffer")) is not None
     }
-    tensors["rng.shuffle"] = generator.get_state()
+    tensors["rng.shuffle"] = run.generator.get_state()
     # Nothing in today's loop draws from the global generator after initialisation; restoring it
     # keeps resumes exact for models that do (dropout, stochastic depth).
     tensors["rng.global"] = torch.get_rng_state()
     state = {
-        "config": config.to_dict(),
-        "train_images": train_images,
-        "step": progress.step,
-        "images_seen": progress.images_seen,
-        "seconds": progress.seconds,
-        "history": [asdict(stats) for stats in progress.history],
+        "config": run.config.to_dict(),
+        "train_images": len(run.tensors.train_inputs),
+        "step": run.progress.step,
+        "images_seen": run.progress.images_seen,
+        "seconds": seconds,
+        "history": [asdict(stats) for stats in run.progress.history],
     }
     # Atomic: a run killed while saving must leave the previous state to resume from.
     with replacing_atomically(path) as temporary:
         save_file(tensors, str(temporary), metadata={"format": "pt", _STATE_KEY: json.dumps(state)})
 
 
-def _resume(
-    checkpoint_path: Path,
-    *,
-    config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    preprocessing: Preprocessing,
-    train_images: int,
-) -> _Progress:
-    """Put ``model``, ``optimizer`` and ``generator`` back where the run saved in
+def _resume(checkpoint_path: Path, run: _Run) -> _Progress:
+    """Put the run's model, optimizer and generator back where the run saved in
     ``checkpoint_path`` stopped, after checking it is the same run on the same data."""
     checkpoint = load_checkpoint(checkpoint_path)
     state_path = train_state_path(checkpoint_path)
@@ -366,25 +590,28 @@ def _resume(
     except FileNotFoundError:
         raise CheckpointError(f"{state_path}: no such file; only runs of this version can be resumed") from None
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{state_path}: not a train state ({exc})") from None
+        raise CheckpointError(f"{state_path}: not a train state ({first_line(exc)})") from None
 
     # A JSON round trip gives the current config the saved one's types (lists, not tuples).
-    current = json.loads(json.dumps(config.to_dict()))
+    current = json.loads(json.dumps(run.config.to_dict()))
     changed = [key for key in current if key not in _RESUMABLE_CHANGES and current[key] != state["config"].get(key)]
     if changed:
         was = ", ".join(f"{key}={state['config'].get(key)!r}" for key in changed)
         raise TrainingError(f"{checkpoint_path} was trained with {was}; resume it with the same settings")
     if checkpoint.meta.training.get("step") != state["step"]:
         raise TrainingError(f"{checkpoint_path} and {state_path.name} are from different steps of the run")
-    if checkpoint.meta.preprocessing != preprocessing or state["train_images"] != train_images:
+    if (
+        checkpoint.meta.preprocessing != run.tensors.preprocessing
+        or state["train_images"] != len(run.tensors.train_inputs)
+    ):
         raise TrainingError(f"{checkpoint_path} was trained on other images than these")
 
     # Copies into the existing tensors keep their device and memory format.
-    model.load_state_dict(checkpoint.model.state_dict())
-    for name, param in model.named_parameters():
+    run.model.load_state_dict(checkpoint.model.state_dict())
+    for name, param in run.model.named_parameters():
         if f"momentum.{name}" in tensors:
-            optimizer.state[param]["momentum_buffer"] = torch.empty_like(param).copy_(tensors[f"momentum.{name}"])
-    generator.set_state(tensors["rng.shuffle"])
+            run.optimizer.state[param]["momentum_buffer"] = torch.empty_like(param).copy_(tensors[f"momentum.{name}"])
+    run.generator.set_state(tensors["rng.shuffle"])
     torch.set_rng_state(tensors["rng.global"])
     return _Progress(
         step=state["step"],
@@ -398,7 +625,7 @@ _CSV_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", 
 
 
 def _write_history_csv(path: Path, history: list[EpochStats]) -> None:
-    with path.open("w", newline="") as handle:
+    with replacing_atomically(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=_CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for stats in history:
@@ -425,7 +652,8 @@ def _plot_history(path: Path, history: list[EpochStats], *, title: str) -> None:
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
     figure.suptitle(title)
-    figure.savefig(path, dpi=100)
+    with replacing_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
 
 
 def train(
@@ -445,147 +673,37 @@ def train(
     a PNG plot of them follows at the end. ``resume_from`` (such a checkpoint) continues an
     interrupted run with the same config and data to the weights the uninterrupted run reaches.
     """
-    if train_set.class_names != test_set.class_names:
-        raise DatasetError("train and test sets have different class names")
-    if train_set.images.shape[1:] != test_set.images.shape[1:]:
-        raise DatasetError(
-            f"train images are {train_set.images.shape[1:]}, test images {test_set.images.shape[1:]}"
-        )
     device = _device(config)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-
-    images, labels = train_set.images, train_set.labels
-    if config.limit is not None:
-        images, labels = images[: config.limit], labels[: config.limit]
-    if len(images) == 0:
-        raise DatasetError("no training images")
-    subset = ImageDataset(images=images, labels=labels, class_names=train_set.class_names)
-    preprocessing = Preprocessing.for_dataset(subset)
-    train_inputs = torch.from_numpy(preprocessing.normalize(images))
-    train_labels = torch.from_numpy(labels)
-    test_inputs = torch.from_numpy(preprocessing.normalize(test_set.images))
-    test_labels = torch.from_numpy(test_set.labels)
-    fill = torch.tensor([-m / s for m, s in zip(preprocessing.mean, preprocessing.std, strict=True)])
-
-    model = create_model(
-        config.architecture,
-        num_classes=train_set.num_classes,
-        in_channels=preprocessing.channels,
-        zero_init_last=config.zero_init_last,
-    )
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format)
-    optimizer = make_optimizer(model, config)
-    progress = _Progress()
-    if resume_from is not None:
-        progress = _resume(
-            Path(resume_from), config=config, model=model, optimizer=optimizer, generator=generator,
-            preprocessing=preprocessing, train_images=len(train_inputs),
-        )
-
-    # The last partial batch is dropped: a tiny batch gives BatchNorm noisy statistics.
-    steps_per_epoch = max(1, len(train_inputs) // config.batch_size)
-    total_steps = max(1, round(steps_per_epoch * config.epochs))
-    passes = math.ceil(total_steps / steps_per_epoch)
-    if progress.step >= total_steps:
-        raise TrainingError(f"{resume_from} has finished all {config.epochs} epochs; nothing to resume")
-    amp = device.type == "cuda" and config.amp
-    history = progress.history
     output = Path(output)
-    csv_path, plot_path = _beside(output, ".history.csv"), _beside(output, ".history.png")
-    for epoch in range(len(history) + 1, passes + 1):
-        model.train()
-        epoch_started = time.perf_counter()
-        order = torch.randperm(len(train_inputs), generator=generator)
-        loss_sum = 0.0
-        correct = 0
-        seen = 0
-        steps = min(steps_per_epoch, total_steps - progress.step)
-        reporter.start(f"epoch {epoch}/{passes}", total=steps)
-        for index in range(steps):
-            batch_index = order[index * config.batch_size : (index + 1) * config.batch_size]
-            batch = _augment(
-                train_inputs[batch_index], pad=config.pad, flip=config.flip, fill=fill, generator=generator
-            ).to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            target = train_labels[batch_index].to(device, non_blocking=True)
-            lr = _learning_rate(progress.step, total_steps, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(batch)
-                loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    tensors = _prepare_tensors(config, train_set, test_set)
+    run = _start(
+        config, tensors, num_classes=train_set.num_classes, device=device, resume_from=resume_from, started=started
+    )
+    for epoch in range(len(run.progress.history) + 1, run.steps.passes):
+        stats = _sgd_epoch(run, epoch=epoch, reporter=reporter)
+        if config.evaluate_each_epoch:
+            stats.test_accuracy = _test_accuracy(run, reporter=reporter)
+        _end_epoch(run, stats, output=output, reporter=reporter)
+    # The last pass is always tested: its accuracy is the run's.
+    stats = _sgd_epoch(run, epoch=run.steps.passes, reporter=reporter)
+    test_accuracy = stats.test_accuracy = _test_accuracy(run, reporter=reporter)
+    _end_epoch(run, stats, output=output, reporter=reporter)
 
-            progress.step += 1
-            seen += len(target)
-            loss_sum += loss.item() * len(target)
-            correct += int((logits.argmax(1) == target).sum())
-            reporter.advance(1, loss=loss_sum / seen, accuracy=correct / seen, lr=lr)
-        reporter.finish()
-        progress.images_seen += seen
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=loss_sum / seen,
-            train_accuracy=correct / seen,
-            seconds=time.perf_counter() - epoch_started,
-            lr=lr,
-        )
-        if config.evaluate_each_epoch or epoch == passes:
-            reporter.message(f"evaluating on {len(test_inputs)} test images")
-            stats.test_accuracy = evaluate(
-                model, test_inputs, test_labels, channels_last=config.channels_last
-            )
-        history.append(stats)
-        reporter.message(
-            f"epoch {epoch}: loss {stats.train_loss:.4f}, train accuracy {stats.train_accuracy:.4f}"
-            + (f", test accuracy {stats.test_accuracy:.4f}" if stats.test_accuracy is not None else "")
-        )
-
-        seconds = progress.seconds + time.perf_counter() - started
-        metrics = {"train_loss": stats.train_loss}
-        if stats.test_accuracy is not None:
-            metrics["test_accuracy"] = stats.test_accuracy
-        meta = CheckpointMeta(
-            architecture=config.architecture,
-            num_classes=train_set.num_classes,
-            in_channels=preprocessing.channels,
-            class_names=list(train_set.class_names),
-            preprocessing=preprocessing,
-            metrics=metrics,
-            training={
-                **config.to_dict(),
-                "train_images": len(train_inputs),
-                "seconds": round(seconds, 1),
-                "step": progress.step,
-            },
-        )
-        # The state goes first: a crash between the two writes leaves a checkpoint whose step
-        # differs from its state's, which a resume detects rather than continuing wrongly.
-        _save_train_state(
-            train_state_path(output), model=model, optimizer=optimizer, generator=generator,
-            config=config, progress=replace(progress, seconds=seconds), train_images=len(train_inputs),
-        )
-        save_checkpoint(output, model=model, meta=meta)
-        _write_history_csv(csv_path, history)
-
-    _plot_history(plot_path, history, title=f"{config.architecture}, {len(train_inputs)} training images")
-    test_accuracy = history[-1].test_accuracy
-    assert test_accuracy is not None  # the last epoch always evaluates
+    history = run.progress.history
+    plot_path = _beside(output, ".history.png")
+    _plot_history(plot_path, history, title=f"{config.architecture}, {len(tensors.train_inputs)} training images")
     return TrainResult(
         checkpoint=output,
         test_accuracy=test_accuracy,
-        train_loss=history[-1].train_loss,
+        train_loss=stats.train_loss,
         epochs=config.epochs,
-        seconds=progress.seconds + time.perf_counter() - started,
-        images_per_second=progress.images_seen / sum(s.seconds for s in history),
+        seconds=run.seconds(),
+        images_per_second=run.progress.images_seen / sum(s.seconds for s in history),
         history=history,
-        history_csv=csv_path,
+        history_csv=_beside(output, ".history.csv"),
         history_plot=plot_path,
     )
 
@@ -601,21 +719,20 @@ def train_on_folder(
     lr: float | None = None,
     weight_decay: float | None = None,
     limit: int | None = None,
+    pad: int | None = None,
+    flip: bool | None = None,
     seed: int = 0,
     amp: bool = True,
     resume_from: Path | None = None,
     reporter: Reporter | None = None,
 ) -> TrainResult:
-    """Train with a named recipe (see ``RECIPES``), changed where an option is given, on an IDX
-    folder (Fashion-MNIST when ``data_dir`` is None); ``resume_from`` continues a stopped run."""
-    if recipe not in RECIPES:
-        raise TrainingError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    overrides = {
-        key: value
-        for key, value in dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay).items()
-        if value is not None
-    }
-    config = replace(RECIPES[recipe], architecture=architecture, seed=seed, limit=limit, amp=amp, **overrides)
+    """Train with a named recipe (see ``RECIPES``), changed where an option is given (None keeps
+    the recipe's), on an IDX folder (Fashion-MNIST when ``data_dir`` is None); ``resume_from``
+    continues a stopped run."""
+    config = recipe_config(
+        recipe, architecture=architecture, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        limit=limit, pad=pad, flip=flip, seed=seed, amp=amp,
+    )
     return train(
         config=config,
         train_set=load_dataset(data_dir, split="train"),

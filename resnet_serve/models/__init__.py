@@ -20,17 +20,15 @@ Each architecture has one canonical name, without the suffixes that restate a de
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cache
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from resnet_serve.errors import UnknownArchitectureError
 from resnet_serve.models.blocks import (
@@ -230,12 +228,11 @@ def _build(
     num_classes: int,
     in_channels: int,
     zero_init_last: bool,
-    layers: Sequence[int] | None = None,
 ) -> nn.Module:
     network = CifarResNet if spec.family.name == "cifar" else ResNet
     return network(
         _BLOCKS[(spec.preact, spec.block)],
-        layers or spec.layers,
+        spec.layers,
         num_classes=num_classes,
         in_channels=in_channels,
         # A plain net builds no shortcut, so the option it is given does not matter.
@@ -283,75 +280,12 @@ def count_parameters(model: nn.Module) -> int:
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-accumulates of one forward pass on an input of ``input_shape`` (batch included).
 
-    Counts what torchvision's and fvcore's published figures count: for each convolution,
-    output elements × input channels per group × kernel area; for each linear layer, output
-    elements × input features; nothing for BatchNorm, activations, pooling or additions.
-    Runs one forward pass of zeros in eval mode on the model's device (training flags are
-    restored); on the meta device that only propagates shapes, so build there to count
-    without allocating or computing anything.
+    Half the FLOPs that ``torch.utils.flop_counter.FlopCounterMode`` counts: those of
+    convolutions and matrix products, nothing for BatchNorm, activations, pooling, additions or
+    biases, which is what torchvision's and fvcore's published figures count. Runs one forward
+    pass of zeros in eval mode on the model's device (training flags are restored); on the meta
+    device nothing is allocated or computed.
     """
-    return sum(_macs_by_module(model, input_shape).values())
-
-
-def _broadcast_shape(a: torch.Tensor | float, b: torch.Tensor | float, *_: Any, **__: Any) -> tuple[int, ...]:
-    return torch.broadcast_shapes(*(t.shape for t in (a, b) if isinstance(t, torch.Tensor)))
-
-
-def _pooled_shape(x: torch.Tensor, size: int | tuple[int | None, int | None]) -> tuple[int, ...]:
-    *batch, height, width = x.shape
-    size = (size, size) if isinstance(size, int) else size
-    return (*batch, height if size[0] is None else size[0], width if size[1] is None else size[1])
-
-
-class _MetaShapesOnly(TorchFunctionMode):
-    """Answers meta-tensor ops whose result is known from shapes alone, without running them.
-
-    The meta device runs weight initialisers, BatchNorm, additions, average pooling and
-    linear layers as Python decompositions that take milliseconds each (and import
-    torch._dynamo, seconds, on first use): most of the time to build and count a net there.
-    An initialiser changes only values, so its tensor is the answer; the others' output
-    shapes follow from their inputs'.
-    """
-
-    _INITIALISERS = (torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_)
-    _SHAPES: dict[Callable[..., Any], Callable[..., tuple[int, ...]]] = {
-        F.batch_norm: lambda x, *_, **__: tuple(x.shape),
-        torch.add: _broadcast_shape,
-        torch.Tensor.add: _broadcast_shape,
-        F.adaptive_avg_pool2d: _pooled_shape,
-        F.linear: lambda x, weight, *_, **__: (*x.shape[:-1], weight.shape[0]),
-    }
-
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Sequence[type],
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if tensors and all(t.is_meta for t in tensors):
-            if func in self._INITIALISERS:
-                return args[0]
-            if func in self._SHAPES:
-                return tensors[0].new_empty(self._SHAPES[func](*args, **kwargs))
-        return func(*args, **kwargs)
-
-
-def _macs_by_module(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    macs: dict[str, int] = {}
-
-    def counter(name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
-        def count(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            if isinstance(module, nn.Conv2d):
-                per_output = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
-            else:
-                per_output = module.in_features
-            macs[name] = macs.get(name, 0) + output.numel() * per_output
-
-        return count
-
     reference = next(model.parameters(), None)
     x = torch.zeros(
         tuple(input_shape),
@@ -359,45 +293,94 @@ def _macs_by_module(model: nn.Module, input_shape: Sequence[int]) -> dict[str, i
         dtype=reference.dtype if reference is not None else None,
     )
     training = {module: module.training for module in model.modules()}
-    handles = [
-        module.register_forward_hook(counter(name))
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear))
-    ]
-    # Elsewhere the real kernels are fast, and a Python mode around each op would slow them.
-    shapes_only = _MetaShapesOnly() if x.is_meta else contextlib.nullcontext()
     try:
         model.eval()
-        with torch.no_grad(), shapes_only:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
-        for handle in handles:
-            handle.remove()
         for module, was_training in training.items():
             module.training = was_training
-    return macs
+    return counter.get_total_flops() // 2
+
+
+@dataclass
+class _Tally:
+    """Parameters and MACs added up layer by layer, for one image."""
+
+    params: int = 0
+    macs: int = 0
+
+    def conv(self, in_channels: int, out_channels: int, kernel: int, stride: int, side: int) -> int:
+        """Add a bias-free, "same"-padded square convolution on a ``side``² input; its output side."""
+        out_side = (side - 1) // stride + 1
+        weights = in_channels * out_channels * kernel * kernel
+        self.params += weights
+        self.macs += weights * out_side * out_side
+        return out_side
+
+    def batch_norm(self, channels: int) -> None:
+        self.params += 2 * channels  # scale and shift; the running statistics are buffers
+
+    def linear(self, in_features: int, out_features: int) -> None:
+        self.params += in_features * out_features + out_features
+        self.macs += in_features * out_features
+
+
+def _count(spec: _Spec) -> _Tally:
+    """Parameters and MACs of ``spec`` with its default classifier at its default input size,
+    layer by layer as ``resnet.py`` and ``blocks.py`` build it.
+
+    Summed from the spec rather than counted on a build: building ResNet-1202 takes seconds
+    even on the meta device, and ``resnet-serve models`` lists 104 nets. The tests hold these
+    sums to ``count_parameters`` and ``count_macs`` of real builds of every block, shortcut and
+    stem variant.
+    """
+    network = CifarResNet if spec.family.name == "cifar" else ResNet
+    widths = network.widths
+    bottleneck = spec.block == "bottleneck"
+    expansion = 4 if bottleneck else 1
+    tally = _Tally()
+    if spec.family.name == "cifar":
+        side = tally.conv(3, widths[0], 3, 1, spec.family.input_size)
+    else:
+        side = tally.conv(3, widths[0], 7, 2, spec.family.input_size)
+        side = (side - 1) // 2 + 1  # the 3×3, stride-2 max-pool
+    if not spec.preact:
+        tally.batch_norm(widths[0])
+    in_planes = widths[0]
+    for stage, (planes, count) in enumerate(zip(widths, spec.layers, strict=True)):
+        out_planes = planes * expansion
+        for position in range(count):
+            stride = 2 if stage > 0 and position == 0 else 1
+            reshapes = stride != 1 or in_planes != out_planes
+            if spec.residual and (spec.shortcut == "C" or (spec.shortcut == "B" and reshapes)):
+                tally.conv(in_planes, out_planes, 1, stride, side)
+                if not spec.preact:
+                    tally.batch_norm(out_planes)
+            # Each convolution but the last is followed by a BatchNorm; a post-activation
+            # block also normalises the last, a pre-activation one its input instead.
+            if bottleneck:
+                stride_1x1, stride_3x3 = (stride, 1) if spec.version == "v1" else (1, stride)
+                branch = tally.conv(in_planes, planes, 1, stride_1x1, side)
+                tally.batch_norm(planes)
+                branch = tally.conv(planes, planes, 3, stride_3x3, branch)
+                tally.batch_norm(planes)
+                side = tally.conv(planes, out_planes, 1, 1, branch)
+            else:
+                branch = tally.conv(in_planes, planes, 3, stride, side)
+                tally.batch_norm(planes)
+                side = tally.conv(planes, out_planes, 3, 1, branch)
+            tally.batch_norm(in_planes if spec.preact else out_planes)
+            in_planes = out_planes
+    if spec.preact:
+        tally.batch_norm(in_planes)
+    tally.linear(in_planes, spec.family.num_classes)
+    return tally
 
 
 @cache
 def _info(spec: _Spec) -> ArchitectureInfo:
-    # The blocks after the first of a stage all have the same shapes (stride 1, equal widths),
-    # so each adds exactly what the second one does: counting a sample net with two blocks per
-    # stage, the second weighted by the repeats, gives the deep net's totals without building
-    # hundreds of blocks (ResNet-1202 has 600). On the meta device nothing is allocated.
-    with torch.device("meta"), _MetaShapesOnly():
-        sample = _build(
-            spec,
-            num_classes=spec.family.num_classes,
-            in_channels=3,
-            zero_init_last=False,
-            layers=[min(count, 2) for count in spec.layers],
-        )
-    repeats = {f"layer{stage}.1": count - 1 for stage, count in enumerate(spec.layers, start=1)}
-
-    def weight(name: str) -> int:
-        return repeats.get(".".join(name.split(".")[:2]), 1)
-
-    size = spec.family.input_size
+    counts = _count(spec)
     return ArchitectureInfo(
         name=spec.name,
         family=spec.family.name,
@@ -408,14 +391,14 @@ def _info(spec: _Spec) -> ArchitectureInfo:
         version=spec.version,
         shortcut=spec.shortcut,
         default_num_classes=spec.family.num_classes,
-        default_input_size=size,
-        params=sum(p.numel() * weight(name) for name, p in sample.named_parameters()),
-        macs=sum(macs * weight(name) for name, macs in _macs_by_module(sample, (1, 3, size, size)).items()),
+        default_input_size=spec.family.input_size,
+        params=counts.params,
+        macs=counts.macs,
     )
 
 
 def architecture_info(name: str, *, residual: bool | None = None) -> ArchitectureInfo:
-    """Facts about an architecture, computed from a meta-device build (cached, cheap).
+    """Facts about an architecture, summed from its layout without building it (cached, cheap).
 
     ``residual`` works as in ``create_model``; the returned ``name`` is then the canonical
     name of the result (``architecture_info("resnet34_c", residual=False).name == "plain34"``),

@@ -99,16 +99,24 @@ def test_bad_concurrency_levels_are_refused(levels: str):
     assert result.exit_code != 0 and "Traceback" not in result.output
 
 
-def test_train_no_skip_trains_the_plain_twin(tmp_path: Path):
+def test_train_no_skip_trains_the_plain_twin_and_no_flip_keeps_the_recipes_pad(tmp_path: Path):
     from resnet_serve.checkpoints import read_checkpoint_meta
 
     output = tmp_path / "twin.safetensors"
     result = runner.invoke(
-        app, ["train", "--arch", "resnet20", "--no-skip", "--limit", "256", "--epochs", "0.5",
+        app, ["train", "--arch", "resnet20", "--no-skip", "--no-flip", "--limit", "256", "--epochs", "0.5",
               "--batch-size", "64", "-o", str(output)],
     )
     assert result.exit_code == 0, result.output
-    assert read_checkpoint_meta(output).architecture == "plain20"
+    meta = read_checkpoint_meta(output)
+    assert meta.architecture == "plain20"
+    assert (meta.training["flip"], meta.training["pad"]) == (False, 0)  # the demo recipe's pad
+
+
+def test_train_negative_pad_is_one_line(tmp_path: Path):
+    result = runner.invoke(app, ["train", "--pad", "-1", "-o", str(tmp_path / "x.safetensors")])
+    assert_one_line_error(result, "pad must be ≥ 0 pixels", "got -1")
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(("precision", "weight_type"), [("int8", onnx.TensorProto.INT8), ("fp16", onnx.TensorProto.FLOAT16)])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnet_serve.checkpoints import read_checkpoint_meta
 from resnet_serve.errors import UnknownArchitectureError
 from resnet_serve.experiments import run_degradation, run_gradients
 from resnet_serve.progress import SilentReporter
@@ -27,7 +28,7 @@ def one_thread():
 
 
 def test_degradation_trains_plain_and_residual_twins_and_plots_them(tmp_path: Path) -> None:
-    result = run_degradation(depths=(20, 32), epochs=2, limit=128, test_limit=50, output_dir=tmp_path,
+    result = run_degradation(depths=(20, 32), epochs=2, limit=128, test_limit=50, flip=False, output_dir=tmp_path,
                              reporter=SilentReporter())
 
     assert [(run.architecture, run.depth, run.residual) for run in result.runs] == [
@@ -36,7 +37,10 @@ def test_degradation_trains_plain_and_residual_twins_and_plots_them(tmp_path: Pa
     for run in result.runs:
         assert len(run.train_error) == len(run.test_error) == 2
         assert all(0.0 <= error <= 1.0 for error in run.train_error + run.test_error)
-        assert run.checkpoint.is_file()
+        # flip is changed, pad stays the CIFAR recipe's.
+        assert {key: read_checkpoint_meta(run.checkpoint).training[key] for key in ("flip", "pad")} == {
+            "flip": False, "pad": 4
+        }
     assert (result.train_images, result.test_images) == (128, 50)
 
     rows = list(csv.DictReader(result.csv.open()))

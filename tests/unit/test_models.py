@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from resnet_serve.errors import UnknownArchitectureError
-from resnet_serve.models import architecture_info, count_macs, count_parameters, create_model, list_models
+from resnet_serve.models import (
+    ArchitectureInfo,
+    architecture_info,
+    count_macs,
+    count_parameters,
+    create_model,
+    list_models,
+)
 
 # torchvision's published counts for the 1000-class ImageNet nets.
 IMAGENET_PARAMS = {
@@ -91,7 +98,7 @@ IMAGENET_GMACS = {"resnet18": 1.814, "resnet34": 3.664, "resnet50": 4.089, "resn
 
 @pytest.mark.parametrize("name,gmacs", IMAGENET_GMACS.items())
 def test_imagenet_macs_match_torchvision(name, gmacs):
-    assert architecture_info(name).macs / 1e9 == pytest.approx(gmacs, rel=0.01)
+    assert round(architecture_info(name).macs / 1e9, 3) == gmacs
 
 
 @pytest.mark.parametrize("depth", [50, 101, 152])
@@ -158,14 +165,26 @@ def test_deep_cifar_nets_match_the_papers_parameter_counts():
     assert architecture_info("preact_resnet164").block == "bottleneck"
 
 
-@pytest.mark.parametrize("name", ["resnet18_a", "resnet110_b", "preact_resnet164_v1", "preact_resnet18_c", "plain20"])
+def _shallowest_of_each_layout() -> list[str]:
+    """One name per combination of family, block, pre-activation, shortcuts, version and option:
+    the registry's closed-form sums differ between these, and only repeat with depth."""
+    shallowest: dict[tuple, ArchitectureInfo] = {}
+    for info in list_models():
+        layout = (info.family, info.block, info.preact, info.residual, info.version, info.shortcut)
+        if layout not in shallowest or info.depth < shallowest[layout].depth:
+            shallowest[layout] = info
+    return [info.name for info in shallowest.values()]
+
+
+@pytest.mark.parametrize("name", [*_shallowest_of_each_layout(), "resnet110_b"])
 def test_registry_counts_equal_counting_the_built_model(name):
-    # The registry counts a two-blocks-per-stage sample and weights the repeats; a full build agrees.
+    # The registry sums its figures from the spec; torch's own counters on a full build agree.
     info = architecture_info(name)
-    model = create_model(name)
+    with torch.device("meta"):
+        model = create_model(name)
     assert count_parameters(model) == info.params
     size = info.default_input_size
-    assert count_macs(model.to("meta"), (1, 3, size, size)) == info.macs
+    assert count_macs(model, (1, 3, size, size)) == info.macs
 
 
 def test_count_macs_counts_convolutions_and_linear_layers_only():

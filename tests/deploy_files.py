@@ -35,6 +35,8 @@ SCHEMAS = Path(__file__).resolve().parent / "deploy_schemas"
 # The admin APIs that only answer requests carrying the key (issue 12).
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 ADMIN_KEY_HEADER = "admin-key"
+# Triton expects the gRPC metadata under this prefix.
+GRPC_ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
 
 BIN = Path(sys.executable).parent
 KUBECTL = BIN / "kubectl"

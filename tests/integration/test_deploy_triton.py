@@ -69,10 +69,11 @@ class DeployedTriton(TritonServer):
 
     def __init__(self, arguments: Sequence[str], *, repository: Path, log_file: Path) -> None:
         http_port, grpc_port, metrics_port = find_free_ports(3)
+        # The models are given only so that readiness waits for them; command() runs the arguments.
         super().__init__(repository=repository, http_port=http_port, grpc_port=grpc_port,
-                         metrics_port=metrics_port, model_control="explicit", log_file=log_file)
+                         metrics_port=metrics_port, model_control="explicit",
+                         load_models=loaded_models(arguments), log_file=log_file)
         self.arguments = [a for a in arguments if a.split("=", 1)[0] not in LOCAL_OPTIONS]
-        self.models = loaded_models(self.arguments)
 
     def command(self, installation: TritonInstallation, backend_directory: Path) -> list[str]:
         return [
@@ -81,16 +82,6 @@ class DeployedTriton(TritonServer):
             *(f"--{kind}-port={port}" for kind, port in self.ports.items()),
             *(f"--{kind}-address=127.0.0.1" for kind in self.ports),
         ]
-
-    def __enter__(self) -> DeployedTriton:
-        self.start()
-        try:
-            # The repository index is an admin API here, so readiness is asked per model.
-            self.wait_until_ready(models=self.models, timeout=120)
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
 
 def compose_arguments() -> list[str]:
@@ -169,16 +160,16 @@ def classify(server: TritonServer, model: str, count: int) -> None:
 def test_compose_arguments_load_exactly_the_named_models_beside_a_broken_entry(server: DeployedTriton):
     index = assert_admin_apis_need_the_key(server)
     states = {m["name"]: m.get("state") for m in index}
-    assert states == {**{name: "READY" for name in server.models}, "broken": None}
+    assert states == {**{name: "READY" for name in server.load_models}, "broken": None}
 
 
 @pytest.mark.parametrize("arguments", [deployment_arguments, inferenceservice_arguments],
                          ids=["k8s-deployment", "kserve-inferenceservice"])
 def test_kubernetes_arguments_are_accepted(repository: Path, arguments, tmp_path: Path):
     with DeployedTriton(arguments(), repository=repository, log_file=tmp_path / "triton.log") as deployed:
-        assert deployed.models == loaded_models(compose_arguments())
+        assert list(deployed.load_models) == loaded_models(compose_arguments())
         index = assert_admin_apis_need_the_key(deployed)
-        assert {m["name"] for m in index if m.get("state") == "READY"} == set(deployed.models)
+        assert {m["name"] for m in index if m.get("state") == "READY"} == set(deployed.load_models)
 
 
 def test_the_server_rejects_broken_arguments(repository: Path, tmp_path: Path):
@@ -199,7 +190,7 @@ def exported_metric_names(server: TritonServer) -> set[str]:
 
 
 def test_every_metric_that_dashboard_alerts_and_autoscaler_query_exists(server: DeployedTriton):
-    classify(server, server.models[0], 5)
+    classify(server, server.load_models[0], 5)
     queried = set().union(*map(triton_metric_names, promql_queries().values()))
     exported = exported_metric_names(server)
     missing = queried - exported
@@ -261,7 +252,7 @@ def values(result: list[dict]) -> list[float]:
 def test_prometheus_reads_requests_and_queue_time_back_and_every_query_answers(server: DeployedTriton, tmp_path: Path):
     if shutil.which("prometheus") is None:
         pytest.fail("prometheus is missing: `make system-packages` installs Debian's prometheus")
-    model = server.models[0]
+    model = server.load_models[0]
     # The labels the ServiceMonitor's scrape gives every series, which the adapter's rule selects by.
     labels = {"namespace": "default", "pod": "resnet-serve-triton-0"}
     prometheus = Prometheus(metrics=server.urls.metrics, folder=tmp_path, labels=labels)

@@ -1,48 +1,106 @@
-"""The compose file is checked against the Compose specification: no Docker engine runs here."""
+"""deploy/docker-compose.yml as Docker Compose itself reads it (no Docker engine runs here):
+`docker compose config` checks the file against the Compose specification, interpolates the
+variables and resolves the profiles."""
 
 from pathlib import Path
 
-import compose_spec
 import pytest
 import yaml
+from deploy_files import (
+    COMPOSE_FILE,
+    DEPLOY,
+    GRAFANA,
+    PROMETHEUS_CONFIG,
+    loaded_models,
+    option,
+    render_compose,
+    restricted_api_arguments,
+)
 
-from resnet_serve.triton import TRITON_CONTAINER_TAG
-
-COMPOSE_FILE = Path(__file__).resolve().parents[2] / "deploy" / "docker-compose.yml"
+KEY = "compose-test-key"
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+def gpu() -> dict:
+    return render_compose(environment={"TRITON_ADMIN_KEY": KEY})
 
 
-def test_compose_file_satisfies_the_compose_specification():
-    compose_spec.PyCompose.from_yaml(COMPOSE_FILE.read_text()).validate()
+@pytest.fixture(scope="module")
+def cpu_with_observability() -> dict:
+    return render_compose(profiles=("cpu", "observability"), environment={"TRITON_ADMIN_KEY": KEY})
 
 
-def test_the_validator_rejects_what_the_specification_forbids():
-    with pytest.raises(ValueError):
-        compose_spec.PyCompose.from_yaml("services:\n  t:\n    image: x\n    ports: [{published: 1}]\n")
-    with pytest.raises(ValueError):
-        compose_spec.PyCompose.from_yaml("services:\n  t:\n    image: x\n    healthchek: {}\n")
+def test_docker_compose_rejects_a_file_the_specification_forbids(tmp_path: Path):
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE_FILE.read_text().replace("healthcheck:", "healthchek:"))
+    with pytest.raises(ValueError, match="healthchek"):
+        render_compose(environment={"TRITON_ADMIN_KEY": KEY}, file=broken)
 
 
-def test_triton_service_runs_the_pinned_official_image_on_our_repository(compose):
-    triton = compose["services"]["triton"]
-    assert triton["image"] == f"nvcr.io/nvidia/tritonserver:{TRITON_CONTAINER_TAG}"
-    assert "--model-repository=/models" in triton["command"]
-    (volume,) = triton["volumes"]
-    assert (COMPOSE_FILE.parent / volume["source"]).resolve() == COMPOSE_FILE.parents[1] / "model_repository"
-    assert volume["target"] == "/models"
+def test_the_admin_key_must_come_from_the_environment():
+    with pytest.raises(ValueError, match="TRITON_ADMIN_KEY"):
+        render_compose(environment={})
+    assert KEY not in COMPOSE_FILE.read_text()
 
 
-def test_triton_service_publishes_http_grpc_metrics_and_reserves_one_gpu(compose):
-    triton = compose["services"]["triton"]
-    assert sorted(triton["ports"]) == ["8000:8000", "8001:8001", "8002:8002"]
-    (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
-    assert device["count"] == 1 and "gpu" in device["capabilities"]
+def test_gpu_is_the_default_and_cpu_a_profile(gpu: dict, cpu_with_observability: dict):
+    (device,) = gpu["services"]["triton"]["deploy"]["resources"]["reservations"]["devices"]
+    assert list(gpu["services"]) == ["triton"]
+    assert device["count"] == 1 and device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    assert sorted(cpu_with_observability["services"]) == ["grafana", "prometheus", "triton-cpu"]
+    cpu = cpu_with_observability["services"]["triton-cpu"]
+    assert "deploy" not in cpu
+    cpu_without_profile = {k: v for k, v in cpu.items() if k not in ("profiles", "networks")}
+    gpu_without_profile = {k: v for k, v in gpu["services"]["triton"].items() if k not in ("profiles", "networks", "deploy")}
+    assert cpu_without_profile == gpu_without_profile
 
 
-def test_healthcheck_asks_triton_readiness(compose):
-    test = compose["services"]["triton"]["healthcheck"]["test"]
+def test_triton_runs_the_extended_image_read_only_as_non_root(gpu: dict):
+    triton = gpu["services"]["triton"]
+    assert Path(triton["build"]["context"]) == DEPLOY and triton["build"]["dockerfile"] == "Dockerfile"
+    assert triton["user"] == "1000:1000" and triton["read_only"] is True
+    assert triton["cap_drop"] == ["ALL"] and "no-new-privileges:true" in triton["security_opt"]
+    (repository,) = triton["volumes"]
+    assert repository["read_only"] is True and repository["target"] == "/models"
+    assert Path(repository["source"]) == DEPLOY.parent / "model_repository"
+    assert option(triton["command"], "--model-repository") == "/models"
+
+
+def test_only_the_named_models_load_and_one_variable_names_them():
+    command = render_compose(environment={"TRITON_ADMIN_KEY": KEY, "TRITON_MODEL": "resnet50-imagenet"})[
+        "services"]["triton"]["command"]
+    assert option(command, "--model-control-mode") == "explicit"
+    assert loaded_models(command) == ["resnet50-imagenet", "resnet50-imagenet-preprocess", "resnet50-imagenet-image"]
+
+
+def test_admin_apis_answer_only_with_the_key_header(gpu: dict):
+    command = gpu["services"]["triton"]["command"]
+    assert set(restricted_api_arguments(KEY)) <= set(command)
+
+
+def test_healthcheck_asks_triton_readiness(gpu: dict):
+    test = gpu["services"]["triton"]["healthcheck"]["test"]
     assert test[0] == "CMD" and test[-1] == "http://localhost:8000/v2/health/ready"
+
+
+def test_prometheus_scrapes_triton_under_either_profile(gpu: dict, cpu_with_observability: dict):
+    (job,) = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
+    (target,) = job["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    cpu = cpu_with_observability["services"]["triton-cpu"]
+    assert host == "triton" and host in cpu["networks"]["default"]["aliases"]
+    assert f"{port}:{port}" in [f"{p['published']}:{p['target']}" for p in gpu["services"]["triton"]["ports"]]
+
+
+def test_prometheus_and_grafana_get_their_configuration_read_only(cpu_with_observability: dict):
+    services = cpu_with_observability["services"]
+    mounts = {(Path(v["source"]), v["target"]) for s in ("prometheus", "grafana") for v in services[s]["volumes"]
+              if v["type"] == "bind"}
+    assert mounts == {
+        (PROMETHEUS_CONFIG.parent, "/etc/prometheus"),
+        (GRAFANA / "provisioning", "/etc/grafana/provisioning"),
+        (GRAFANA / "dashboards", "/var/lib/grafana/dashboards"),
+    }
+    assert all(v["read_only"] for s in ("prometheus", "grafana") for v in services[s]["volumes"] if v["type"] == "bind")
+    provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "resnet-serve.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"

@@ -597,7 +597,7 @@ def repo_check(
         err_console.print(str(problem), highlight=False, soft_wrap=True, markup=False)
     if problems:
         raise typer.Exit(1)
-    console.print(f"[green]✓[/] every entry of {repository} would load in {facts.reference}", highlight=False)
+    console.print(f"[green]✓[/] every entry of {repository} would load in {facts.reference}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

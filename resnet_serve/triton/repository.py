@@ -127,7 +127,7 @@ class ModelEntry:
     """One model of a repository, as written or read back.
 
     `version` is the one written (or, read back, the highest on disk); `model_path` is its
-    model file, None for an ensemble, which has none.
+    model file (None for an ensemble, which has none, or where the backend's file is unknown).
     """
 
     name: str
@@ -678,13 +678,14 @@ def backend_of(config: ModelConfig) -> str:
 
 
 def model_filename(config: ModelConfig) -> str | None:
-    """The file Triton loads from each version folder; None for an ensemble."""
+    """The file Triton loads from each version folder; None for an ensemble, which has none, and
+    for a backend whose default file is not known here."""
     if config.platform == ENSEMBLE_PLATFORM:
         return None
     target = config.parameters.get(TARGET_PARAMETER)
     if target:
         return get_serving_target(target).model_filename
-    return config.default_model_filename or _DEFAULT_MODEL_FILES.get(backend_of(config), "model.onnx")
+    return config.default_model_filename or _DEFAULT_MODEL_FILES.get(backend_of(config))
 
 
 def entry_target(config: ModelConfig) -> str:

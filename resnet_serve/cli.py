@@ -340,7 +340,10 @@ def classify(
         for found in labelled.images:
             best = found.top[0]
             others = ", ".join(f"{s.label} {s.score:.3g}" for s in found.top[1:])
-            console.print(f"{found.path}: [bold]{best.label}[/] {best.score:.3g}" + (f"  ({others})" if others else ""))
+            console.print(
+                f"{found.path}: [bold]{best.label}[/] {best.score:.3g}" + (f"  ({others})" if others else ""),
+                soft_wrap=True, highlight=False,
+            )
         _write_json(json_path, labelled)
         return
     from resnet_serve.client.classify import classify_files

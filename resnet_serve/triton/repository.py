@@ -654,7 +654,12 @@ def _first_warmup_png(entry: ModelEntry, preprocessing: Preprocessing) -> bytes 
              if INPUT_NAME in w.inputs and w.inputs[INPUT_NAME].input_data_file]
     if not files:
         return None
-    raw = np.fromfile(entry.path / WARMUP_FOLDER / files[0], dtype="<f4").reshape(preprocessing.input_shape)
+    path = entry.path / WARMUP_FOLDER / files[0]
+    try:
+        raw = np.fromfile(path, dtype="<f4").reshape(preprocessing.input_shape)
+    except (OSError, ValueError) as error:
+        shape = list(preprocessing.input_shape)
+        raise RepositoryError(f"{path} is not a {shape} FP32 warm-up image: {error}") from None
     mean = np.asarray(preprocessing.mean, np.float32)[:, None, None]
     std = np.asarray(preprocessing.std, np.float32)[:, None, None]
     pixels = np.clip(np.rint((raw * std + mean) * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)

@@ -239,3 +239,15 @@ def test_classify_server_side_command_prints_the_labels(server: TritonServer, tm
     lines = result.output.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == [str(p) for p in paths]
     assert all(line.split(": ")[1].split()[0] in CLASS_NAMES for line in lines)
+
+
+def test_classify_server_side_refuses_a_missing_file_or_model_in_one_line(server: TritonServer, tmp_path: Path) -> None:
+    image = tmp_path / "shirt.png"
+    image.write_bytes(encode(fashion_test_set().images[0]))
+
+    for arguments, reason in (([str(tmp_path / "absent.jpg")], "cannot read"),
+                              (["--model", "absent", str(image)], "model 'absent' is not ready"),
+                              ([str(image)], "ready models that take encoded images: photo-image, tiny-image")):
+        result = CliRunner().invoke(app, ["classify", "--server-side", "--url", server.urls.http, *arguments])
+        assert result.exit_code == 1
+        assert len(result.output.strip().splitlines()) == 1 and reason in result.output, result.output

@@ -78,39 +78,41 @@ class EncodedImageClient(InferenceClient):
     """
 
     def _only_model(self) -> str:
-        takes_bytes = [name for name in self.ready_models() if self._bytes_input(name)]
-        if len(takes_bytes) != 1:
+        takes_images = [name for name in self.ready_models() if self._classifies_images(name)]
+        if len(takes_images) != 1:
             raise ClientError(
-                f"name the model to use (--model): the server at {self.url} has {len(takes_bytes)} "
-                f"ready models that take encoded images{': ' + ', '.join(takes_bytes) if takes_bytes else ''}"
+                f"name the model to use (--model): the server at {self.url} has {len(takes_images)} "
+                f"ready models that classify encoded images{': ' + ', '.join(takes_images) if takes_images else ''}"
             )
-        return takes_bytes[0]
+        return takes_images[0]
 
     def _config(self, name: str) -> dict:
         config = self._json(self._client.get_model_config, name)
         return config.get("config", config)  # gRPC wraps it, HTTP does not
 
-    def _bytes_input(self, name: str) -> bool:
-        inputs = self._config(name).get("input", [])
-        return len(inputs) == 1 and inputs[0].get("data_type") == "TYPE_STRING"
+    def _classifies_images(self, name: str) -> bool:
+        """One BYTES input (encoded files) and one labelled output (the classification extension)."""
+        config = self._config(name)
+        inputs, outputs = config.get("input", []), config.get("output", [])
+        return (len(inputs) == 1 and inputs[0].get("data_type") == "TYPE_STRING"
+                and len(outputs) == 1 and bool(outputs[0].get("label_filename")))
 
     def _describe(self, name: str) -> EncodedImageModel:
         ready = self.ready_models()
-        if name in ready and not self._bytes_input(name) and f"{name}-image" in ready:
+        if name in ready and not self._classifies_images(name) and f"{name}-image" in ready:
             name = f"{name}-image"
         if name not in ready:
             raise ClientError(
                 f"model {name!r} is not ready on {self.protocol}://{self.url}; "
                 f"ready models: {', '.join(ready) or 'none'}"
             )
-        config = self._config(name)
-        inputs, outputs = config.get("input", []), config.get("output", [])
-        if not self._bytes_input(name) or len(outputs) != 1 or not outputs[0].get("label_filename"):
+        if not self._classifies_images(name):
             raise ClientError(
                 f"model {name!r} does not take encoded images: expected one BYTES input and one labelled output"
             )
+        config = self._config(name)
         return EncodedImageModel(
-            name=name, input_name=inputs[0]["name"], output_name=outputs[0]["name"],
+            name=name, input_name=config["input"][0]["name"], output_name=config["output"][0]["name"],
             max_batch_size=int(config.get("max_batch_size", 0)),
         )
 

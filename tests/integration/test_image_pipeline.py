@@ -247,7 +247,7 @@ def test_classify_server_side_refuses_a_missing_file_or_model_in_one_line(server
 
     for arguments, reason in (([str(tmp_path / "absent.jpg")], "cannot read"),
                               (["--model", "absent", str(image)], "model 'absent' is not ready"),
-                              ([str(image)], "ready models that take encoded images: photo-image, tiny-image")):
+                              ([str(image)], "ready models that classify encoded images: photo-image, tiny-image")):
         result = CliRunner().invoke(app, ["classify", "--server-side", "--url", server.urls.http, *arguments])
         assert result.exit_code == 1
         assert len(result.output.strip().splitlines()) == 1 and reason in result.output, result.output

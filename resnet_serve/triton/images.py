@@ -12,8 +12,8 @@ tag v2.51.0 ... v2.71.0 and the r26.08 branch, and from NVIDIA's release notes):
   `triton_python_backend_utils`. Nothing else: no onnxruntime, no Pillow.
 - Lowest CUDA compute capability: the "GPU Requirements" paragraph of the release notes
   (docs.nvidia.com/deeplearning/triton-inference-server/release-notes/rel-<yy-mm>.html), for the
-  releases whose notes were read: 24.10 (6.0); 25.06, 25.08, 25.10, 26.02, 26.06 (7.5). The
-  others are not recorded.
+  releases whose notes were read: 24.10 (6.0); 25.03, 25.04, 25.06, 25.08, 25.10, 26.02, 26.06
+  (7.5). The others are not recorded.
 - TensorRT version: NVIDIA publishes it in the Deep Learning Frameworks Support Matrix, which
   was not among the sources read, so none is recorded. A plan loads only in the TensorRT
   version that built it (TensorRT "Version Compatibility" docs; Triton maintainers in
@@ -80,8 +80,8 @@ OFFICIAL_IMAGES: dict[str, OfficialImage] = {
         _release("24.12-py3", "2.53.0", tensorflow=True),
         _release("25.01-py3", "2.54.0", tensorflow=True),
         _release("25.02-py3", "2.55.0", tensorflow=True),
-        _release("25.03-py3", "2.56.0"),
-        _release("25.04-py3", "2.57.0"),
+        _release("25.03-py3", "2.56.0", min_cc="7.5"),
+        _release("25.04-py3", "2.57.0", min_cc="7.5"),
         _release("25.05-py3", "2.58.0"),
         _release("25.06-py3", "2.59.0", min_cc="7.5"),
         _release("25.07-py3", "2.59.1"),

@@ -333,9 +333,23 @@ def classify(
     protocol: ProtocolOption = "http",
     url: UrlOption = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 3,
+    server_side: Annotated[bool, typer.Option("--server-side", help="Send the files' bytes to the image ensemble (<model>-image), which decodes and prepares them on the server; no preprocessing here.")] = False,
     json_path: JsonOption = None,
 ) -> None:
-    """Classify images on a running server: top-k labels with probabilities."""
+    """Classify images on a running server: top-k labels with probabilities (or, --server-side, the model's scores)."""
+    if server_side:
+        from resnet_serve.client.classify import classify_files_server_side
+
+        labelled = classify_files_server_side(paths=images, model=model, protocol=protocol, url=url, top_k=top_k)
+        for found in labelled.images:
+            best = found.top[0]
+            others = ", ".join(f"{s.label} {s.score:.3g}" for s in found.top[1:])
+            console.print(
+                f"{found.path}: [bold]{best.label}[/] {best.score:.3g}" + (f"  ({others})" if others else ""),
+                soft_wrap=True, highlight=False,
+            )
+        _write_json(json_path, labelled)
+        return
     from resnet_serve.client.classify import classify_files
 
     result = classify_files(paths=images, model=model, protocol=protocol, url=url, top_k=top_k)
@@ -547,6 +561,54 @@ def gradients(
                       f"{profile.after_steps[0]:.3g}", f"{profile.after_steps[-1]:.3g}")
     console.print(table)
     console.print(f"[green]✓[/] {result.json}, {result.plot}")
+
+
+repo_app = typer.Typer(help="Inspect a Triton model repository: its entries, and whether an official image would load them.", no_args_is_help=True)
+app.add_typer(repo_app, name="repo")
+RepositoryOption = Annotated[Path, typer.Option(help="Triton model repository.")]
+
+
+@repo_app.command("list")
+@_command
+def repo_list(
+    repository: RepositoryOption = DEFAULT_REPOSITORY,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Entries with their target, versions, file sizes and the test accuracy recorded at export."""
+    from resnet_serve.triton.repository import summarize_repository
+
+    summaries = summarize_repository(repository)
+    if as_json:
+        print(json.dumps([summary.to_dict() for summary in summaries], indent=2))
+        return
+    table = Table("entry", "target", "versions", "MB per version", "test accuracy", title=str(repository))
+    for summary in summaries:
+        table.add_row(
+            summary.name, summary.target, ", ".join(map(str, summary.versions)),
+            ", ".join(f"{size / 1e6:.2f}" for size in summary.version_bytes),
+            "" if summary.test_accuracy is None else f"{summary.test_accuracy:.2%}",
+        )
+    console.print(table)
+
+
+@repo_app.command("check")
+@_command
+def repo_check(
+    repository: RepositoryOption = DEFAULT_REPOSITORY,
+    image: Annotated[str, typer.Option(help="deploy (the image deploy/Dockerfile builds: the pinned official image plus Pillow) or an official tag such as 24.10-py3.")] = "deploy",
+) -> None:
+    """Would each entry load in that image? Backends, python imports, model vs config, labels, TensorRT plans; one line per problem."""
+    from resnet_serve.triton.images import find_image
+    from resnet_serve.triton.repository_check import check_repository
+
+    facts = find_image(image)
+    problems = check_repository(repository=repository, image=facts)
+    for problem in problems:
+        err_console.print(str(problem), highlight=False, soft_wrap=True, markup=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] every entry of {repository} would load in {facts.reference}", highlight=False, soft_wrap=True)
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

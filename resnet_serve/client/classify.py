@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_serve.client.inference import InferenceClient, Prediction, Protocol, rank_classes
-from resnet_serve.errors import ClientError
+from resnet_serve.errors import ClientError, ImageError, first_line
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,151 @@ def classify_files(
             images=[ImageClassification(str(p), r) for p, r in zip(paths, ranked, strict=True)],
         )
 
+
+
+@dataclass(frozen=True)
+class EncodedImageModel:
+    """A served model that takes encoded image files: one BYTES input, one labelled output."""
+
+    name: str
+    input_name: str
+    output_name: str
+    max_batch_size: int
+
+
+class EncodedImageClient(InferenceClient):
+    """A connection to an image ensemble (BYTES in, labelled top-k out) on one Triton server.
+
+    ``model`` names the ensemble, or the classifier it wraps (then `<model>-image` is used).
+    Its `model` is an `EncodedImageModel`. Not thread-safe, like its base.
+    """
+
+    def _only_model(self) -> str:
+        takes_images = [name for name in self.ready_models() if self._classifies_images(name)]
+        if len(takes_images) != 1:
+            raise ClientError(
+                f"name the model to use (--model): the server at {self.url} has {len(takes_images)} "
+                f"ready models that classify encoded images{': ' + ', '.join(takes_images) if takes_images else ''}"
+            )
+        return takes_images[0]
+
+    def _config(self, name: str) -> dict:
+        config = self._json(self._client.get_model_config, name)
+        return config.get("config", config)  # gRPC wraps it, HTTP does not
+
+    def _classifies_images(self, name: str) -> bool:
+        """One BYTES input (encoded files) and one labelled output (the classification extension)."""
+        config = self._config(name)
+        inputs, outputs = config.get("input", []), config.get("output", [])
+        return (len(inputs) == 1 and inputs[0].get("data_type") == "TYPE_STRING"
+                and len(outputs) == 1 and bool(outputs[0].get("label_filename")))
+
+    def _describe(self, name: str) -> EncodedImageModel:
+        ready = self.ready_models()
+        if name in ready and not self._classifies_images(name) and f"{name}-image" in ready:
+            name = f"{name}-image"
+        if name not in ready:
+            raise ClientError(
+                f"model {name!r} is not ready on {self.protocol}://{self.url}; "
+                f"ready models: {', '.join(ready) or 'none'}"
+            )
+        if not self._classifies_images(name):
+            raise ClientError(
+                f"model {name!r} does not take encoded images: expected one BYTES input and one labelled output"
+            )
+        config = self._config(name)
+        return EncodedImageModel(
+            name=name, input_name=config["input"][0]["name"], output_name=config["output"][0]["name"],
+            max_batch_size=int(config.get("max_batch_size", 0)),
+        )
+
+    def classify(self, encoded: Sequence[bytes], *, top_k: int) -> list[list[bytes]]:
+        """`score:index:label` strings of the top-k classes of each encoded file."""
+        batch = np.array(list(encoded), dtype=np.object_).reshape(len(encoded), 1)
+        request = self._tc.InferInput(self.model.input_name, list(batch.shape), "BYTES")
+        request.set_data_from_numpy(batch)
+        output = self._tc.InferRequestedOutput(self.model.output_name, class_count=top_k)
+        try:
+            result = self._client.infer(self.model.name, [request], outputs=[output])
+        except Exception as exc:
+            raise ClientError(f"inference on {self.model.name!r} failed: {first_line(exc)}") from None
+        answer = result.as_numpy(self.model.output_name)
+        if answer is None or answer.shape[0] != len(encoded):
+            raise ClientError(f"model {self.model.name!r} answered {None if answer is None else list(answer.shape)}")
+        return [list(row) for row in answer.reshape(len(encoded), -1)]
+
+
+@dataclass(frozen=True)
+class LabelledScore:
+    """One of the top-k classes as Triton's classification extension reports it: the model's
+    output value (a logit), the class index and its label."""
+
+    index: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ServerSideClassification:
+    path: str
+    top: list[LabelledScore]
+
+
+@dataclass(frozen=True)
+class ServerSideResult:
+    model: str
+    protocol: str
+    url: str
+    images: list[ServerSideClassification]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _parse_labelled(entry: bytes | str, shown: str) -> LabelledScore:
+    # "score:index:label"; the label itself may contain colons.
+    text = entry.decode("utf-8") if isinstance(entry, bytes) else entry
+    try:
+        score, index, label = text.split(":", 2)
+        return LabelledScore(index=int(index), label=label, score=float(score))
+    except ValueError:
+        raise ClientError(f"{shown}: the server answered {text!r}, not score:index:label") from None
+
+
+def classify_files_server_side(
+    *,
+    paths: Sequence[Path],
+    model: str | None = None,
+    protocol: Protocol = "http",
+    url: str | None = None,
+    top_k: int = 3,
+) -> ServerSideResult:
+    """Top-k labels of each image file, prepared on the server: the files' bytes go to an image
+    ensemble (`<model>-image`, written beside every exported classifier), which decodes them
+    with the model's own preprocessing and answers through the classification extension.
+
+    ``model`` names the ensemble or its classifier; without it, the server's only ready model
+    that takes encoded images (a BYTES input) is used. Nothing is decoded here.
+    """
+    if top_k < 1:
+        raise ClientError(f"--top-k must be at least 1, got {top_k}")
+    encoded = []
+    for path in paths:
+        try:
+            encoded.append(Path(path).read_bytes())
+        except OSError as error:
+            raise ImageError(f"{path}: cannot read ({error.strerror or error})") from None
+    with EncodedImageClient(model=model, protocol=protocol, url=url) as client:
+        limit = client.model.max_batch_size or len(encoded)
+        rows = []
+        for start in range(0, len(encoded), limit):
+            rows.extend(client.classify(encoded[start : start + limit], top_k=top_k))
+        return ServerSideResult(
+            model=client.model.name,
+            protocol=protocol,
+            url=client.url,
+            images=[
+                ServerSideClassification(str(path), [_parse_labelled(item, str(path)) for item in row])
+                for path, row in zip(paths, rows, strict=True)
+            ],
+        )

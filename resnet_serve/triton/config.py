@@ -2,15 +2,18 @@
 
 Every dataclass validates itself on construction and renders through the real protobuf
 (`model_config_pb2` + `text_format`), so a config that Triton would reject cannot be written.
-Only the fields this toolkit uses are modelled; reading a config that sets any other field
-fails loudly instead of silently dropping it.
+
+Only the fields this toolkit writes are typed. Reading accepts every field Triton accepts: a
+config read back keeps its parsed message, and rendering merges the typed fields onto a copy of
+it, so whatever Model Analyzer or Model Navigator tuned (`optimization`, `sequence_batching`,
+queue policies, rate limiters, ...) survives a read-modify-write untouched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
@@ -20,17 +23,23 @@ from resnet_serve.errors import RepositoryError
 
 __all__ = [
     "DATA_TYPES",
+    "ENSEMBLE_PLATFORM",
     "INSTANCE_KINDS",
     "ONNXRUNTIME",
+    "OPENVINO",
     "PYTHON_ONNXRUNTIME",
     "SERVING_TARGETS",
     "TENSORRT_PLAN",
     "DynamicBatching",
+    "EnsembleStep",
     "InstanceGroup",
     "ModelConfig",
+    "ModelWarmup",
+    "ResponseCache",
     "ServingTarget",
     "TensorConfig",
     "VersionPolicy",
+    "WarmupInput",
     "get_serving_target",
     "parse_model_config",
 ]
@@ -39,6 +48,7 @@ DATA_TYPES: frozenset[str] = frozenset(
     name for name in model_config_pb2.DataType.keys() if name != "TYPE_INVALID"
 )
 INSTANCE_KINDS: frozenset[str] = frozenset(model_config_pb2.ModelInstanceGroup.Kind.keys())
+ENSEMBLE_PLATFORM = "ensemble"
 
 
 def _check_dims(owner: str, dims: Sequence[int]) -> None:
@@ -48,10 +58,9 @@ def _check_dims(owner: str, dims: Sequence[int]) -> None:
             raise RepositoryError(f"{owner}: dims must be positive or -1, got {list(dims)}")
 
 
-def _reject_unmodelled(message: Message, modelled: set[str], owner: str) -> None:
-    extra = sorted(f.name for f, _ in message.ListFields() if f.name not in modelled)
-    if extra:
-        raise RepositoryError(f"{owner}: config sets fields resnet-serve does not model: {extra}")
+def _check_plain_file_name(owner: str, name: str) -> None:
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise RepositoryError(f"{owner}: {name!r} must be a file name, not a path")
 
 
 @dataclass(frozen=True)
@@ -80,10 +89,8 @@ class TensorConfig:
         if not self.dims:
             raise RepositoryError(f"tensor {self.name!r}: dims must not be empty")
         _check_dims(f"tensor {self.name!r}", self.dims)
-        if "/" in self.label_filename or "\\" in self.label_filename:
-            raise RepositoryError(
-                f"tensor {self.name!r}: label_filename must be a file name in the model folder"
-            )
+        if self.label_filename:
+            _check_plain_file_name(f"tensor {self.name!r} label_filename", self.label_filename)
 
 
 @dataclass(frozen=True)
@@ -130,17 +137,21 @@ class InstanceGroup:
             raise RepositoryError(f"GPU ids must be >= 0, got {list(self.gpus)}")
 
 
+VersionPolicyKind = Literal["latest", "all", "specific"]
+_VERSION_POLICY_KINDS: tuple[VersionPolicyKind, ...] = ("latest", "all", "specific")
+
+
 @dataclass(frozen=True)
 class VersionPolicy:
     """`ModelVersionPolicy`: serve the `latest` N versions, `all` of them, or `specific` ones."""
 
-    kind: Literal["latest", "all", "specific"]
+    kind: VersionPolicyKind
     num_versions: int = 1
     versions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "versions", tuple(int(v) for v in self.versions))
-        if self.kind not in ("latest", "all", "specific"):
+        if self.kind not in _VERSION_POLICY_KINDS:
             raise RepositoryError(f"unknown version policy {self.kind!r}")
         if self.kind == "latest" and self.num_versions < 1:
             raise RepositoryError("latest version policy needs num_versions >= 1")
@@ -153,9 +164,101 @@ class VersionPolicy:
             raise RepositoryError(f"model versions must be >= 1, got {list(self.versions)}")
 
 
+WarmupSource = Literal["zero_data", "random_data", "input_data_file"]
+_WARMUP_SOURCES: tuple[WarmupSource, ...] = ("zero_data", "random_data", "input_data_file")
+
+
+@dataclass(frozen=True)
+class WarmupInput:
+    """`ModelWarmup.Input`: one input of a warm-up request.
+
+    With `source="input_data_file"`, `input_data_file` names a file in the entry's `warmup/`
+    folder holding the raw row-major sample (no batch dimension); for TYPE_STRING each element
+    is a 4-byte length followed by its bytes.
+    """
+
+    data_type: str
+    dims: tuple[int, ...]
+    source: WarmupSource | None
+    input_data_file: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
+        if self.data_type not in DATA_TYPES:
+            raise RepositoryError(f"warm-up input: unknown data_type {self.data_type!r}")
+        _check_dims("warm-up input", self.dims)
+        if self.source is not None and self.source not in _WARMUP_SOURCES:
+            raise RepositoryError(
+                f"warm-up input: source must be one of {', '.join(_WARMUP_SOURCES)}, got {self.source!r}"
+            )
+        if (self.source == "input_data_file") != bool(self.input_data_file):
+            raise RepositoryError("warm-up input: input_data_file goes with source='input_data_file' only")
+        if self.input_data_file:
+            _check_plain_file_name("warm-up input_data_file", self.input_data_file)
+
+
+@dataclass(frozen=True)
+class ModelWarmup:
+    """`ModelWarmup`: a request Triton sends to every instance before it reports the model ready."""
+
+    name: str
+    inputs: Mapping[str, WarmupInput]
+    batch_size: int = 1
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", dict(self.inputs))
+        if not self.name:
+            raise RepositoryError("a warm-up sample needs a name")
+        if self.batch_size < 1:
+            raise RepositoryError(f"warm-up {self.name!r}: batch_size must be >= 1, got {self.batch_size}")
+        if self.count < 0:
+            raise RepositoryError(f"warm-up {self.name!r}: count must be >= 0, got {self.count}")
+        if not self.inputs:
+            raise RepositoryError(f"warm-up {self.name!r}: needs its inputs")
+
+
+@dataclass(frozen=True)
+class ResponseCache:
+    """`ModelResponseCache`. Written explicitly (off by default) so a reader sees the choice."""
+
+    enable: bool = False
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    """`ModelEnsembling.Step`: one model of an ensemble and how its tensors connect.
+
+    `input_map` maps the step model's input names to ensemble tensor names, `output_map` its
+    output names to ensemble tensor names; version -1 is the latest one the model serves.
+    """
+
+    model_name: str
+    input_map: Mapping[str, str]
+    output_map: Mapping[str, str]
+    model_version: int = -1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_map", dict(self.input_map))
+        object.__setattr__(self, "output_map", dict(self.output_map))
+        if not self.model_name:
+            raise RepositoryError("an ensemble step needs a model_name")
+        if not self.input_map or not self.output_map:
+            raise RepositoryError(f"ensemble step {self.model_name!r}: needs an input_map and an output_map")
+        if self.model_version < -1 or self.model_version == 0:
+            raise RepositoryError(
+                f"ensemble step {self.model_name!r}: model_version must be -1 (latest) or >= 1, "
+                f"got {self.model_version}"
+            )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """`ModelConfig`: one model of a Triton model repository (the content of config.pbtxt)."""
+    """`ModelConfig`: one model of a Triton model repository (the content of config.pbtxt).
+
+    `parsed` is the message a config was read from (None for one built in code). It carries
+    the fields not typed here; `render` merges the typed fields onto a copy of it.
+    """
 
     name: str
     inputs: tuple[TensorConfig, ...]
@@ -168,94 +271,119 @@ class ModelConfig:
     parameters: Mapping[str, str] = field(default_factory=dict)
     default_model_filename: str = ""
     version_policy: VersionPolicy | None = None
+    model_warmup: tuple[ModelWarmup, ...] = ()
+    response_cache: ResponseCache | None = None
+    ensemble_steps: tuple[EnsembleStep, ...] = ()
+    parsed: model_config_pb2.ModelConfig | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "inputs", tuple(self.inputs))
-        object.__setattr__(self, "outputs", tuple(self.outputs))
-        object.__setattr__(self, "instance_groups", tuple(self.instance_groups))
+        for name in ("inputs", "outputs", "instance_groups", "model_warmup", "ensemble_steps"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "parameters", dict(self.parameters))
+        owner = f"model {self.name!r}"
         if not self.name:
             raise RepositoryError("a model config needs a non-empty name")
         if not (self.backend or self.platform):
-            raise RepositoryError(f"model {self.name!r}: set a backend or a platform")
+            raise RepositoryError(f"{owner}: set a backend or a platform")
         if self.max_batch_size < 0:
-            raise RepositoryError(
-                f"model {self.name!r}: max_batch_size must be >= 0, got {self.max_batch_size}"
-            )
+            raise RepositoryError(f"{owner}: max_batch_size must be >= 0, got {self.max_batch_size}")
         if not self.inputs or not self.outputs:
-            raise RepositoryError(f"model {self.name!r}: needs at least one input and one output")
+            raise RepositoryError(f"{owner}: needs at least one input and one output")
         names = [t.name for t in (*self.inputs, *self.outputs)]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise RepositoryError(f"model {self.name!r}: duplicate tensor names {duplicates}")
+            raise RepositoryError(f"{owner}: duplicate tensor names {duplicates}")
         labelled_inputs = [t.name for t in self.inputs if t.label_filename]
         if labelled_inputs:
             raise RepositoryError(
-                f"model {self.name!r}: label_filename is only valid on outputs, "
-                f"not on inputs {labelled_inputs}"
+                f"{owner}: label_filename is only valid on outputs, not on inputs {labelled_inputs}"
             )
         if self.dynamic_batching is not None:
             if self.max_batch_size == 0:
-                raise RepositoryError(
-                    f"model {self.name!r}: dynamic batching needs max_batch_size > 0"
-                )
-            too_big = [s for s in self.dynamic_batching.preferred_batch_size
-                       if s > self.max_batch_size]
+                raise RepositoryError(f"{owner}: dynamic batching needs max_batch_size > 0")
+            too_big = [s for s in self.dynamic_batching.preferred_batch_size if s > self.max_batch_size]
             if too_big:
                 raise RepositoryError(
-                    f"model {self.name!r}: preferred batch sizes {too_big} exceed "
-                    f"max_batch_size {self.max_batch_size}"
+                    f"{owner}: preferred batch sizes {too_big} exceed max_batch_size {self.max_batch_size}"
                 )
         for key, value in self.parameters.items():
             if not key or not isinstance(key, str) or not isinstance(value, str):
                 raise RepositoryError(
-                    f"model {self.name!r}: parameters must map non-empty strings to strings, "
-                    f"got {key!r}: {value!r}"
+                    f"{owner}: parameters must map non-empty strings to strings, got {key!r}: {value!r}"
                 )
-        if "/" in self.default_model_filename or "\\" in self.default_model_filename:
+        if self.default_model_filename:
+            _check_plain_file_name(f"{owner} default_model_filename", self.default_model_filename)
+        self._check_warmup(owner)
+        self._check_ensemble(owner)
+
+    def _check_warmup(self, owner: str) -> None:
+        input_names = {t.name for t in self.inputs}
+        for warmup in self.model_warmup:
+            unknown = sorted(set(warmup.inputs) - input_names)
+            if unknown:
+                raise RepositoryError(f"{owner}: warm-up {warmup.name!r} feeds unknown inputs {unknown}")
+            # Triton runs a warm-up sample as one request: it must fit the model's batching.
+            limit = self.max_batch_size or 1
+            if warmup.batch_size > limit:
+                raise RepositoryError(
+                    f"{owner}: warm-up {warmup.name!r} has batch_size {warmup.batch_size}, "
+                    f"more than the model takes ({limit})"
+                )
+
+    def _check_ensemble(self, owner: str) -> None:
+        is_ensemble = self.platform == ENSEMBLE_PLATFORM
+        if is_ensemble != bool(self.ensemble_steps):
             raise RepositoryError(
-                f"model {self.name!r}: default_model_filename must be a plain file name"
+                f"{owner}: ensemble steps go with platform {ENSEMBLE_PLATFORM!r}, and it needs them"
             )
+        # Triton's own rules for ensembles (model_config_utils.cc): the steps' models own these.
+        if is_ensemble and (self.instance_groups or self.model_warmup):
+            raise RepositoryError(f"{owner}: an ensemble takes no instance_group and no model_warmup")
 
     def to_protobuf(self) -> model_config_pb2.ModelConfig:
-        """This config as the message Triton itself parses."""
-        message = model_config_pb2.ModelConfig(
-            name=self.name,
-            backend=self.backend,
-            platform=self.platform,
-            max_batch_size=self.max_batch_size,
-            default_model_filename=self.default_model_filename,
-        )
-        for tensor in self.inputs:
-            message.input.add(
-                name=tensor.name,
-                data_type=model_config_pb2.DataType.Value(tensor.data_type),
-                dims=tensor.dims,
-            )
-        for tensor in self.outputs:
-            message.output.add(
-                name=tensor.name,
-                data_type=model_config_pb2.DataType.Value(tensor.data_type),
-                dims=tensor.dims,
-                label_filename=tensor.label_filename,
-            )
-        if self.dynamic_batching is not None:
-            # CopyFrom marks the field as set even when every value is a default: an empty
-            # `dynamic_batching {}` still turns the dynamic batcher on.
-            message.dynamic_batching.CopyFrom(
-                model_config_pb2.ModelDynamicBatching(
-                    preferred_batch_size=self.dynamic_batching.preferred_batch_size,
-                    max_queue_delay_microseconds=self.dynamic_batching.max_queue_delay_microseconds,
-                )
-            )
-        for group in self.instance_groups:
-            message.instance_group.add(
-                count=group.count,
-                kind=model_config_pb2.ModelInstanceGroup.Kind.Value(group.kind),
-                gpus=group.gpus,
-            )
+        """This config as the message Triton itself parses, with the parsed message's untyped
+        fields kept."""
+        message = model_config_pb2.ModelConfig()
+        if self.parsed is not None:
+            message.CopyFrom(self.parsed)
+        message.name = self.name
+        message.backend = self.backend
+        message.platform = self.platform
+        message.max_batch_size = self.max_batch_size
+        message.default_model_filename = self.default_model_filename
+        _merge_tensors(message.input, self.inputs, model_config_pb2.ModelInput)
+        _merge_tensors(message.output, self.outputs, model_config_pb2.ModelOutput)
+        if self.dynamic_batching is None:
+            message.ClearField("dynamic_batching")
+        else:
+            # SetInParent marks the field as set even when every value is a default: an empty
+            # `dynamic_batching {}` still turns the dynamic batcher on. Queue policies and
+            # priority levels a tuner set stay as they are.
+            batching = message.dynamic_batching
+            batching.SetInParent()
+            del batching.preferred_batch_size[:]
+            batching.preferred_batch_size.extend(self.dynamic_batching.preferred_batch_size)
+            batching.max_queue_delay_microseconds = self.dynamic_batching.max_queue_delay_microseconds
+        groups = [
+            _merged(message.instance_group, index, model_config_pb2.ModelInstanceGroup)
+            for index in range(len(self.instance_groups))
+        ]
+        for group, typed in zip(groups, self.instance_groups, strict=True):
+            group.count = typed.count
+            group.kind = model_config_pb2.ModelInstanceGroup.Kind.Value(typed.kind)
+            del group.gpus[:]
+            group.gpus.extend(typed.gpus)
+        del message.instance_group[:]
+        message.instance_group.extend(groups)
+        message.parameters.clear()
         for key, value in self.parameters.items():
             message.parameters[key].string_value = value
+        self._merge_policies(message)
+        self._merge_ensemble(message)
+        return message
+
+    def _merge_policies(self, message: model_config_pb2.ModelConfig) -> None:
+        message.ClearField("version_policy")
         if self.version_policy is not None:
             policy = self.version_policy
             if policy.kind == "latest":
@@ -264,7 +392,38 @@ class ModelConfig:
                 message.version_policy.all.SetInParent()
             else:
                 message.version_policy.specific.versions.extend(policy.versions)
-        return message
+        del message.model_warmup[:]
+        for warmup in self.model_warmup:
+            sample = message.model_warmup.add(name=warmup.name, batch_size=warmup.batch_size, count=warmup.count)
+            for input_name, typed in warmup.inputs.items():
+                value = sample.inputs[input_name]
+                value.data_type = model_config_pb2.DataType.Value(typed.data_type)
+                value.dims.extend(typed.dims)
+                if typed.source == "input_data_file":
+                    value.input_data_file = typed.input_data_file
+                elif typed.source is not None:
+                    setattr(value, typed.source, True)
+        message.ClearField("response_cache")
+        if self.response_cache is not None:
+            message.response_cache.SetInParent()
+            message.response_cache.enable = self.response_cache.enable
+
+    def _merge_ensemble(self, message: model_config_pb2.ModelConfig) -> None:
+        if not self.ensemble_steps:
+            message.ClearField("ensemble_scheduling")
+            return
+        scheduling = message.ensemble_scheduling
+        steps = [_merged(scheduling.step, i, model_config_pb2.ModelEnsembling.Step)
+                 for i in range(len(self.ensemble_steps))]
+        for step, typed in zip(steps, self.ensemble_steps, strict=True):
+            step.model_name = typed.model_name
+            step.model_version = typed.model_version
+            step.input_map.clear()
+            step.input_map.update(typed.input_map)
+            step.output_map.clear()
+            step.output_map.update(typed.output_map)
+        del scheduling.step[:]
+        scheduling.step.extend(steps)
 
     def render(self) -> str:
         """The config.pbtxt text."""
@@ -272,62 +431,30 @@ class ModelConfig:
 
     @classmethod
     def from_protobuf(cls, message: model_config_pb2.ModelConfig) -> ModelConfig:
-        """Read a parsed config back; fields this class does not model raise RepositoryError."""
-        owner = f"model {message.name!r}"
-        _reject_unmodelled(
-            message,
-            {"name", "backend", "platform", "max_batch_size", "input", "output",
-             "dynamic_batching", "instance_group", "parameters", "default_model_filename",
-             "version_policy"},
-            owner,
-        )
-        for tensor in (*message.input, *message.output):
-            _reject_unmodelled(
-                tensor, {"name", "data_type", "dims", "label_filename"}, f"{owner} tensor"
-            )
+        """Read a parsed config; every field Triton accepts is accepted, the untyped ones kept."""
         dynamic_batching = None
         if message.HasField("dynamic_batching"):
-            _reject_unmodelled(
-                message.dynamic_batching,
-                {"preferred_batch_size", "max_queue_delay_microseconds"},
-                f"{owner} dynamic_batching",
-            )
             dynamic_batching = DynamicBatching(
                 preferred_batch_size=tuple(message.dynamic_batching.preferred_batch_size),
                 max_queue_delay_microseconds=message.dynamic_batching.max_queue_delay_microseconds,
             )
-        for group in message.instance_group:
-            _reject_unmodelled(group, {"count", "kind", "gpus"}, f"{owner} instance_group")
         version_policy = None
-        if message.HasField("version_policy"):
-            choice = message.version_policy.WhichOneof("policy_choice")
+        choice = message.version_policy.WhichOneof("policy_choice")
+        if choice is not None:
             version_policy = VersionPolicy(
-                kind=choice,  # type: ignore[arg-type]
+                kind=_VERSION_POLICY_KINDS[_VERSION_POLICY_KINDS.index(choice)],
                 num_versions=message.version_policy.latest.num_versions or 1,
                 versions=tuple(message.version_policy.specific.versions),
             )
+        copy = model_config_pb2.ModelConfig()
+        copy.CopyFrom(message)
         return cls(
             name=message.name,
             backend=message.backend,
             platform=message.platform,
             max_batch_size=message.max_batch_size,
-            inputs=tuple(
-                TensorConfig(
-                    name=t.name,
-                    data_type=model_config_pb2.DataType.Name(t.data_type),
-                    dims=tuple(t.dims),
-                )
-                for t in message.input
-            ),
-            outputs=tuple(
-                TensorConfig(
-                    name=t.name,
-                    data_type=model_config_pb2.DataType.Name(t.data_type),
-                    dims=tuple(t.dims),
-                    label_filename=t.label_filename,
-                )
-                for t in message.output
-            ),
+            inputs=tuple(_typed_tensor(t) for t in message.input),
+            outputs=tuple(_typed_tensor(t) for t in message.output),
             dynamic_batching=dynamic_batching,
             instance_groups=tuple(
                 InstanceGroup(
@@ -340,12 +467,76 @@ class ModelConfig:
             parameters={key: value.string_value for key, value in message.parameters.items()},
             default_model_filename=message.default_model_filename,
             version_policy=version_policy,
+            model_warmup=tuple(_typed_warmup(w) for w in message.model_warmup),
+            response_cache=(
+                ResponseCache(enable=message.response_cache.enable)
+                if message.HasField("response_cache") else None
+            ),
+            ensemble_steps=tuple(
+                EnsembleStep(
+                    model_name=step.model_name,
+                    model_version=step.model_version,
+                    input_map=dict(step.input_map),
+                    output_map=dict(step.output_map),
+                )
+                for step in message.ensemble_scheduling.step
+            ),
+            parsed=copy,
         )
 
     @classmethod
     def parse(cls, text: str) -> ModelConfig:
         """Parse config.pbtxt text into a validated ModelConfig."""
         return cls.from_protobuf(parse_model_config(text))
+
+
+def _merged(existing: Sequence[Message], index: int, kind: type[Message]) -> Message:
+    """A copy of the parsed sub-message at `index` (keeping its untyped fields), or a new one."""
+    fresh = kind()
+    if index < len(existing):
+        fresh.CopyFrom(existing[index])
+    return fresh
+
+
+def _merge_tensors(existing: Any, typed: Sequence[TensorConfig], kind: type[Message]) -> None:
+    # Matched by name, so reshape, optional, format, ... of a parsed tensor stay with it.
+    by_name = {tensor.name: tensor for tensor in existing}
+    merged = []
+    for tensor in typed:
+        message = kind()
+        if tensor.name in by_name:
+            message.CopyFrom(by_name[tensor.name])
+        message.name = tensor.name
+        message.data_type = model_config_pb2.DataType.Value(tensor.data_type)
+        del message.dims[:]
+        message.dims.extend(tensor.dims)
+        if isinstance(message, model_config_pb2.ModelOutput):
+            message.label_filename = tensor.label_filename
+        merged.append(message)
+    del existing[:]
+    existing.extend(merged)
+
+
+def _typed_tensor(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput) -> TensorConfig:
+    return TensorConfig(
+        name=tensor.name,
+        data_type=model_config_pb2.DataType.Name(tensor.data_type),
+        dims=tuple(tensor.dims),
+        label_filename=getattr(tensor, "label_filename", ""),
+    )
+
+
+def _typed_warmup(warmup: model_config_pb2.ModelWarmup) -> ModelWarmup:
+    inputs = {}
+    for name, value in warmup.inputs.items():
+        source = value.WhichOneof("input_data_type")
+        inputs[name] = WarmupInput(
+            data_type=model_config_pb2.DataType.Name(value.data_type),
+            dims=tuple(value.dims),
+            source=_WARMUP_SOURCES[_WARMUP_SOURCES.index(source)] if source else None,
+            input_data_file=value.input_data_file,
+        )
+    return ModelWarmup(name=warmup.name, inputs=inputs, batch_size=warmup.batch_size, count=warmup.count)
 
 
 def parse_model_config(text: str) -> model_config_pb2.ModelConfig:
@@ -363,14 +554,16 @@ class ServingTarget:
     `model_filename` is the name the exported model gets inside the version folder, and also
     the config's `default_model_filename` when Triton loads it directly. `python_model` names a
     template in `resnet_serve/triton/python_model/` that is copied in as `model.py`, for targets
-    where Triton's python backend runs the model file itself.
+    where Triton's python backend runs the model file itself. `threads_parameter` is the config
+    parameter through which the target's runtime takes its thread count.
     """
 
     name: str
     backend: str
     platform: str
     model_filename: str
-    instance_kind: str = "KIND_CPU"
+    instance_kind: str
+    threads_parameter: str = ""
     python_model: str = ""
     description: str = ""
 
@@ -378,25 +571,37 @@ class ServingTarget:
     def copies_python_model(self) -> bool:
         return bool(self.python_model)
 
+    @property
+    def default_model_filename(self) -> str:
+        # The python backend loads model.py; the model file is found by model.py itself.
+        return "" if self.copies_python_model else self.model_filename
 
-PYTHON_ONNXRUNTIME = ServingTarget(
-    name="python-onnxruntime",
-    backend="python",
-    platform="",
-    model_filename="model.onnx",
-    python_model="model.py",
-    description="Triton's python backend running the ONNX model in onnxruntime "
-    "(works in the embedded tritonserver from the nvidia-pytriton wheel)",
-)
+
 ONNXRUNTIME = ServingTarget(
     name="onnxruntime",
     backend="onnxruntime",
     platform="onnxruntime_onnx",
     model_filename="model.onnx",
-    # KIND_AUTO: on the GPU where the container has one (docker compose reserves one), on the
-    # CPU otherwise, so one repository serves on both.
+    # KIND_AUTO: on the GPU where the container has one (compose's GPU profile reserves one),
+    # on the CPU otherwise, so one repository loads on both; KIND_GPU would fail without a GPU.
     instance_kind="KIND_AUTO",
-    description="Triton's onnxruntime backend (the official tritonserver container images)",
+    threads_parameter="intra_op_thread_count",
+    description="Triton's onnxruntime backend: the default, served by every official image, "
+    "on the GPU when there is one",
+)
+OPENVINO = ServingTarget(
+    name="openvino",
+    backend="openvino",
+    platform="",
+    # The backend reads IR (model.xml) by default and ONNX when default_model_filename says
+    # so (openvino_backend README, "Loading non default model format"). ONNX is read by the
+    # image's own OpenVINO, so no IR written by another OpenVINO version has to match it.
+    model_filename="model.onnx",
+    # The official images run OpenVINO on Intel CPUs only (openvino_backend README).
+    instance_kind="KIND_CPU",
+    threads_parameter="INFERENCE_NUM_THREADS",
+    description="Triton's OpenVINO backend: CPU deployments, INT8 (QDQ ONNX) and BF16 "
+    "(HINT_BF16) on CPUs that have the instructions",
 )
 TENSORRT_PLAN = ServingTarget(
     name="tensorrt-plan",
@@ -408,8 +613,19 @@ TENSORRT_PLAN = ServingTarget(
     description="Triton's tensorrt backend running a serialized engine (official container "
     "images, on the GPU model and TensorRT version that built it)",
 )
+PYTHON_ONNXRUNTIME = ServingTarget(
+    name="python-onnxruntime",
+    backend="python",
+    platform="",
+    model_filename="model.onnx",
+    instance_kind="KIND_CPU",
+    threads_parameter="intra_op_thread_count",
+    python_model="model.py",
+    description="Triton's python backend running the ONNX model in onnxruntime; only when asked "
+    "for: the official images' python backend has no onnxruntime",
+)
 SERVING_TARGETS: dict[str, ServingTarget] = {
-    target.name: target for target in (PYTHON_ONNXRUNTIME, ONNXRUNTIME, TENSORRT_PLAN)
+    target.name: target for target in (ONNXRUNTIME, OPENVINO, TENSORRT_PLAN, PYTHON_ONNXRUNTIME)
 }
 
 

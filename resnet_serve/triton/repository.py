@@ -1,78 +1,142 @@
-"""Write and read entries of a Triton model repository.
+"""Write and read entries of a Triton model repository, laid out as the official images load it.
 
-One entry is laid out as Triton expects it:
+A classifier entry:
 
     <repository>/<name>/config.pbtxt
     <repository>/<name>/labels.txt          one class name per line (classification extension)
+    <repository>/<name>/warmup/input_<i>    real preprocessed images, raw FP32 (model_warmup)
     <repository>/<name>/<version>/model.onnx
     <repository>/<name>/<version>/model.plan + model.plan.json   (TensorRT engine + its sidecar)
-    <repository>/<name>/<version>/model.py  only for targets that run in the python backend
+    <repository>/<name>/<version>/model.py  only for the python-onnxruntime target
 
-Preprocessing and other metadata travel in the config's `parameters`, so any client can read
-them from the server (`GET /v2/models/<name>/config`) instead of guessing.
+and beside it the image pipeline, which takes encoded files instead of float tensors:
+
+    <repository>/<name>-preprocess/         python backend: BYTES (JPEG, PNG, ...) → model input
+    <repository>/<name>-image/              ensemble: -preprocess, then <name>; labelled top-k
+
+Versions: every export adds a version folder and leaves the earlier ones; config.pbtxt and
+labels.txt are shared by all of them, so a version must keep the entry's classes, input shape,
+preprocessing and target (or replace the entry). Preprocessing and other metadata travel in the
+config's `parameters`, so any client can read them from the server.
+
+Every write is atomic: the entry is built in a hidden folder inside the repository (earlier
+versions hard-linked in, not copied), read back and checked, then swapped in with renames.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from PIL import Image
 
-from resnet_serve.errors import RepositoryError
+from resnet_serve.data import Preprocessing
+from resnet_serve.errors import RepositoryError, ResnetServeError, first_line
 from resnet_serve.files import give_default_permissions
 from resnet_serve.triton.config import (
+    ENSEMBLE_PLATFORM,
+    OPENVINO,
     PYTHON_ONNXRUNTIME,
     DynamicBatching,
+    EnsembleStep,
     InstanceGroup,
     ModelConfig,
+    ModelWarmup,
+    ResponseCache,
     ServingTarget,
     TensorConfig,
+    VersionPolicy,
+    WarmupInput,
     get_serving_target,
 )
 
 __all__ = [
     "CONFIG_FILENAME",
+    "IMAGE_INPUT_NAME",
     "INPUT_NAME",
     "LABELS_FILENAME",
     "OUTPUT_NAME",
     "PREPROCESSING_PARAMETER",
     "TARGET_PARAMETER",
+    "WARMUP_FOLDER",
+    "EntrySummary",
     "ModelEntry",
+    "backend_of",
+    "entry_target",
+    "image_pipeline_names",
+    "label_count_mismatches",
     "list_model_entries",
+    "model_filename",
+    "onnx_config_mismatches",
     "read_model_entry",
+    "summarize_repository",
+    "write_image_pipeline",
     "write_model_entry",
 ]
 
 CONFIG_FILENAME = "config.pbtxt"
 LABELS_FILENAME = "labels.txt"
+WARMUP_FOLDER = "warmup"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+IMAGE_INPUT_NAME = "image"
 PREPROCESSING_PARAMETER = "preprocessing"
 TARGET_PARAMETER = "serving_target"
+ACCURACY_PARAMETER = "test_accuracy"
 
 # Triton turns each folder of the repository into a model name that also appears in URLs.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# The file Triton loads when a config names none (each backend's default).
+_DEFAULT_MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "openvino": "model.xml",
+                        "python": "model.py"}
+_PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt",
+                      "pytorch_libtorch": "pytorch", "tensorflow_savedmodel": "tensorflow",
+                      "tensorflow_graphdef": "tensorflow", ENSEMBLE_PLATFORM: ENSEMBLE_PLATFORM}
+# ONNX element types and the Triton data types they arrive as.
+_ONNX_TYPES = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "BFLOAT16": "TYPE_BF16", "DOUBLE": "TYPE_FP64",
+               "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+               "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16", "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64",
+               "BOOL": "TYPE_BOOL", "STRING": "TYPE_STRING"}
+
+# What a `<name>-preprocess` entry imports besides numpy, Pillow and the stub: resnet-serve
+# modules copied into its version folder as resnet_serve/<name> (package, file, copied name).
+# PROVISIONAL: data.py + the stand-in become one ("resnet_serve", "preprocessing.py",
+# "preprocessing.py") once resnet_serve/preprocessing.py exists.
+_PREPROCESS_MODULES = (
+    ("resnet_serve", "errors.py", "errors.py"),
+    ("resnet_serve", "data.py", "data.py"),
+    ("resnet_serve.triton.python_model", "provisional_preprocessing.py", "preprocessing.py"),
+)
+_PREPROCESS_TEMPLATE = "preprocess_model.py"
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model of a repository, as written or read back."""
+    """One model of a repository, as written or read back.
+
+    `version` is the one written (or, read back, the highest on disk); `model_path` is its
+    model file (None for an ensemble, which has none, or where the backend's file is unknown).
+    """
 
     name: str
     version: int
+    versions: tuple[int, ...]
     path: Path
     config_path: Path
     labels_path: Path
-    model_path: Path
+    model_path: Path | None
     config: ModelConfig
     class_names: tuple[str, ...]
 
@@ -80,6 +144,27 @@ class ModelEntry:
     def preprocessing(self) -> dict[str, Any]:
         text = self.config.parameters.get(PREPROCESSING_PARAMETER)
         return json.loads(text) if text else {}
+
+
+@dataclass(frozen=True)
+class EntrySummary:
+    """One line of `repo list`: what an entry serves, its versions and their sizes on disk."""
+
+    name: str
+    target: str
+    versions: tuple[int, ...]
+    version_bytes: tuple[int, ...]
+    test_accuracy: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "versions": [
+                {"version": v, "bytes": size} for v, size in zip(self.versions, self.version_bytes, strict=True)
+            ],
+            "test_accuracy": self.test_accuracy,
+        }
 
 
 def _check_name(name: str) -> None:
@@ -90,58 +175,101 @@ def _check_name(name: str) -> None:
         )
 
 
-def _check_onnx(path: Path, *, input_shape: tuple[int, int, int], num_classes: int) -> None:
-    """Refuse an ONNX file whose tensors do not match the config written beside it."""
+def image_pipeline_names(classifier: str) -> tuple[str, str]:
+    """The names of a classifier's preprocessing model and image ensemble."""
+    return f"{classifier}-preprocess", f"{classifier}-image"
+
+
+# --- checks shared by the writer and `repo check` ---
+
+
+def _onnx_shape(value: onnx.ValueInfoProto) -> list[int | None]:
+    # Symbolic or unknown dimensions (the dynamic batch) come back as None.
+    return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+
+def onnx_config_mismatches(model_path: Path, config: ModelConfig) -> list[str]:
+    """Where an ONNX file and the config beside it disagree: tensor names, dims, data types.
+
+    With `max_batch_size` > 0 every tensor needs a dynamic first (batch) dimension that the
+    config's dims leave out. An unreadable file is one mismatch.
+    """
     try:
-        graph = onnx.load(str(path), load_external_data=False).graph
+        graph = onnx.load(str(model_path), load_external_data=False).graph
     except Exception as error:  # noqa: BLE001 - onnx raises several unrelated types
-        raise RepositoryError(f"{path} is not a readable ONNX model: {error}") from None
+        return [f"{model_path.name} is not a readable ONNX model ({first_line(error)})"]
+    initializers = {tensor.name for tensor in graph.initializer}
+    found = {
+        "input": {v.name: v for v in graph.input if v.name not in initializers},
+        "output": {v.name: v for v in graph.output},
+    }
+    problems = []
+    for kind, tensors in (("input", config.inputs), ("output", config.outputs)):
+        for tensor in tensors:
+            value = found[kind].get(tensor.name)
+            if value is None:
+                problems.append(
+                    f"config {kind} {tensor.name!r} is not an {kind} of {model_path.name} "
+                    f"({kind}s: {', '.join(found[kind]) or 'none'})"
+                )
+                continue
+            shape = _onnx_shape(value)
+            expected: list[int | None] = [None, *tensor.dims] if config.max_batch_size else list(tensor.dims)
+            described = f"{kind} {tensor.name!r} of {model_path.name} has shape {shape}"
+            if len(shape) != len(expected) or any(
+                got is not None and want not in (None, -1) and got != want
+                for got, want in zip(shape, expected, strict=False)
+            ):
+                dims = ", ".join(map(str, tensor.dims))
+                problems.append(
+                    f"{described}, config says [{'batch, ' if config.max_batch_size else ''}{dims}]"
+                )
+            elif config.max_batch_size and shape[0] is not None:
+                problems.append(f"{described}: batching (max_batch_size > 0) needs a dynamic first dimension")
+            onnx_type = _ONNX_TYPES.get(onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type))
+            if onnx_type is not None and onnx_type != tensor.data_type:
+                problems.append(
+                    f"{kind} {tensor.name!r} of {model_path.name} is {onnx_type}, config says {tensor.data_type}"
+                )
+    return problems
 
-    def shape(value: onnx.ValueInfoProto) -> list[int | None]:
-        # Symbolic or unknown dimensions (the dynamic batch) come back as None.
-        return [d.dim_value if d.HasField("dim_value") else None
-                for d in value.type.tensor_type.shape.dim]
 
-    inputs = {value.name: shape(value) for value in graph.input}
-    outputs = {value.name: shape(value) for value in graph.output}
-    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
-        raise RepositoryError(
-            f"{path} must have input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
-            f"has inputs {list(inputs)} and outputs {list(outputs)}"
-        )
-    expected_input: list[int | None] = [None, *input_shape]
-    got_input = inputs[INPUT_NAME]
-    if len(got_input) != 4 or any(
-        g is not None and e is not None and g != e for g, e in zip(got_input, expected_input, strict=True)
-    ):
-        raise RepositoryError(
-            f"{path}: input {INPUT_NAME!r} has shape {got_input}, expected [batch, "
-            f"{', '.join(map(str, input_shape))}]"
-        )
-    if got_input[0] is not None:
-        raise RepositoryError(f"{path}: input {INPUT_NAME!r} needs a dynamic batch dimension")
-    got_output = outputs[OUTPUT_NAME]
-    if len(got_output) != 2 or got_output[1] not in (None, num_classes):
-        raise RepositoryError(
-            f"{path}: output {OUTPUT_NAME!r} has shape {got_output}, "
-            f"expected [batch, {num_classes}] for {num_classes} class names"
-        )
+def label_count_mismatches(entry_path: Path, config: ModelConfig) -> list[str]:
+    """Outputs whose label file is missing or names another number of classes than they have."""
+    problems = []
+    for tensor in config.outputs:
+        if not tensor.label_filename:
+            continue
+        labels = entry_path / tensor.label_filename
+        if not labels.is_file():
+            problems.append(f"output {tensor.name!r} names {tensor.label_filename}, which is not there")
+            continue
+        count = len(labels.read_text(encoding="utf-8").splitlines())
+        classes = int(np.prod(tensor.dims))
+        if count != classes:
+            problems.append(
+                f"{tensor.label_filename} has {count} class names, output {tensor.name!r} has {classes} classes"
+            )
+    return problems
+
+
+# --- writing ---
 
 
 def _check_arguments(
     *,
     name: str,
-    onnx_path: Path,
+    model_file: Path,
     class_names: Sequence[str],
     preprocessing: Mapping[str, Any],
     input_shape: tuple[int, int, int],
-    version: int,
+    version: int | None,
     metadata: Mapping[str, str],
 ) -> str:
     """Validate what can be checked before touching the disk; return the preprocessing JSON."""
     _check_name(name)
-    if not onnx_path.is_file():
-        raise RepositoryError(f"model file {onnx_path} does not exist")
+    if not model_file.is_file():
+        raise RepositoryError(f"model file {model_file} does not exist")
     if not class_names:
         raise RepositoryError("a classifier needs at least one class name")
     bad = [c for c in class_names if not c.strip() or "\n" in c or "\r" in c]
@@ -149,7 +277,7 @@ def _check_arguments(
         raise RepositoryError(f"class names must be non-empty single lines, got {bad!r}")
     if len(input_shape) != 3 or any(int(d) <= 0 for d in input_shape):
         raise RepositoryError(f"input_shape must be (channels, height, width), got {input_shape}")
-    if version < 1:
+    if version is not None and version < 1:
         # Triton ignores version folders named 0.
         raise RepositoryError(f"model version must be >= 1, got {version}")
     if PREPROCESSING_PARAMETER in metadata or TARGET_PARAMETER in metadata:
@@ -162,6 +290,102 @@ def _check_arguments(
         raise RepositoryError(f"preprocessing is not JSON-serialisable: {error}") from None
 
 
+def _warmup_samples(images: np.ndarray | None, input_shape: tuple[int, ...]) -> list[np.ndarray]:
+    if images is None:
+        return []
+    batch = np.asarray(images)
+    if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(input_shape) or not len(batch):
+        raise RepositoryError(
+            f"warm-up images must be a batch of preprocessed {list(input_shape)} images, got {list(batch.shape)}"
+        )
+    if not np.issubdtype(batch.dtype, np.floating) or not np.isfinite(batch).all():
+        raise RepositoryError(f"warm-up images must be finite floats, got {batch.dtype}")
+    return [np.ascontiguousarray(image, dtype="<f4") for image in batch]
+
+
+def _classifier_config(
+    *,
+    name: str,
+    target: ServingTarget,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    max_batch_size: int,
+    instances: int,
+    instance_kind: str | None,
+    preferred_batch_sizes: Sequence[int],
+    max_queue_delay_us: int,
+    parameters: Mapping[str, str],
+    warmups: int,
+    version_policy: VersionPolicy | None,
+) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        backend=target.backend,
+        platform=target.platform,
+        max_batch_size=max_batch_size,
+        inputs=(TensorConfig(name=INPUT_NAME, data_type="TYPE_FP32", dims=input_shape),),
+        outputs=(
+            TensorConfig(
+                name=OUTPUT_NAME, data_type="TYPE_FP32", dims=(num_classes,), label_filename=LABELS_FILENAME
+            ),
+        ),
+        dynamic_batching=DynamicBatching(
+            preferred_batch_size=tuple(preferred_batch_sizes), max_queue_delay_microseconds=max_queue_delay_us
+        ),
+        instance_groups=(InstanceGroup(count=instances, kind=instance_kind or target.instance_kind),),
+        parameters=parameters,
+        default_model_filename=target.default_model_filename,
+        version_policy=version_policy,
+        model_warmup=tuple(
+            ModelWarmup(
+                name=f"real_image_{i}",
+                inputs={INPUT_NAME: WarmupInput(
+                    data_type="TYPE_FP32", dims=input_shape, source="input_data_file", input_data_file=f"input_{i}"
+                )},
+            )
+            for i in range(warmups)
+        ),
+        # Explicitly off: identical requests are rare for images, and a cache would hide the
+        # model's own latency from benchmarks.
+        response_cache=ResponseCache(enable=False),
+    )
+
+
+def _runtime_parameters(target: ServingTarget, *, intra_op_threads: int | None, bf16: bool) -> dict[str, str]:
+    parameters = {}
+    if intra_op_threads is not None:
+        if intra_op_threads < 1:
+            raise RepositoryError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+        if not target.threads_parameter:
+            raise RepositoryError(f"the {target.name} target takes no thread count")
+        parameters[target.threads_parameter] = str(intra_op_threads)
+    if bf16:
+        if target is not OPENVINO:
+            raise RepositoryError(f"bf16 is an option of the {OPENVINO.name} target, not of {target.name}")
+        # The only value the OpenVINO backend accepts for this key.
+        parameters["HINT_BF16"] = "YES"
+    return parameters
+
+
+def _refuse_incompatible_version(existing: ModelEntry, config: ModelConfig, class_names: Sequence[str]) -> None:
+    old = existing.config
+    differences = [
+        what for what, differs in (
+            ("class names", tuple(existing.class_names) != tuple(class_names)),
+            ("input shape", old.inputs[0].dims != config.inputs[0].dims),
+            ("preprocessing", old.parameters.get(PREPROCESSING_PARAMETER)
+             != config.parameters.get(PREPROCESSING_PARAMETER)),
+            ("target", (old.backend, old.platform) != (config.backend, config.platform)),
+        ) if differs
+    ]
+    if differences:
+        raise RepositoryError(
+            f"model {existing.name!r} has versions {list(existing.versions)} with other "
+            f"{', '.join(differences)}; its config and labels are shared by every version: "
+            "use another name, or replace the entry (its earlier versions are removed)"
+        )
+
+
 def write_model_entry(
     *,
     repository: Path,
@@ -172,104 +396,120 @@ def write_model_entry(
     input_shape: tuple[int, int, int],
     target: ServingTarget = PYTHON_ONNXRUNTIME,
     max_batch_size: int = 64,
-    version: int = 1,
+    version: int | None = None,
     instances: int = 1,
+    instance_kind: str | None = None,
     preferred_batch_sizes: Sequence[int] = (),
     max_queue_delay_us: int = 100,
     intra_op_threads: int | None = None,
+    bf16: bool = False,
+    warmup_images: np.ndarray | None = None,
+    version_policy: VersionPolicy | None = None,
+    replace_entry: bool = False,
     metadata: Mapping[str, str] | None = None,
 ) -> ModelEntry:
-    """Write (or replace) one model entry atomically and return it.
+    """Add a version to a classifier entry (or create it) atomically and return it.
 
     ``onnx_path`` is the model file the target serves: ONNX, or for ``TENSORRT_PLAN`` an
-    engine with its ``<plan>.json`` sidecar beside it.
+    engine with its ``<plan>.json`` sidecar beside it. ``version`` defaults to the next number;
+    earlier versions stay on disk, and must agree with this one on class names, input shape,
+    preprocessing and target, unless ``replace_entry`` removes them. ``warmup_images`` (a few
+    real preprocessed images, N×C×H×W) become Triton warm-up requests. ``instance_kind``
+    defaults to the target's (KIND_AUTO for onnxruntime: the GPU where there is one).
 
-    The entry is built in a hidden folder inside the repository, read back and checked, then
-    swapped in with renames: a failed write leaves the repository exactly as it was. A server
-    polling the repository may briefly miss the entry between the two renames of a replace.
+    A failed write leaves the repository exactly as it was. A server polling the repository
+    may briefly miss the entry between the two renames of the swap.
     """
     metadata = dict(metadata or {})
     preprocessing_json = _check_arguments(
-        name=name, onnx_path=onnx_path, class_names=class_names, preprocessing=preprocessing,
+        name=name, model_file=onnx_path, class_names=class_names, preprocessing=preprocessing,
         input_shape=input_shape, version=version, metadata=metadata,
     )
+    warmups = _warmup_samples(warmup_images, input_shape)
     parameters = {
         **metadata,
         PREPROCESSING_PARAMETER: preprocessing_json,
         TARGET_PARAMETER: target.name,
+        **_runtime_parameters(target, intra_op_threads=intra_op_threads, bf16=bf16),
     }
-    if intra_op_threads is not None:
-        if intra_op_threads < 1:
-            raise RepositoryError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
-        # The key the official onnxruntime backend reads; our python model reads it too.
-        parameters["intra_op_thread_count"] = str(intra_op_threads)
-    config = ModelConfig(
-        name=name,
-        backend=target.backend,
-        platform=target.platform,
-        max_batch_size=max_batch_size,
-        inputs=(TensorConfig(name=INPUT_NAME, data_type="TYPE_FP32", dims=input_shape),),
-        outputs=(
-            TensorConfig(
-                name=OUTPUT_NAME,
-                data_type="TYPE_FP32",
-                dims=(len(class_names),),
-                label_filename=LABELS_FILENAME,
-            ),
-        ),
-        dynamic_batching=DynamicBatching(
-            preferred_batch_size=tuple(preferred_batch_sizes),
-            max_queue_delay_microseconds=max_queue_delay_us,
-        ),
-        instance_groups=(InstanceGroup(count=instances, kind=target.instance_kind),),
-        parameters=parameters,
-        # The python backend loads model.py by default; the model file is found by model.py.
-        default_model_filename="" if target.copies_python_model else target.model_filename,
+    config = _classifier_config(
+        name=name, target=target, input_shape=input_shape, num_classes=len(class_names),
+        max_batch_size=max_batch_size, instances=instances, instance_kind=instance_kind,
+        preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
+        parameters=parameters, warmups=len(warmups), version_policy=version_policy,
     )
-
-    try:
-        repository.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=repository))
-        give_default_permissions(staging)
-    except OSError as error:
-        raise RepositoryError(f"cannot write to model repository {repository}: {error}") from None
-    try:
-        _build_entry(
-            staging, config=config, onnx_path=onnx_path, class_names=class_names,
-            input_shape=input_shape, target=target, version=version,
+    existing = None if replace_entry else _existing_entry(repository, name)
+    kept = existing.versions if existing else ()
+    if existing is not None:
+        _refuse_incompatible_version(existing, config, class_names)
+    if version is None:
+        version = max(kept, default=0) + 1
+    elif version in kept:
+        raise RepositoryError(
+            f"model {name!r} already has version {version}; versions are never overwritten: "
+            "choose another version, or replace the entry"
         )
-        _swap_in(staging, repository / name)
-    except OSError as error:
-        raise RepositoryError(f"writing model {name!r} to {repository} failed: {error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    def build(folder: Path) -> None:
+        if existing is not None:
+            _link_versions(existing, folder)
+        _write_config(folder, config)
+        (folder / LABELS_FILENAME).write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
+        if warmups:
+            (folder / WARMUP_FOLDER).mkdir()
+            for i, image in enumerate(warmups):
+                (folder / WARMUP_FOLDER / f"input_{i}").write_bytes(image.tobytes())
+        _write_model_files(folder / str(version), onnx_path=onnx_path, target=target)
+        problems = (onnx_config_mismatches(folder / str(version) / target.model_filename, config)
+                    if target.model_filename.endswith(".onnx") else [])
+        if problems:
+            raise RepositoryError(f"{onnx_path}: {problems[0]}")
+
+    _write_entry_atomically(repository, name, build)
     return read_model_entry(repository=repository, name=name, version=version)
 
 
-def _build_entry(
-    folder: Path,
-    *,
-    config: ModelConfig,
-    onnx_path: Path,
-    class_names: Sequence[str],
-    input_shape: tuple[int, int, int],
-    target: ServingTarget,
-    version: int,
-) -> None:
+def _existing_entry(repository: Path, name: str) -> ModelEntry | None:
+    if not (repository / name).exists():
+        return None
+    try:
+        return read_model_entry(repository=repository, name=name)
+    except RepositoryError as error:
+        raise RepositoryError(f"{error}; cannot add a version to it: replace the entry") from None
+
+
+def _link_versions(existing: ModelEntry, folder: Path) -> None:
+    """Earlier version folders enter the staging folder as hard links: no bytes are copied, and
+    since files are only ever replaced, never changed in place, the old entry stays intact."""
+
+    def link(source: str, destination: str) -> None:
+        try:
+            os.link(source, destination)
+        except OSError:
+            shutil.copy2(source, destination)
+
+    for version in existing.versions:
+        shutil.copytree(existing.path / str(version), folder / str(version), copy_function=link)
+
+
+def _write_config(folder: Path, config: ModelConfig) -> None:
     text = config.render()
     # Read back through Triton's schema and our dataclasses: what lands on disk must parse to
     # exactly the config we meant.
     if ModelConfig.parse(text) != config:
         raise RepositoryError(f"model {config.name!r}: the rendered config does not read back")
     (folder / CONFIG_FILENAME).write_text(text, encoding="utf-8")
-    (folder / LABELS_FILENAME).write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
-    version_folder = folder / str(version)
+
+
+def _copy_resource(package: str, filename: str, destination: Path) -> None:
+    destination.write_text(resources.files(package).joinpath(filename).read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def _write_model_files(version_folder: Path, *, onnx_path: Path, target: ServingTarget) -> None:
     version_folder.mkdir()
     model_path = version_folder / target.model_filename
     shutil.copyfile(onnx_path, model_path)
-    if model_path.suffix == ".onnx":
-        _check_onnx(model_path, input_shape=input_shape, num_classes=len(class_names))
-    else:
+    if not target.model_filename.endswith(".onnx"):
         # A TensorRT plan cannot be inspected without TensorRT and its GPU; the JSON sidecar
         # that records which ones it needs travels with it instead.
         sidecar = onnx_path.with_name(f"{onnx_path.name}.json")
@@ -277,11 +517,23 @@ def _build_entry(
             raise RepositoryError(f"{onnx_path} has no sidecar {sidecar.name} beside it")
         shutil.copyfile(sidecar, model_path.with_name(f"{model_path.name}.json"))
     if target.copies_python_model:
-        template = resources.files("resnet_serve.triton").joinpath(
-            "python_model", target.python_model
-        )
-        (version_folder / "model.py").write_text(template.read_text(encoding="utf-8"),
-                                                encoding="utf-8")
+        _copy_resource("resnet_serve.triton.python_model", target.python_model, version_folder / "model.py")
+
+
+def _write_entry_atomically(repository: Path, name: str, build: Callable[[Path], None]) -> None:
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=repository))
+        give_default_permissions(staging)
+    except OSError as error:
+        raise RepositoryError(f"cannot write to model repository {repository}: {error}") from None
+    try:
+        build(staging)
+        _swap_in(staging, repository / name)
+    except OSError as error:
+        raise RepositoryError(f"writing model {name!r} to {repository} failed: {error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _swap_in(staging: Path, destination: Path) -> None:
@@ -298,6 +550,155 @@ def _swap_in(staging: Path, destination: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# --- the image pipeline: <name>-preprocess and <name>-image ---
+
+
+def write_image_pipeline(
+    *, repository: Path, classifier: str, instances: int = 1, max_queue_delay_us: int = 100
+) -> tuple[ModelEntry, ModelEntry]:
+    """Write `<classifier>-preprocess` and `<classifier>-image` beside a classifier entry.
+
+    The ensemble `-image` takes encoded image files (BYTES, one per batch row) as any client
+    sends them, has `-preprocess` decode and prepare them with the classifier's own
+    preprocessing (copies of resnet-serve's code, numpy and Pillow), feeds the classifier and
+    returns its logits, labelled through the classification extension. The preprocessing
+    model warms up with the classifier's first warm-up image, encoded as PNG. Each entry is
+    replaced whole and atomically; both follow the classifier's latest version.
+    """
+    entry = read_model_entry(repository=repository, name=classifier)
+    config = entry.config
+    if [t.name for t in config.inputs] != [INPUT_NAME] or [t.name for t in config.outputs] != [OUTPUT_NAME]:
+        raise RepositoryError(
+            f"model {classifier!r} is not a resnet-serve classifier (input {INPUT_NAME!r}, output {OUTPUT_NAME!r})"
+        )
+    if config.max_batch_size < 1:
+        raise RepositoryError(f"model {classifier!r} does not batch (max_batch_size 0); the image pipeline needs it")
+    try:
+        preprocessing = Preprocessing.from_dict(entry.preprocessing)
+    except ResnetServeError as error:
+        raise RepositoryError(f"model {classifier!r} has unusable preprocessing: {error}") from None
+    if preprocessing.input_shape != config.inputs[0].dims:
+        raise RepositoryError(
+            f"model {classifier!r} takes {list(config.inputs[0].dims)}, its preprocessing makes "
+            f"{list(preprocessing.input_shape)}"
+        )
+    preprocess_name, image_name = image_pipeline_names(classifier)
+    image_input = TensorConfig(name=IMAGE_INPUT_NAME, data_type="TYPE_STRING", dims=(1,))
+    warmup_png = _first_warmup_png(entry, preprocessing)
+    preprocess_config = ModelConfig(
+        name=preprocess_name,
+        backend="python",
+        max_batch_size=config.max_batch_size,
+        inputs=(image_input,),
+        outputs=(TensorConfig(name=INPUT_NAME, data_type="TYPE_FP32", dims=config.inputs[0].dims),),
+        dynamic_batching=DynamicBatching(max_queue_delay_microseconds=max_queue_delay_us),
+        instance_groups=(InstanceGroup(count=instances, kind="KIND_CPU"),),
+        parameters={PREPROCESSING_PARAMETER: config.parameters[PREPROCESSING_PARAMETER]},
+        model_warmup=() if warmup_png is None else (ModelWarmup(
+            name="real_image_png",
+            inputs={IMAGE_INPUT_NAME: WarmupInput(
+                data_type="TYPE_STRING", dims=(1,), source="input_data_file", input_data_file=IMAGE_INPUT_NAME
+            )},
+        ),),
+        response_cache=ResponseCache(enable=False),
+    )
+    preprocessed = "preprocessed"
+    image_config = ModelConfig(
+        name=image_name,
+        platform=ENSEMBLE_PLATFORM,
+        max_batch_size=config.max_batch_size,
+        inputs=(image_input,),
+        outputs=config.outputs,
+        parameters={PREPROCESSING_PARAMETER: config.parameters[PREPROCESSING_PARAMETER]},
+        ensemble_steps=(
+            EnsembleStep(model_name=preprocess_name, input_map={IMAGE_INPUT_NAME: IMAGE_INPUT_NAME},
+                         output_map={INPUT_NAME: preprocessed}),
+            EnsembleStep(model_name=classifier, input_map={INPUT_NAME: preprocessed},
+                         output_map={OUTPUT_NAME: OUTPUT_NAME}),
+        ),
+        response_cache=ResponseCache(enable=False),
+    )
+
+    def build_preprocess(folder: Path) -> None:
+        _write_config(folder, preprocess_config)
+        version_folder = folder / "1"
+        package = version_folder / "resnet_serve"
+        package.mkdir(parents=True)
+        _copy_resource("resnet_serve.triton.python_model", _PREPROCESS_TEMPLATE, version_folder / "model.py")
+        (package / "__init__.py").write_text(
+            '"""Copies of the resnet-serve modules this preprocessing model imports."""\n', encoding="utf-8"
+        )
+        for source_package, filename, copied_name in _PREPROCESS_MODULES:
+            _copy_resource(source_package, filename, package / copied_name)
+        if warmup_png is not None:
+            (folder / WARMUP_FOLDER).mkdir()
+            # One TYPE_STRING element: its byte length (4 bytes, little-endian), then the bytes.
+            (folder / WARMUP_FOLDER / IMAGE_INPUT_NAME).write_bytes(len(warmup_png).to_bytes(4, "little") + warmup_png)
+
+    def build_image(folder: Path) -> None:
+        _write_config(folder, image_config)
+        shutil.copyfile(entry.labels_path, folder / LABELS_FILENAME)
+        # An ensemble has no model file, but Triton serves only versions that have a folder.
+        (folder / "1").mkdir()
+
+    _write_entry_atomically(repository, preprocess_name, build_preprocess)
+    _write_entry_atomically(repository, image_name, build_image)
+    return (read_model_entry(repository=repository, name=preprocess_name),
+            read_model_entry(repository=repository, name=image_name))
+
+
+def _first_warmup_png(entry: ModelEntry, preprocessing: Preprocessing) -> bytes | None:
+    """The classifier's first warm-up image back in pixels (the inverse of its normalization),
+    PNG-encoded: a real image for the preprocessing model to warm up with."""
+    files = [w.inputs[INPUT_NAME].input_data_file for w in entry.config.model_warmup
+             if INPUT_NAME in w.inputs and w.inputs[INPUT_NAME].input_data_file]
+    if not files:
+        return None
+    path = entry.path / WARMUP_FOLDER / files[0]
+    try:
+        raw = np.fromfile(path, dtype="<f4").reshape(preprocessing.input_shape)
+    except (OSError, ValueError) as error:
+        shape = list(preprocessing.input_shape)
+        raise RepositoryError(f"{path} is not a {shape} FP32 warm-up image: {error}") from None
+    mean = np.asarray(preprocessing.mean, np.float32)[:, None, None]
+    std = np.asarray(preprocessing.std, np.float32)[:, None, None]
+    pixels = np.clip(np.rint((raw * std + mean) * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- reading ---
+
+
+def _version_folders(folder: Path) -> tuple[int, ...]:
+    # Triton ignores version folders named 0 or with leading zeros.
+    return tuple(sorted(int(p.name) for p in folder.iterdir()
+                        if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")))
+
+
+def backend_of(config: ModelConfig) -> str:
+    """The Triton backend that loads a config: its `backend`, or the one its platform means."""
+    return config.backend or _PLATFORM_BACKENDS.get(config.platform, config.platform)
+
+
+def model_filename(config: ModelConfig) -> str | None:
+    """The file Triton loads from each version folder; None for an ensemble, which has none, and
+    for a backend whose default file is not known here."""
+    if config.platform == ENSEMBLE_PLATFORM:
+        return None
+    target = config.parameters.get(TARGET_PARAMETER)
+    if target:
+        return get_serving_target(target).model_filename
+    return config.default_model_filename or _DEFAULT_MODEL_FILES.get(backend_of(config))
+
+
+def entry_target(config: ModelConfig) -> str:
+    """How an entry is served: the resnet-serve target it was written for, else its platform or
+    backend (`ensemble`, `python`, ...)."""
+    return config.parameters.get(TARGET_PARAMETER) or config.platform or config.backend
+
+
 def read_model_entry(*, repository: Path, name: str, version: int | None = None) -> ModelEntry:
     """Read one entry back; `version` defaults to the highest version folder present."""
     _check_name(name)
@@ -305,44 +706,64 @@ def read_model_entry(*, repository: Path, name: str, version: int | None = None)
     config_path = folder / CONFIG_FILENAME
     try:
         config = ModelConfig.parse(config_path.read_text(encoding="utf-8"))
+        versions = _version_folders(folder)
     except OSError as error:
         raise RepositoryError(f"cannot read model {name!r} in {repository}: {error}") from None
     if config.name != name:
         raise RepositoryError(f"{config_path} names model {config.name!r}, expected {name!r}")
-    if version is None:
-        versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
-        if not versions:
-            raise RepositoryError(f"model {name!r} in {repository} has no version folder")
-        version = max(versions)
+    if not versions:
+        raise RepositoryError(f"model {name!r} in {repository} has no version folder")
+    version = max(versions) if version is None else version
     labelled = [t.label_filename for t in config.outputs if t.label_filename]
     labels_path = folder / (labelled[0] if labelled else LABELS_FILENAME)
     class_names = (
         tuple(labels_path.read_text(encoding="utf-8").splitlines()) if labels_path.is_file() else ()
     )
-    target_name = config.parameters.get(TARGET_PARAMETER)
-    model_filename = (
-        get_serving_target(target_name).model_filename if target_name
-        else config.default_model_filename or "model.onnx"
-    )
+    filename = model_filename(config)
     return ModelEntry(
         name=name,
         version=version,
+        versions=versions,
         path=folder,
         config_path=config_path,
         labels_path=labels_path,
-        model_path=folder / str(version) / model_filename,
+        model_path=None if filename is None else folder / str(version) / filename,
         config=config,
         class_names=class_names,
     )
 
 
-def list_model_entries(repository: Path) -> list[ModelEntry]:
-    """Every entry of a repository, sorted by name; hidden (staging) folders are skipped."""
+def _entry_folders(repository: Path) -> Iterator[Path]:
     if not repository.is_dir():
         raise RepositoryError(f"model repository {repository} does not exist")
-    return [
-        read_model_entry(repository=repository, name=folder.name)
-        for folder in sorted(repository.iterdir())
-        if folder.is_dir() and not folder.name.startswith(".")
-        and (folder / CONFIG_FILENAME).is_file()
-    ]
+    for folder in sorted(repository.iterdir()):
+        if folder.is_dir() and not folder.name.startswith(".") and (folder / CONFIG_FILENAME).is_file():
+            yield folder
+
+
+def list_model_entries(repository: Path) -> list[ModelEntry]:
+    """Every entry of a repository, sorted by name; hidden (staging) folders are skipped."""
+    return [read_model_entry(repository=repository, name=folder.name) for folder in _entry_folders(repository)]
+
+
+def _accuracy(config: ModelConfig) -> float | None:
+    try:
+        value = json.loads(config.parameters.get(ACCURACY_PARAMETER, "null"))
+    except ValueError:
+        return None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def summarize_repository(repository: Path) -> list[EntrySummary]:
+    """`repo list`: every entry with its target, versions, bytes per version and recorded accuracy."""
+    summaries = []
+    for entry in list_model_entries(repository):
+        sizes = tuple(
+            sum(p.stat().st_size for p in (entry.path / str(v)).rglob("*") if p.is_file()) for v in entry.versions
+        )
+        summaries.append(EntrySummary(
+            name=entry.name, target=entry_target(entry.config), versions=entry.versions,
+            version_bytes=sizes, test_accuracy=_accuracy(entry.config),
+        ))
+    return summaries
+

@@ -1,21 +1,30 @@
-"""Model repository entries: layout, labels, parameters, atomic replace and failed writes."""
+"""Model repository entries: layout, labels, parameters, versions, warm-up, the image
+pipeline entries, atomic writes and failed writes."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from samples import FASHION_PREPROCESSING, fashion_mnist, fashion_test_set
 from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier
 
 from resnet_serve.errors import RepositoryError
-from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME, ModelConfig
+from resnet_serve.triton.config import ONNXRUNTIME, OPENVINO, PYTHON_ONNXRUNTIME, ModelConfig
 from resnet_serve.triton.repository import (
     ModelEntry,
     list_model_entries,
     read_model_entry,
+    summarize_repository,
+    write_image_pipeline,
     write_model_entry,
 )
 
@@ -35,6 +44,7 @@ def write(repository: Path, onnx_path: Path, **overrides: object) -> ModelEntry:
         class_names=CLASS_NAMES,
         preprocessing=PREPROCESSING,
         input_shape=INPUT_SHAPE,
+        target=ONNXRUNTIME,
         metadata={"architecture": "tiny-cnn"},
     )
     arguments.update(overrides)
@@ -50,12 +60,13 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
 
 
 def test_python_target_layout(tmp_path: Path, onnx_path: Path) -> None:
-    entry = write(tmp_path, onnx_path, version=3)
+    entry = write(tmp_path, onnx_path, version=3, target=PYTHON_ONNXRUNTIME)
 
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
         "tiny", "tiny/3", "tiny/3/model.onnx", "tiny/3/model.py", "tiny/config.pbtxt",
         "tiny/labels.txt",
     ]
+    assert entry.versions == (3,)
     assert entry.model_path == tmp_path / "tiny" / "3" / "model.onnx"
     assert entry.model_path.read_bytes() == onnx_path.read_bytes()
     assert "class TritonPythonModel" in (tmp_path / "tiny/3/model.py").read_text()
@@ -68,6 +79,7 @@ def test_python_target_layout(tmp_path: Path, onnx_path: Path) -> None:
     assert config.outputs[0].label_filename == "labels.txt"
     assert config.max_batch_size == 64
     assert config.dynamic_batching is not None
+    assert config.response_cache is not None and not config.response_cache.enable
 
 
 def test_parameters_carry_preprocessing_and_metadata(tmp_path: Path, onnx_path: Path) -> None:
@@ -78,8 +90,23 @@ def test_parameters_carry_preprocessing_and_metadata(tmp_path: Path, onnx_path: 
     assert json.loads(on_disk.parameters["preprocessing"]) == PREPROCESSING
     assert entry.preprocessing == PREPROCESSING
     assert on_disk.parameters["architecture"] == "tiny-cnn"
-    assert on_disk.parameters["serving_target"] == "python-onnxruntime"
+    assert on_disk.parameters["serving_target"] == "onnxruntime"
     assert on_disk.parameters["intra_op_thread_count"] == "2"
+
+
+def test_openvino_target_serves_the_onnx_file_with_the_backends_own_parameters(
+    tmp_path: Path, onnx_path: Path
+) -> None:
+    entry = write(tmp_path, onnx_path, target=OPENVINO, intra_op_threads=2, bf16=True)
+
+    assert sorted(p.name for p in (tmp_path / "tiny" / "1").iterdir()) == ["model.onnx"]
+    config = entry.config
+    assert (config.backend, config.platform, config.default_model_filename) == ("openvino", "", "model.onnx")
+    assert config.instance_groups[0].kind == "KIND_CPU"
+    assert config.parameters["INFERENCE_NUM_THREADS"] == "2"
+    assert config.parameters["HINT_BF16"] == "YES"
+    with pytest.raises(RepositoryError, match="bf16 is an option of the openvino target"):
+        write(tmp_path / "other", onnx_path, target=ONNXRUNTIME, bf16=True)
 
 
 def test_onnxruntime_target_has_no_python_model(tmp_path: Path, onnx_path: Path) -> None:
@@ -96,6 +123,9 @@ def test_onnxruntime_target_has_no_python_model(tmp_path: Path, onnx_path: Path)
     assert config.dynamic_batching is not None
     assert config.dynamic_batching.preferred_batch_size == (4, 8)
     assert config.dynamic_batching.max_queue_delay_microseconds == 250
+    assert config.instance_groups[0].kind == "KIND_AUTO"
+    kind = write(tmp_path / "cpu", onnx_path, target=ONNXRUNTIME, instance_kind="KIND_CPU").config
+    assert kind.instance_groups[0].kind == "KIND_CPU"
 
 
 def test_read_and_list_entries(tmp_path: Path, onnx_path: Path) -> None:
@@ -107,26 +137,84 @@ def test_read_and_list_entries(tmp_path: Path, onnx_path: Path) -> None:
     assert list_model_entries(tmp_path) == [first, second]
 
 
+def test_each_write_adds_the_next_version_and_keeps_the_earlier_ones(tmp_path: Path, onnx_path: Path) -> None:
+    repository = tmp_path / "repository"
+    first = write(repository, onnx_path)
+    first_bytes = first.model_path.read_bytes()
+    other_onnx = tmp_path / "other.onnx"
+    export_tiny_classifier(other_onnx, seed=1)
+
+    second = write(repository, other_onnx)
+    third = write(repository, onnx_path, version=7)
+
+    assert (first.version, second.version, third.version) == (1, 2, 7)
+    assert third.versions == (1, 2, 7)
+    assert sorted(p.name for p in repository.iterdir()) == ["tiny"]  # nothing hidden left over
+    assert (repository / "tiny" / "1" / "model.onnx").read_bytes() == first_bytes
+    assert (repository / "tiny" / "2" / "model.onnx").read_bytes() == other_onnx.read_bytes()
+    assert read_model_entry(repository=repository, name="tiny") == third
+    assert read_model_entry(repository=repository, name="tiny", version=2).model_path == (
+        repository / "tiny" / "2" / "model.onnx"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"class_names": [f"new_{i}" for i in range(10)]}, "with other class names"),
+        ({"preprocessing": {**PREPROCESSING, "mean": [0.5]}}, "with other preprocessing"),
+        ({"target": OPENVINO}, "with other target"),
+        ({"version": 1}, "already has version 1"),
+    ],
+)
+def test_a_version_that_does_not_fit_the_entry_is_refused(
+    tmp_path: Path, onnx_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    write(tmp_path, onnx_path)
+    before = snapshot(tmp_path)
+
+    with pytest.raises(RepositoryError, match=message):
+        write(tmp_path, onnx_path, **overrides)
+
+    assert snapshot(tmp_path) == before
+
+
 def test_replacing_an_entry_swaps_it_whole(tmp_path: Path, onnx_path: Path) -> None:
-    write(tmp_path, onnx_path, version=1)
+    write(tmp_path, onnx_path)
+    write(tmp_path, onnx_path)
     names = [f"new_{i}" for i in range(10)]
 
-    entry = write(tmp_path, onnx_path, version=2, class_names=names, target=ONNXRUNTIME)
+    entry = write(tmp_path, onnx_path, class_names=names, target=OPENVINO, replace_entry=True)
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # nothing hidden left over
-    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == [
-        "2", "config.pbtxt", "labels.txt"
-    ]
+    assert entry.versions == (1,)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["1", "config.pbtxt", "labels.txt"]
     assert entry.labels_path.read_text().splitlines() == names
-    assert read_model_entry(repository=tmp_path, name="tiny").config.platform == "onnxruntime_onnx"
+    assert read_model_entry(repository=tmp_path, name="tiny").config.backend == "openvino"
+
+
+def test_warmup_images_become_triton_warmup_requests_from_raw_fp32_files(tmp_path: Path, onnx_path: Path) -> None:
+    images = fashion_mnist(3)
+
+    entry = write(tmp_path, onnx_path, warmup_images=images)
+
+    warmups = entry.config.model_warmup
+    assert [w.name for w in warmups] == ["real_image_0", "real_image_1", "real_image_2"]
+    for i, warmup in enumerate(warmups):
+        sample = warmup.inputs["input"]
+        assert (sample.source, sample.dims, warmup.batch_size) == ("input_data_file", INPUT_SHAPE, 1)
+        raw = (entry.path / "warmup" / sample.input_data_file).read_bytes()
+        np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(INPUT_SHAPE), images[i])
+    with pytest.raises(RepositoryError, match=r"warm-up images must be a batch of preprocessed \[1, 28, 28\]"):
+        write(tmp_path / "other", onnx_path, warmup_images=images[:, :, :14])
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["empty-repository", "replacing"])
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"class_names": CLASS_NAMES[:5]}, r"expected \[batch, 5\] for 5 class names"),
-        ({"input_shape": (3, 28, 28)}, r"expected \[batch, 3, 28, 28\]"),
+        ({"class_names": CLASS_NAMES[:5]}, r"output 'logits' of model.onnx has shape \[None, 10\], config says \[batch, 5\]"),
+        ({"input_shape": (3, 28, 28)}, r"config says \[batch, 3, 28, 28\]"),
         ({"preferred_batch_sizes": [128]}, r"preferred batch sizes \[128\] exceed"),
         ({"name": "../escape"}, "invalid model name"),
         ({"name": "a/b"}, "invalid model name"),
@@ -135,6 +223,7 @@ def test_replacing_an_entry_swaps_it_whole(tmp_path: Path, onnx_path: Path) -> N
         ({"preprocessing": {"mean": object()}}, "not JSON-serialisable"),
         ({"metadata": {"preprocessing": "x"}}, "reserved"),
         ({"version": 0}, "version must be >= 1"),
+        ({"intra_op_threads": 0}, "intra_op_threads must be >= 1"),
         ({"onnx_path": Path("/no/such/model.onnx")}, "does not exist"),
     ],
 )
@@ -144,13 +233,13 @@ def test_a_failed_write_leaves_the_repository_as_it_was(
     repository = tmp_path / "repository"
     repository.mkdir()
     if existing:
-        write(repository, onnx_path, name="tiny")
+        write(repository, onnx_path, name="tiny", replace_entry=True)
     before = snapshot(repository)
     arguments = dict(overrides)
     source = arguments.pop("onnx_path", onnx_path)
 
     with pytest.raises(RepositoryError, match=message):
-        write(repository, source, **arguments)  # type: ignore[arg-type]
+        write(repository, source, replace_entry=True, **arguments)  # type: ignore[arg-type]
 
     assert snapshot(repository) == before
 
@@ -163,7 +252,7 @@ def test_a_file_that_is_not_onnx_is_refused_after_staging(tmp_path: Path, onnx_p
     not_onnx.write_bytes(b"\x00not an onnx model")
 
     with pytest.raises(RepositoryError, match="not a readable ONNX model"):
-        write(repository, not_onnx)
+        write(repository, not_onnx, replace_entry=True)
 
     assert snapshot(repository) == before
 
@@ -172,13 +261,9 @@ def test_onnx_without_a_dynamic_batch_is_refused(tmp_path: Path) -> None:
     static = tmp_path / "static.onnx"
     export_tiny_classifier(static, dynamic_batch=False)
 
-    with pytest.raises(RepositoryError, match="dynamic batch dimension"):
+    with pytest.raises(RepositoryError, match="needs a dynamic first dimension"):
         write(tmp_path / "repository", static)
     assert list((tmp_path / "repository").iterdir()) == []
-
-
-def test_python_target_is_the_default(tmp_path: Path, onnx_path: Path) -> None:
-    assert write(tmp_path, onnx_path).config.backend == PYTHON_ONNXRUNTIME.backend
 
 
 def test_the_entry_is_readable_by_other_users_as_the_umask_allows(tmp_path: Path, onnx_path: Path) -> None:
@@ -191,3 +276,99 @@ def test_the_entry_is_readable_by_other_users_as_the_umask_allows(tmp_path: Path
     files = [p for p in entry.path.rglob("*") if p.is_file()]
     assert {stat.S_IMODE(p.stat().st_mode) for p in folders} == {0o777 & ~mask}
     assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~mask}
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_pipeline_entries_sit_beside_the_classifier(tmp_path: Path, onnx_path: Path) -> None:
+    write(tmp_path, onnx_path, target=ONNXRUNTIME, warmup_images=fashion_mnist(2))
+
+    preprocess, image = write_image_pipeline(repository=tmp_path, classifier="tiny")
+
+    assert (preprocess.name, image.name) == ("tiny-preprocess", "tiny-image")
+    assert sorted(str(p.relative_to(preprocess.path)) for p in preprocess.path.rglob("*")) == [
+        "1", "1/model.py", "1/resnet_serve", "1/resnet_serve/__init__.py", "1/resnet_serve/data.py",
+        "1/resnet_serve/errors.py", "1/resnet_serve/preprocessing.py", "config.pbtxt", "warmup", "warmup/image",
+    ]
+    config = preprocess.config
+    assert config.backend == "python" and config.max_batch_size == 64
+    assert [(t.name, t.data_type, t.dims) for t in config.inputs] == [("image", "TYPE_STRING", (1,))]
+    assert [(t.name, t.data_type, t.dims) for t in config.outputs] == [("input", "TYPE_FP32", INPUT_SHAPE)]
+    assert json.loads(config.parameters["preprocessing"]) == PREPROCESSING
+    ensemble = image.config
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 64
+    assert [s.model_name for s in ensemble.ensemble_steps] == ["tiny-preprocess", "tiny"]
+    assert ensemble.ensemble_steps[0].output_map == {"input": "preprocessed"}
+    assert ensemble.ensemble_steps[1].input_map == {"input": "preprocessed"}
+    assert ensemble.outputs[0].label_filename == "labels.txt"
+    assert image.class_names == tuple(CLASS_NAMES)
+    assert sorted(p.name for p in image.path.iterdir()) == ["1", "config.pbtxt", "labels.txt"]
+
+
+def test_preprocessing_warms_up_with_the_first_warmup_image_as_png(tmp_path: Path, onnx_path: Path) -> None:
+    write(tmp_path, onnx_path, warmup_images=FASHION_PREPROCESSING.normalize(fashion_test_set().images[5:7]))
+
+    preprocess, _ = write_image_pipeline(repository=tmp_path, classifier="tiny")
+
+    (warmup,) = preprocess.config.model_warmup
+    assert warmup.inputs["image"].data_type == "TYPE_STRING"
+    raw = (preprocess.path / "warmup" / warmup.inputs["image"].input_data_file).read_bytes()
+    # Triton's TYPE_STRING element: a 4-byte little-endian length, then the bytes.
+    length = int.from_bytes(raw[:4], "little")
+    assert length == len(raw) - 4
+    decoded = np.asarray(Image.open(io.BytesIO(raw[4:])))
+    np.testing.assert_array_equal(decoded, fashion_test_set().images[5])
+
+
+def test_the_copied_preprocessing_code_runs_on_its_own_and_prepares_like_the_client(
+    tmp_path: Path, onnx_path: Path
+) -> None:
+    write(tmp_path, onnx_path)
+    preprocess, _ = write_image_pipeline(repository=tmp_path, classifier="tiny")
+    image = fashion_test_set().images[0]
+    (tmp_path / "shirt.png").write_bytes(png(image))
+    script = (
+        "import json, sys; import numpy as np; sys.path.insert(0, sys.argv[1]);"
+        "from resnet_serve.preprocessing import Preprocessing; import resnet_serve;"
+        "p = Preprocessing.from_dict(json.loads(sys.argv[2]));"
+        "x = p.prepare_encoded(open(sys.argv[3], 'rb').read());"
+        "print(resnet_serve.__file__); np.save(sys.argv[4], x)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(preprocess.path / "1"), json.dumps(PREPROCESSING),
+         str(tmp_path / "shirt.png"), str(tmp_path / "x.npy")],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+
+    assert done.stdout.strip() == str(preprocess.path / "1" / "resnet_serve" / "__init__.py")
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), FASHION_PREPROCESSING.normalize(image[None])[0])
+
+
+def test_the_image_pipeline_needs_a_resnet_serve_classifier(tmp_path: Path, onnx_path: Path) -> None:
+    write(tmp_path, onnx_path, preprocessing={"mean": [0.5]})
+
+    with pytest.raises(RepositoryError, match="model 'tiny' has unusable preprocessing"):
+        write_image_pipeline(repository=tmp_path, classifier="tiny")
+    with pytest.raises(RepositoryError, match="cannot read model 'absent'"):
+        write_image_pipeline(repository=tmp_path, classifier="absent")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_summary_lists_versions_sizes_and_recorded_accuracy(tmp_path: Path, onnx_path: Path) -> None:
+    write(tmp_path, onnx_path, metadata={"test_accuracy": "0.8125"})
+    write(tmp_path, onnx_path, metadata={"test_accuracy": "0.9025"})
+    write_image_pipeline(repository=tmp_path, classifier="tiny")
+
+    summaries = {s.name: s for s in summarize_repository(tmp_path)}
+
+    tiny = summaries["tiny"]
+    assert (tiny.target, tiny.versions, tiny.test_accuracy) == ("onnxruntime", (1, 2), 0.9025)
+    assert tiny.version_bytes == (onnx_path.stat().st_size,) * 2
+    assert summaries["tiny-image"].target == "ensemble"
+    assert summaries["tiny-preprocess"].target == "python"
+    assert tiny.to_dict()["versions"] == [{"version": 1, "bytes": onnx_path.stat().st_size},
+                                          {"version": 2, "bytes": onnx_path.stat().st_size}]

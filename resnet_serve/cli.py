@@ -11,12 +11,14 @@ import json
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from PIL.Image import DecompressionBombWarning
 from rich.console import Console
 from rich.table import Table
 
@@ -34,13 +36,16 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+# Pillow warns about images between its own pixel limit and twice it; every one of them is over
+# resnet_serve.preprocessing.MAX_IMAGE_PIXELS and refused with one line, which the warning repeats.
+warnings.filterwarnings("ignore", category=DecompressionBombWarning)
 
 DEFAULT_REPOSITORY = Path("model_repository")
 ProtocolOption = Annotated[str, typer.Option("--protocol", "-p", help="http or grpc.")]
 UrlOption = Annotated[str | None, typer.Option(help="Server address host:port (default localhost:8000 for http, :8001 for grpc).")]
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Served model name (default: the server's only ready model).")]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this file.")]
-DataOption = Annotated[Path | None, typer.Option("--data", help="An IDX folder, a CIFAR-10/100 archive or folder, or an ImageFolder tree (default: Fashion-MNIST from the Debian package).")]
+DataOption = Annotated[Path | None, typer.Option("--data", help="An IDX folder, a CIFAR-10/100 archive or folder, or an ImageFolder tree of images of any size, prepared as the model says (default: Fashion-MNIST from the Debian package).")]
 
 
 def _command(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -19,10 +19,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from resnet_serve.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
-from resnet_serve.data import ImageDataset, Preprocessing, load_dataset
+from resnet_serve.datasets import InMemoryDataset, load_dataset
 from resnet_serve.errors import CheckpointError, DatasetError, TrainingError
 from resnet_serve.files import replacing_atomically
 from resnet_serve.models import architecture_info, create_model
+from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 
 __all__ = [
@@ -431,8 +432,8 @@ def _plot_history(path: Path, history: list[EpochStats], *, title: str) -> None:
 def train(
     *,
     config: TrainConfig,
-    train_set: ImageDataset,
-    test_set: ImageDataset,
+    train_set: InMemoryDataset,
+    test_set: InMemoryDataset,
     output: Path,
     reporter: Reporter,
     resume_from: Path | None = None,
@@ -463,7 +464,7 @@ def train(
         images, labels = images[: config.limit], labels[: config.limit]
     if len(images) == 0:
         raise DatasetError("no training images")
-    subset = ImageDataset(images=images, labels=labels, class_names=train_set.class_names)
+    subset = InMemoryDataset(images=images, labels=labels, class_names=train_set.class_names)
     preprocessing = Preprocessing.for_dataset(subset)
     train_inputs = torch.from_numpy(preprocessing.normalize(images))
     train_labels = torch.from_numpy(labels)
@@ -618,8 +619,8 @@ def train_on_folder(
     config = replace(RECIPES[recipe], architecture=architecture, seed=seed, limit=limit, amp=amp, **overrides)
     return train(
         config=config,
-        train_set=load_dataset(data_dir, split="train"),
-        test_set=load_dataset(data_dir, split="test"),
+        train_set=load_dataset(data_dir, split="train").to_memory(),
+        test_set=load_dataset(data_dir, split="test").to_memory(),
         output=output,
         reporter=reporter or SilentReporter(),
         resume_from=resume_from,

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from resnet_serve.client.inference import InferenceClient, Protocol
-from resnet_serve.data import Preprocessing, load_dataset
+from resnet_serve.datasets import load_dataset
 from resnet_serve.errors import ClientError
+from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 
 
@@ -123,7 +124,7 @@ def evaluate_test_set(
         served = probe.model
     test_set = load_dataset(data_dir, split="test")
     count = len(test_set) if limit is None else min(limit, len(test_set))
-    images = served.preprocessing.normalize(test_set.images[:count])
+    images = test_set.read(range(count), preprocessing=served.preprocessing)
     labels = test_set.labels[:count]
     reference_logits = None
     if checkpoint is not None:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from PIL.Image import DecompressionBombWarning
 from rich.console import Console
 from rich.table import Table
 
@@ -36,9 +35,9 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-# Pillow warns about images between its own pixel limit and twice it; every one of them is over
-# resnet_serve.preprocessing.MAX_IMAGE_PIXELS and refused with one line, which the warning repeats.
-warnings.filterwarnings("ignore", category=DecompressionBombWarning)
+# Pillow warns about what it reads (damaged TIFF tags, sizes over its own pixel limit, which are
+# all over ours); a file that cannot be used is refused with one line, which the warnings would bury.
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
 DEFAULT_REPOSITORY = Path("model_repository")
 ProtocolOption = Annotated[str, typer.Option("--protocol", "-p", help="http or grpc.")]

@@ -304,3 +304,29 @@ def test_a_real_bomb_is_refused_and_decodes_under_a_higher_limit(monkeypatch: py
         GRAY.prepare_encoded(data)
     monkeypatch.setattr(preprocessing_module, "MAX_IMAGE_PIXELS", 6_000_000)
     np.testing.assert_allclose(GRAY.prepare_encoded(data), (0 - 0.5) / 0.25)
+
+
+# Pillow's notes on damaged TIFF tags and on sizes past its own limit; the CLI hides them too.
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "GIF", "TIFF", "BMP", "WEBP", "PPM"])
+def test_damaged_files_fail_as_image_errors_only(format: str, rng: np.random.Generator) -> None:
+    """Cut short or with bytes changed (in the header, or anywhere), a file either still decodes
+    or is one ImageError: never another exception that would end in a traceback."""
+    y, x = np.mgrid[0:40, 0:50]
+    data = encoded(Image.fromarray(np.stack([x * 5, y * 6, x + y], axis=-1).astype(np.uint8)), format)
+    imagenet_like = Preprocessing(channels=3, height=8, width=8, mean=(0.5,) * 3, std=(0.25,) * 3, resize=10)
+    refused = 0
+    for attempt in range(60):
+        damaged = bytearray(data)
+        if attempt % 3 == 0:
+            damaged = damaged[: rng.integers(1, len(damaged))]
+        else:
+            reach = 200 if attempt % 3 == 1 else len(damaged)
+            for _ in range(int(rng.integers(1, 10))):
+                damaged[rng.integers(0, min(reach, len(damaged)))] = rng.integers(0, 256)
+        try:
+            assert imagenet_like.prepare_encoded(bytes(damaged)).shape == (3, 8, 8)
+        except ImageError as error:
+            assert "\n" not in str(error)
+            refused += 1
+    assert refused > 0

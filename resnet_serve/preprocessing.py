@@ -99,10 +99,11 @@ def _to_eight_bit(pil: Image.Image) -> Image.Image:
     """Bring modes whose values Pillow's ``convert`` would clip at 255, or whose alpha it would
     drop, to an 8-bit mode with the same appearance."""
     if pil.mode in _SIXTEEN_BIT_MODES:
-        values = np.clip(np.asarray(pil, dtype=np.float64), 0, 65535) / 257.0
-        return Image.fromarray(np.rint(values).astype(np.uint8))
+        # value / 257, rounded, in integers (65535 → 255); 4 bytes a pixel even for 64 megapixels.
+        values = np.clip(np.asarray(pil), 0, 65535).astype(np.uint32)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
     if pil.mode == "F":
-        values = np.clip(np.nan_to_num(np.asarray(pil, dtype=np.float64)), 0.0, 1.0) * 255.0
+        values = np.clip(np.nan_to_num(np.asarray(pil, dtype=np.float32)), 0.0, 1.0) * 255.0
         return Image.fromarray(np.rint(values).astype(np.uint8))
     if pil.mode in _ALPHA_MODES or "transparency" in pil.info:
         rgba = pil.convert("RGBA")

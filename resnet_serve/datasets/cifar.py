@@ -221,7 +221,6 @@ def load_cifar_dataset(path: Path | str, *, split: Literal["train", "test"]) -> 
     return InMemoryDataset(images=np.concatenate(images), labels=np.concatenate(labels), class_names=class_names)
 
 
-
 def is_cifar_folder(folder: Path) -> bool:
     """Whether ``folder`` is, or directly holds, an extracted CIFAR folder."""
     return _cifar_folder_layout(folder) is not None

@@ -153,7 +153,6 @@ def load_default_dataset(
     return load_idx_dataset(folder, split=split, class_names=FASHION_MNIST_CLASSES)
 
 
-
 def is_idx_folder(folder: Path) -> bool:
     """Whether ``folder`` holds the images file of either IDX split."""
     return any(

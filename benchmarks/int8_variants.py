@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtimes import IMAGENET, measure_interleaved  # noqa: E402
 
-from resnet_serve.data import load_dataset  # noqa: E402
+from resnet_serve.datasets import load_dataset  # noqa: E402
 from resnet_serve.export import export_onnx  # noqa: E402
 from resnet_serve.export.quantize import quantize_int8  # noqa: E402
 from resnet_serve.fold import fold_batchnorm  # noqa: E402
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="dataset for calibration images (default: the installed Fashion-MNIST)")
     args = parser.parse_args()
-    calibration = IMAGENET.normalize(load_dataset(args.data, split="train").images[:64])
+    calibration = load_dataset(args.data, split="train").read(range(64), preprocessing=IMAGENET)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as workdir:
         folder = Path(workdir)

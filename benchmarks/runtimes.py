@@ -31,8 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_serve.checkpoints import Checkpoint, CheckpointMeta  # noqa: E402
-from resnet_serve.data import Preprocessing, load_dataset  # noqa: E402
+from resnet_serve.datasets import load_dataset  # noqa: E402
 from resnet_serve.models import create_model  # noqa: E402
+from resnet_serve.preprocessing import Preprocessing  # noqa: E402
 from resnet_serve.runtimes import Runtime, RuntimeFactory  # noqa: E402
 
 KINDS = ("torch", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
@@ -88,8 +89,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     kinds = args.runtimes.split(",")
-    training_images = load_dataset(args.data, split="train").images
-    calibration = IMAGENET.normalize(training_images[: args.calibration_images])
+    calibration = load_dataset(args.data, split="train").read(range(args.calibration_images), preprocessing=IMAGENET)
     rng = np.random.default_rng(0)
     rows = []
     notes: dict[str, str] = {}

@@ -24,10 +24,10 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from resnet_serve import __version__
-from resnet_serve.data import Preprocessing
 from resnet_serve.errors import CheckpointError, ResnetServeError, first_line
 from resnet_serve.files import replacing_atomically
 from resnet_serve.models import architecture_info, create_model
+from resnet_serve.preprocessing import Preprocessing
 
 __all__ = [
     "IMAGENET_PREPROCESSING",

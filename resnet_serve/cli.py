@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+# Pillow warns about what it reads (damaged TIFF tags, sizes over its own pixel limit, which are
+# all over ours); a file that cannot be used is refused with one line, which the warnings would bury.
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
 DEFAULT_REPOSITORY = Path("model_repository")
 ProtocolOption = Annotated[str, typer.Option("--protocol", "-p", help="http or grpc.")]
@@ -42,7 +46,7 @@ ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Served m
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this file.")]
 PadOption = Annotated[int | None, typer.Option(help="Random crops: pad each side by N pixels, crop back; 0 turns them off (default: the recipe's).")]
 FlipOption = Annotated[bool | None, typer.Option("--flip/--no-flip", help="Random horizontal flips; --no-flip for digits and text, which a mirror changes (default: the recipe's).")]
-DataOption = Annotated[Path | None, typer.Option("--data", help="An IDX folder, a CIFAR-10/100 archive or folder, or an ImageFolder tree (default: Fashion-MNIST from the Debian package).")]
+DataOption = Annotated[Path | None, typer.Option("--data", help="An IDX folder, a CIFAR-10/100 archive or folder, or an ImageFolder tree of images of any size, prepared as the model says (default: Fashion-MNIST from the Debian package).")]
 
 
 def _command(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -14,7 +14,7 @@ from PIL import Image
 from resnet_serve.client.bench import BenchmarkResult, benchmark_served_model
 from resnet_serve.client.classify import classify_files
 from resnet_serve.client.evaluate import EvaluationResult, evaluate_test_set
-from resnet_serve.data import load_dataset
+from resnet_serve.datasets import load_dataset
 from resnet_serve.errors import ClientError
 from resnet_serve.pipeline import ExportReport, export_to_repository
 from resnet_serve.progress import Reporter, SilentReporter
@@ -164,7 +164,7 @@ def _embedded_server(repository: Path, *, log_file: Path) -> TritonServer:
 
 def _write_test_images(folder: Path, *, data_dir: Path | None) -> list[Path]:
     """A few real test images as PNG files, so classify runs on files like a user's."""
-    test_set = load_dataset(data_dir, split="test")
+    test_set = load_dataset(data_dir, split="test").to_memory(range(CLASSIFY_IMAGES))
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(CLASSIFY_IMAGES):

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_serve.data import ImageDataset, Preprocessing, load_dataset
+from resnet_serve.datasets import InMemoryDataset, load_dataset
 from resnet_serve.errors import TrainingError
 from resnet_serve.files import replacing_atomically
 from resnet_serve.models import create_model
 from resnet_serve.models.blocks import BasicBlock, Bottleneck
+from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter
 from resnet_serve.train import make_optimizer, recipe_config, train
 
@@ -110,10 +111,10 @@ def run_degradation(
         for depth in depths
         for residual in (False, True)
     ]
-    train_set = load_dataset(data_dir, split="train")
-    test_set = load_dataset(data_dir, split="test")
+    train_set = load_dataset(data_dir, split="train").to_memory()
+    test_set = load_dataset(data_dir, split="test").to_memory()
     if test_limit is not None:
-        test_set = ImageDataset(
+        test_set = InMemoryDataset(
             images=test_set.images[:test_limit], labels=test_set.labels[:test_limit],
             class_names=test_set.class_names,
         )
@@ -258,11 +259,11 @@ def run_gradients(
         for depth in depths
         for residual in (False, True)
     ]
-    train_set = load_dataset(data_dir, split="train")
+    train_set = load_dataset(data_dir, split="train").to_memory()
     # The probe batch, then one batch per step.
     count = min(len(train_set), batch_size * (steps + 1))
     preprocessing = Preprocessing.for_dataset(
-        ImageDataset(
+        InMemoryDataset(
             images=train_set.images[:count], labels=train_set.labels[:count], class_names=train_set.class_names
         )
     )

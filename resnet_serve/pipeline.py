@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from resnet_serve.checkpoints import Checkpoint, load_checkpoint
-from resnet_serve.data import Preprocessing, load_dataset
+from resnet_serve.datasets import load_dataset
 from resnet_serve.errors import ExportError, ResnetServeError, VerificationError, first_line
 from resnet_serve.export.fp16 import convert_fp16
 from resnet_serve.export.onnx import Exporter, OnnxExportResult, export_onnx, load_onnx_safely
@@ -24,6 +24,7 @@ from resnet_serve.export.quantize import CALIBRATION_METHODS, CalibrationMethodN
 from resnet_serve.export.tensorrt import EngineOptions, build_engine, require_tensorrt
 from resnet_serve.files import replacing_atomically
 from resnet_serve.fold import FOLD_TOLERANCE, FoldResult, fold_batchnorm, fold_onnx_batchnorm
+from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.runtimes import OnnxRuntime
 from resnet_serve.triton.config import TENSORRT_PLAN, get_serving_target
@@ -77,7 +78,7 @@ def verification_images(
 ) -> np.ndarray:
     """The first ``count`` real images of a split of ``data_dir``, prepared as the model expects."""
     dataset = load_dataset(data_dir, split=split)
-    return checkpoint.meta.preprocessing.normalize(dataset.images[:count])
+    return dataset.read(range(min(count, len(dataset))), preprocessing=checkpoint.meta.preprocessing)
 
 
 @dataclass(frozen=True)
@@ -357,7 +358,8 @@ def fold_file(
     if source.suffix == ".onnx":
         proto = load_onnx_safely(source)
         preprocessing, origin = _onnx_preprocessing(proto, shown=source)
-        images = preprocessing.normalize(load_dataset(data_dir, split="test").images[:verify_images])
+        test_set = load_dataset(data_dir, split="test")
+        images = test_set.read(range(min(verify_images, len(test_set))), preprocessing=preprocessing)
         report = fold_onnx_batchnorm(proto, destination, images=images)
         return FoldFileReport(
             source=source, output=destination, kind="onnx", folded=report.folded,

@@ -20,10 +20,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from resnet_serve.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
-from resnet_serve.data import ImageDataset, Preprocessing, load_dataset
+from resnet_serve.datasets import InMemoryDataset, load_dataset
 from resnet_serve.errors import CheckpointError, DatasetError, TrainingError, first_line
 from resnet_serve.files import replacing_atomically
 from resnet_serve.models import architecture_info, create_model
+from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 
 __all__ = [
@@ -329,7 +330,7 @@ class _Tensors:
     fill: torch.Tensor  # black after normalisation, per channel: what crops pad with
 
 
-def _prepare_tensors(config: TrainConfig, train_set: ImageDataset, test_set: ImageDataset) -> _Tensors:
+def _prepare_tensors(config: TrainConfig, train_set: InMemoryDataset, test_set: InMemoryDataset) -> _Tensors:
     """Check that the sets match, keep the first ``config.limit`` training images, measure the
     preprocessing on them and normalise both sets with it."""
     if train_set.class_names != test_set.class_names:
@@ -344,7 +345,7 @@ def _prepare_tensors(config: TrainConfig, train_set: ImageDataset, test_set: Ima
     if len(images) == 0:
         raise DatasetError("no training images")
     preprocessing = Preprocessing.for_dataset(
-        ImageDataset(images=images, labels=labels, class_names=train_set.class_names)
+        InMemoryDataset(images=images, labels=labels, class_names=train_set.class_names)
     )
     return _Tensors(
         train_inputs=torch.from_numpy(preprocessing.normalize(images)),
@@ -659,8 +660,8 @@ def _plot_history(path: Path, history: list[EpochStats], *, title: str) -> None:
 def train(
     *,
     config: TrainConfig,
-    train_set: ImageDataset,
-    test_set: ImageDataset,
+    train_set: InMemoryDataset,
+    test_set: InMemoryDataset,
     output: Path,
     reporter: Reporter,
     resume_from: Path | None = None,
@@ -735,8 +736,8 @@ def train_on_folder(
     )
     return train(
         config=config,
-        train_set=load_dataset(data_dir, split="train"),
-        test_set=load_dataset(data_dir, split="test"),
+        train_set=load_dataset(data_dir, split="train").to_memory(),
+        test_set=load_dataset(data_dir, split="test").to_memory(),
         output=output,
         reporter=reporter or SilentReporter(),
         resume_from=resume_from,

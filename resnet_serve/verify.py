@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from resnet_serve.checkpoints import load_checkpoint
-from resnet_serve.data import load_dataset
+from resnet_serve.datasets import load_dataset
 from resnet_serve.errors import VerificationError
 from resnet_serve.export.quantize import CalibrationMethodName
 
@@ -261,14 +261,15 @@ def verify_runtimes(
     loaded = load_checkpoint(checkpoint)
     preprocessing = loaded.meta.preprocessing
     test_set = load_dataset(data_dir, split="test")
-    test_images = preprocessing.normalize(test_set.images[:images])
-    labels = test_set.labels[:images]
+    first = range(min(images, len(test_set)))
+    test_images = test_set.read(first, preprocessing=preprocessing)
+    labels = test_set.labels[first]
     calibration = None
     if "int8" in reference or "int8" in candidate:
         train_set = load_dataset(data_dir, split="train")
         count = min(calibration_images, len(train_set))
         chosen = np.sort(np.random.default_rng(0).choice(len(train_set), size=count, replace=False))
-        calibration = preprocessing.normalize(train_set.images[chosen])
+        calibration = train_set.read(chosen, preprocessing=preprocessing)
 
     with tempfile.TemporaryDirectory(prefix="resnet-serve-verify-") as scratch:
         factory = RuntimeFactory(

@@ -9,13 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnet_serve.data import ImageDataset, Preprocessing, load_default_dataset
+from resnet_serve.datasets import InMemoryDataset, load_default_dataset
+from resnet_serve.preprocessing import Preprocessing
 
 FASHION_PREPROCESSING = Preprocessing(channels=1, height=28, width=28, mean=(0.286,), std=(0.353,))
 
 
 @lru_cache(maxsize=1)
-def fashion_test_set() -> ImageDataset:
+def fashion_test_set() -> InMemoryDataset:
     return load_default_dataset(split="test")
 
 

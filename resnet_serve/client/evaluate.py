@@ -1,7 +1,15 @@
-"""Accuracy of a served model on a labelled test set, and its agreement with a reference."""
+"""Accuracy of a served model on a labelled test set, and its agreement with a reference.
+
+The test set is streamed: ``concurrency`` workers, each with its own client, take batches in
+turn from one :func:`resnet_serve.datasets.batches` iterator, send them to the server and add
+the answers to running counts. Reading a batch (decoding its files) is done by one worker at a
+time while the others wait on the server, and memory holds about ``concurrency`` batches
+whatever the size of the test set.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.client.inference import InferenceClient, Protocol
-from resnet_serve.data import Preprocessing, load_dataset
+from resnet_serve.client.inference import InferenceClient, Protocol, ServedModel
+from resnet_serve.datasets import Dataset, batches, load_dataset
 from resnet_serve.errors import ClientError
+from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 
 
@@ -32,74 +41,140 @@ class EvaluationResult:
     max_abs_logit_difference: float | None
     seconds: float
     images_per_second: float
+    class_names: list[str]  # the served model's
+    # confusion_matrix[true][predicted]: image counts, classes × classes in the model's order.
+    confusion_matrix: list[list[int]]
+    per_class_accuracy: list[float | None]  # top-1 per true class; None for a class with no test images
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+class _Tally:
+    """Running counts over the batches answered so far. Not thread-safe: callers hold a lock."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)
+        self.top5_hits = 0
+        self.agreements = 0
+        self.reference_hits = 0
+        self.max_abs = 0.0
+
+    def add(self, logits: np.ndarray, labels: np.ndarray, reference_logits: np.ndarray | None) -> None:
+        classes = len(self.confusion)
+        predictions = logits.argmax(axis=1)
+        self.confusion += np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(
+            classes, classes
+        )
+        top5 = np.argsort(-logits, axis=1)[:, :5]
+        self.top5_hits += int((top5 == labels[:, None]).any(axis=1).sum())
+        if reference_logits is not None:
+            reference = reference_logits.argmax(axis=1)
+            self.agreements += int((predictions == reference).sum())
+            self.reference_hits += int((reference == labels).sum())
+            self.max_abs = max(self.max_abs, float(np.abs(logits - reference_logits).max()))
+
+
+def _check_counts(*, limit: int | None, batch_size: int, concurrency: int) -> None:
+    for name, value in (("--limit", limit), ("--batch-size", batch_size), ("--concurrency", concurrency)):
+        if value is not None and value < 1:
+            raise ClientError(f"{name} must be at least 1, got {value}")
+
+
 def evaluate_served_model(
     *,
     connect: Callable[[], InferenceClient],
-    images: np.ndarray,
-    labels: np.ndarray,
-    reference_logits: np.ndarray | None = None,
+    model: ServedModel,
+    dataset: Dataset,
+    limit: int | None = None,
+    reference: Callable[[np.ndarray], np.ndarray] | None = None,
     batch_size: int = 64,
     concurrency: int = 2,
     reporter: Reporter | None = None,
 ) -> EvaluationResult:
-    """Send every image (preprocessed, [N, C, H, W]) through the server in batches from
-    ``concurrency`` workers, each with its own client from ``connect``."""
-    reporter = reporter or SilentReporter()
-    starts = list(range(0, len(images), batch_size))
-    logits: np.ndarray | None = None
-    served: list[InferenceClient] = []
+    """Send the first ``limit`` images of ``dataset`` (all by default) through the server.
 
-    def run(shard: list[int]) -> None:
+    Each batch is read only when a worker takes it, prepared with ``model.preprocessing``, and
+    sent from one of ``concurrency`` workers, each with its own client from ``connect``.
+
+    Args:
+        connect: opens a client of the served model; called once per worker, in its thread.
+        model: what the server said about the model (its preprocessing and classes).
+        dataset: labelled images whose labels index the model's classes.
+        limit: evaluate only the first this many images.
+        reference: logits of the same prepared batch from a reference (e.g. PyTorch), for the
+            agreement figures; called from the workers' threads.
+        batch_size: images per request, at most the model's ``max_batch_size``.
+        concurrency: requests in flight.
+    """
+    _check_counts(limit=limit, batch_size=batch_size, concurrency=concurrency)
+    if len(dataset.class_names) > model.num_classes:
+        raise ClientError(
+            f"the test set has {len(dataset.class_names)} classes but model {model.name!r} "
+            f"answers {model.num_classes}"
+        )
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    if total == 0:
+        raise ClientError("the test set has no images")
+    reporter = reporter or SilentReporter()
+    stream = batches(dataset, preprocessing=model.preprocessing, batch_size=batch_size, indices=range(total))
+    tally = _Tally(model.num_classes)
+    lock = threading.Lock()
+    failed = threading.Event()
+    clients: list[InferenceClient] = []
+
+    def work() -> None:
         # Each worker opens, uses and closes its own client in its own thread: the HTTP
         # client is bound to the thread that created it.
-        nonlocal logits
-        with connect() as client:
-            served.append(client)
-            for start in shard:
-                batch_logits = client.infer(images[start : start + batch_size])
-                if logits is None:
-                    logits = np.empty((len(images), batch_logits.shape[1]), dtype=np.float32)
-                logits[start : start + len(batch_logits)] = batch_logits
-                reporter.advance(len(batch_logits))
+        try:
+            with connect() as client:
+                clients.append(client)
+                while not failed.is_set():
+                    with lock:
+                        batch = next(stream, None)
+                    if batch is None:
+                        return
+                    inputs, labels = batch
+                    logits = client.infer(inputs)
+                    reference_logits = None if reference is None else reference(inputs)
+                    with lock:
+                        tally.add(logits, labels, reference_logits)
+                    reporter.advance(len(labels))
+        except BaseException:
+            failed.set()  # the other workers stop after their current batch
+            raise
 
-    reporter.start(f"evaluating {len(images)} images", total=len(images))
+    reporter.start(f"evaluating {total} images", total=total)
     began = time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            for future in [pool.submit(run, starts[i::concurrency]) for i in range(concurrency)]:
+            for future in [pool.submit(work) for _ in range(concurrency)]:
                 future.result()
     finally:
         reporter.finish()
     seconds = time.perf_counter() - began
-    assert logits is not None
 
-    predictions = logits.argmax(axis=1)
-    top5 = np.argsort(-logits, axis=1)[:, :5]
-    agreement = reference_top1 = max_abs = None
-    if reference_logits is not None:
-        reference = reference_logits.argmax(axis=1)
-        agreement = float((predictions == reference).mean())
-        reference_top1 = float((reference == labels).mean())
-        max_abs = float(np.abs(logits - reference_logits).max())
+    confusion = tally.confusion
+    correct = np.diag(confusion)
+    per_class = confusion.sum(axis=1)
+    with_reference = reference is not None
     return EvaluationResult(
-        model=served[0].model.name,
-        protocol=served[0].protocol,
-        url=served[0].url,
-        images=len(images),
+        model=model.name,
+        protocol=clients[0].protocol,
+        url=clients[0].url,
+        images=total,
         batch_size=batch_size,
         concurrency=concurrency,
-        top1=float((predictions == labels).mean()),
-        top5=float((top5 == labels[:, None]).any(axis=1).mean()),
-        agreement=agreement,
-        reference_top1=reference_top1,
-        max_abs_logit_difference=max_abs,
+        top1=float(correct.sum() / total),
+        top5=tally.top5_hits / total,
+        agreement=tally.agreements / total if with_reference else None,
+        reference_top1=tally.reference_hits / total if with_reference else None,
+        max_abs_logit_difference=tally.max_abs if with_reference else None,
         seconds=seconds,
-        images_per_second=len(images) / seconds,
+        images_per_second=total / seconds,
+        class_names=list(model.class_names),
+        confusion_matrix=confusion.tolist(),
+        per_class_accuracy=[float(c / n) if n else None for c, n in zip(correct, per_class, strict=True)],
     )
 
 
@@ -115,36 +190,30 @@ def evaluate_test_set(
     concurrency: int = 2,
     reporter: Reporter | None = None,
 ) -> EvaluationResult:
-    """Evaluate a served model on an IDX test split (Fashion-MNIST by default), prepared with the
-    preprocessing the server reports; with ``checkpoint``, also its agreement with PyTorch."""
-    if batch_size < 1 or concurrency < 1:
-        raise ClientError(f"batch size and concurrency must be ≥ 1, got {batch_size} and {concurrency}")
+    """Evaluate a served model on the test split of ``data_dir`` (Fashion-MNIST by default; any
+    format ``load_dataset`` reads, ImageFolder trees of images of any size included), prepared
+    with the preprocessing the server reports; with ``checkpoint``, also its agreement with
+    PyTorch. Counts below 1 are refused before the server is asked anything."""
+    _check_counts(limit=limit, batch_size=batch_size, concurrency=concurrency)
     with InferenceClient(model=model, protocol=protocol, url=url) as probe:
         served = probe.model
     test_set = load_dataset(data_dir, split="test")
-    count = len(test_set) if limit is None else min(limit, len(test_set))
-    images = served.preprocessing.normalize(test_set.images[:count])
-    labels = test_set.labels[:count]
-    reference_logits = None
-    if checkpoint is not None:
-        reference_logits = _reference_logits(checkpoint, served.preprocessing, images, batch_size)
     return evaluate_served_model(
         connect=partial(InferenceClient, model=served.name, protocol=protocol, url=url),
-        images=images,
-        labels=labels,
-        reference_logits=reference_logits,
+        model=served,
+        dataset=test_set,
+        limit=limit,
+        reference=None if checkpoint is None else _reference_model(checkpoint, served.preprocessing),
         batch_size=min(batch_size, served.max_batch_size or batch_size),
         concurrency=concurrency,
         reporter=reporter,
     )
 
 
-def _reference_logits(
-    checkpoint: Path, served_preprocessing: Preprocessing, images: np.ndarray, batch_size: int
-) -> np.ndarray:
+def _reference_model(checkpoint: Path, served_preprocessing: Preprocessing) -> Callable[[np.ndarray], np.ndarray]:
     # torch is only needed for the agreement check, so a pure client does not import it.
     from resnet_serve.checkpoints import load_checkpoint
-    from resnet_serve.verify import TorchRuntime, run_batched
+    from resnet_serve.runtimes import TorchRuntime
 
     loaded = load_checkpoint(checkpoint)
     if loaded.meta.preprocessing != served_preprocessing:
@@ -152,4 +221,5 @@ def _reference_logits(
             f"{checkpoint} prepares images as {loaded.meta.preprocessing.to_dict()} but the served "
             f"model as {served_preprocessing.to_dict()}: they are not the same model"
         )
-    return run_batched(TorchRuntime(loaded.model), images, batch_size)
+    # Inference only: one module answers the workers' threads at once.
+    return TorchRuntime(loaded.model).run

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from resnet_serve.data import Preprocessing
 from resnet_serve.errors import ClientError, first_line
+from resnet_serve.preprocessing import Preprocessing
 
 Protocol = Literal["http", "grpc"]
 DEFAULT_URLS: dict[str, str] = {"http": "localhost:8000", "grpc": "localhost:8001"}

@@ -42,9 +42,9 @@ import numpy as np
 import onnx
 from PIL import Image
 
-from resnet_serve.data import Preprocessing
 from resnet_serve.errors import RepositoryError, ResnetServeError, first_line
 from resnet_serve.files import give_default_permissions
+from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.triton.config import (
     ENSEMBLE_PLATFORM,
     OPENVINO,
@@ -112,12 +112,10 @@ _ONNX_TYPES = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "BFLOAT16": "TYPE_B
 
 # What a `<name>-preprocess` entry imports besides numpy, Pillow and the stub: resnet-serve
 # modules copied into its version folder as resnet_serve/<name> (package, file, copied name).
-# PROVISIONAL: data.py + the stand-in become one ("resnet_serve", "preprocessing.py",
-# "preprocessing.py") once resnet_serve/preprocessing.py exists.
+# The server decodes with the very code the client uses, so bytes in and pixels in agree.
 _PREPROCESS_MODULES = (
     ("resnet_serve", "errors.py", "errors.py"),
-    ("resnet_serve", "data.py", "data.py"),
-    ("resnet_serve.triton.python_model", "provisional_preprocessing.py", "preprocessing.py"),
+    ("resnet_serve", "preprocessing.py", "preprocessing.py"),
 )
 _PREPROCESS_TEMPLATE = "preprocess_model.py"
 

@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 
 from resnet_serve.cli import app
 from resnet_serve.client.classify import classify_files_server_side
-from resnet_serve.data import Preprocessing
+from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.triton.config import PYTHON_ONNXRUNTIME
 from resnet_serve.triton.repository import write_image_pipeline, write_model_entry
 from resnet_serve.triton.server import TritonServer, find_free_ports

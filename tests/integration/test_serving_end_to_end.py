@@ -20,7 +20,7 @@ from resnet_serve.checkpoints import load_checkpoint
 from resnet_serve.cli import app
 from resnet_serve.client.bench import PERF_ANALYZER_COLUMNS
 from resnet_serve.client.inference import InferenceClient
-from resnet_serve.data import load_default_dataset
+from resnet_serve.datasets import load_default_dataset
 from resnet_serve.train import train_on_folder
 from resnet_serve.triton.server import TritonServer, find_free_ports
 from resnet_serve.verify import TorchRuntime
@@ -143,6 +143,44 @@ def test_evaluate_matches_pytorch_on_the_test_images(server, checkpoint, pytorch
     assert evaluation["top1"] == pytest.approx(expected_top1) == evaluation["reference_top1"]
     assert evaluation["top5"] >= evaluation["top1"]
     assert evaluation["max_abs_logit_difference"] <= 1e-4
+    # Rows are the true classes, columns the served answers, which equal PyTorch's here.
+    expected = np.zeros((10, 10), np.int64)
+    np.add.at(expected, (test_set.labels[:1000], logits.argmax(1)), 1)
+    assert evaluation["confusion_matrix"] == expected.tolist()
+    assert evaluation["per_class_accuracy"] == pytest.approx(np.diag(expected) / expected.sum(axis=1))
+    assert evaluation["class_names"] == pytorch.meta.class_names
+
+
+def test_evaluate_streams_an_image_folder_of_files_of_any_size(server, checkpoint, pytorch, test_set, tmp_path):
+    """Three Fashion-MNIST test images of each class as PNG and JPEG files of three sizes, in
+    class folders named so that their sorted order is the model's class order."""
+    paths, labels = [], []
+    for label, name in enumerate(pytorch.meta.class_names):
+        for copy, index in enumerate(np.flatnonzero(test_set.labels == label)[:3]):
+            rows, columns = [(1, 1), (2, 3), (3, 2)][copy]  # 28×28, 56×84 and 84×56 pixels
+            pixels = np.kron(test_set.images[index], np.ones((rows, columns), np.uint8))
+            path = tmp_path / "photos" / f"{label}-{name.replace('/', '-')}" / f"{index}.{['png', 'jpg'][copy % 2]}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+            paths.append(path)
+            labels.append(label)
+    report = tmp_path / "evaluate.json"
+    result = runner.invoke(
+        app,
+        ["evaluate", "--url", url(server, "http"), "--protocol", "http", "--data", str(tmp_path / "photos"),
+         "--checkpoint", str(checkpoint), "--batch-size", "4", "--json", str(report)],
+    )
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(report.read_text())
+    assert evaluation["images"] == 30 and evaluation["agreement"] == 1.0
+    assert evaluation["max_abs_logit_difference"] <= 1e-4
+    # Each file prepared on its own, as classify prepares it, gives the same answers.
+    inputs = np.stack([pytorch.meta.preprocessing.load_image(path) for path in paths])
+    expected = np.zeros((10, 10), np.int64)
+    np.add.at(expected, (labels, TorchRuntime(pytorch.model).run(inputs).argmax(1)), 1)
+    assert evaluation["confusion_matrix"] == expected.tolist()
+    assert evaluation["top1"] == pytest.approx(np.trace(expected) / 30)
+    assert evaluation["per_class_accuracy"] == pytest.approx(np.diag(expected) / 3)
 
 
 def test_bench_reports_latency_throughput_and_the_server_split(server, tmp_path):

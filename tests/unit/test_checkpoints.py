@@ -23,9 +23,10 @@ from resnet_serve.checkpoints import (
     save_checkpoint,
 )
 from resnet_serve.cli import app
-from resnet_serve.data import FASHION_MNIST_CLASSES, Preprocessing
+from resnet_serve.datasets import FASHION_MNIST_CLASSES
 from resnet_serve.errors import CheckpointError
 from resnet_serve.models import create_model
+from resnet_serve.preprocessing import Preprocessing
 
 PREPROCESSING = Preprocessing(channels=1, height=28, width=28, mean=(0.286,), std=(0.353,))
 

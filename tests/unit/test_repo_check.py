@@ -81,7 +81,6 @@ def test_a_python_import_missing_in_the_image(tmp_path: Path, onnx_path: Path) -
     assert code == 1
     assert lines == [
         f"tiny: 1/model.py imports onnxruntime, which {official}",
-        f"tiny-preprocess: 1/resnet_serve/data.py imports PIL, which {official}",
         f"tiny-preprocess: 1/resnet_serve/preprocessing.py imports PIL, which {official}",
     ]
     # deploy/Dockerfile adds Pillow, not onnxruntime.

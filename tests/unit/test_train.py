@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from resnet_serve.checkpoints import load_checkpoint
-from resnet_serve.data import ImageDataset, load_default_dataset
+from resnet_serve.datasets import InMemoryDataset, load_default_dataset
 from resnet_serve.errors import TrainingError, UnknownArchitectureError
 from resnet_serve.train import (
     DEMO_TRAIN_CONFIG,
@@ -51,15 +51,15 @@ class RecordingReporter:
 
 
 @pytest.fixture(scope="module")
-def datasets() -> tuple[ImageDataset, ImageDataset]:
+def datasets() -> tuple[InMemoryDataset, InMemoryDataset]:
     train_set = load_default_dataset(split="train")
     test_set = load_default_dataset(split="test")
-    small_test = ImageDataset(images=test_set.images[:500], labels=test_set.labels[:500],
+    small_test = InMemoryDataset(images=test_set.images[:500], labels=test_set.labels[:500],
                               class_names=test_set.class_names)
     return train_set, small_test
 
 
-def test_tiny_run_writes_a_loadable_checkpoint(tmp_path: Path, datasets: tuple[ImageDataset, ImageDataset]) -> None:
+def test_tiny_run_writes_a_loadable_checkpoint(tmp_path: Path, datasets: tuple[InMemoryDataset, InMemoryDataset]) -> None:
     train_set, test_set = datasets
     reporter = RecordingReporter()
     result = train(config=TINY, train_set=train_set, test_set=test_set,
@@ -87,7 +87,7 @@ def test_tiny_run_writes_a_loadable_checkpoint(tmp_path: Path, datasets: tuple[I
     assert accuracy == pytest.approx(result.test_accuracy)
 
 
-def test_same_seed_gives_identical_weights(tmp_path: Path, datasets: tuple[ImageDataset, ImageDataset]) -> None:
+def test_same_seed_gives_identical_weights(tmp_path: Path, datasets: tuple[InMemoryDataset, InMemoryDataset]) -> None:
     train_set, test_set = datasets
     config = dataclasses.replace(TINY, limit=256)
     runs = [
@@ -125,7 +125,7 @@ def test_augment_crops_and_flips_per_image() -> None:
 
 
 @pytest.mark.parametrize("flip", [False, True])
-def test_no_flip_trains_on_unmirrored_images(flip: bool, datasets: tuple[ImageDataset, ImageDataset]) -> None:
+def test_no_flip_trains_on_unmirrored_images(flip: bool, datasets: tuple[InMemoryDataset, InMemoryDataset]) -> None:
     # What SGD sees in a pass of real Fashion-MNIST images, with crops off so that each image is
     # either one of the training images or its mirror.
     train_set, test_set = datasets
@@ -170,7 +170,7 @@ def test_demo_config_is_the_full_fashion_mnist_recipe() -> None:
     assert DEMO_TRAIN_CONFIG.architecture == "resnet20" and DEMO_TRAIN_CONFIG.limit is None
 
 
-def test_fractional_epochs_end_the_schedule_part_way(tmp_path: Path, datasets: tuple[ImageDataset, ImageDataset]) -> None:
+def test_fractional_epochs_end_the_schedule_part_way(tmp_path: Path, datasets: tuple[InMemoryDataset, InMemoryDataset]) -> None:
     train_set, test_set = datasets
     reporter = RecordingReporter()
     config = dataclasses.replace(TINY, epochs=1.5, batch_size=128)  # 4 steps per pass → 6 steps
@@ -207,10 +207,10 @@ class InterruptedReporter(RecordingReporter):
 
 
 def test_resumed_run_ends_with_the_uninterrupted_weights(
-    tmp_path: Path, datasets: tuple[ImageDataset, ImageDataset]
+    tmp_path: Path, datasets: tuple[InMemoryDataset, InMemoryDataset]
 ) -> None:
     train_set, test_set = datasets
-    test_set = ImageDataset(images=test_set.images[:100], labels=test_set.labels[:100], class_names=test_set.class_names)
+    test_set = InMemoryDataset(images=test_set.images[:100], labels=test_set.labels[:100], class_names=test_set.class_names)
     # 2 steps per epoch; the step schedule drops the rate exactly where the run is cut, and
     # crops, flips and Nesterov momentum all carry state across the cut.
     config = dataclasses.replace(TINY, limit=128, epochs=2, schedule="step", milestones=(0.5,),

@@ -291,7 +291,7 @@ def test_image_pipeline_entries_sit_beside_the_classifier(tmp_path: Path, onnx_p
 
     assert (preprocess.name, image.name) == ("tiny-preprocess", "tiny-image")
     assert sorted(str(p.relative_to(preprocess.path)) for p in preprocess.path.rglob("*")) == [
-        "1", "1/model.py", "1/resnet_serve", "1/resnet_serve/__init__.py", "1/resnet_serve/data.py",
+        "1", "1/model.py", "1/resnet_serve", "1/resnet_serve/__init__.py",
         "1/resnet_serve/errors.py", "1/resnet_serve/preprocessing.py", "config.pbtxt", "warmup", "warmup/image",
     ]
     config = preprocess.config

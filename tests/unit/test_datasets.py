@@ -1,11 +1,10 @@
-"""IDX, CIFAR and ImageFolder reading, format detection and the shared preprocessing,
-on files written in the real formats."""
+"""IDX, CIFAR and ImageFolder reading, format detection and streaming batches, on files
+written in the real formats."""
 
 from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import pickle
 import struct
@@ -17,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_serve.data import (
+from resnet_serve.datasets import (
     FASHION_MNIST_CLASSES,
-    ImageDataset,
-    Preprocessing,
+    ImageFolder,
+    InMemoryDataset,
+    batches,
     load_cifar_dataset,
     load_dataset,
     load_default_dataset,
@@ -28,7 +28,8 @@ from resnet_serve.data import (
     load_image_folder,
     read_idx,
 )
-from resnet_serve.errors import DatasetError, ImageError
+from resnet_serve.errors import DatasetError
+from resnet_serve.preprocessing import Preprocessing
 
 _DTYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
 
@@ -130,7 +131,7 @@ def test_load_idx_dataset_rejects_mismatched_counts_and_missing_files(tmp_path: 
     with pytest.raises(DatasetError, match="has 3 images but train-labels-idx1-ubyte has 2 labels"):
         load_idx_dataset(tmp_path, split="train")
     with pytest.raises(DatasetError, match="labels span 0..0 but there are 0 class names"):
-        ImageDataset(images=np.zeros((1, 2, 2), np.uint8), labels=np.zeros(1, np.int64), class_names=[])
+        InMemoryDataset(images=np.zeros((1, 2, 2), np.uint8), labels=np.zeros(1, np.int64), class_names=[])
 
 
 def test_missing_default_dataset_says_how_to_install(tmp_path: Path) -> None:
@@ -149,117 +150,6 @@ def test_real_fashion_mnist_test_split() -> None:
     assert preprocessing.mean[0] == pytest.approx(0.286, abs=0.002)
     assert preprocessing.std[0] == pytest.approx(0.353, abs=0.002)
     assert preprocessing.input_shape == (1, 28, 28)
-
-
-GRAY = Preprocessing(channels=1, height=2, width=2, mean=(0.5,), std=(0.25,))
-
-
-def test_preprocessing_round_trips_through_json() -> None:
-    rgb = Preprocessing(channels=3, height=224, width=200, mean=(0.485, 0.456, 0.406),
-                        std=(0.229, 0.224, 0.225), interpolation="bicubic")
-    for original in (GRAY, rgb):
-        again = Preprocessing.from_dict(json.loads(json.dumps(original.to_dict())))
-        assert again == original
-    assert rgb.input_shape == (3, 224, 200)
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"mean": [0.1, 0.2]}, "needs 1 mean and std values, got 2 and 1"),
-        ({"std": [0.0]}, "std positive"),
-        ({"channels": 2, "mean": [0, 0], "std": [1, 1]}, "channels must be 1 or 3"),
-        ({"height": "28"}, "height must be an integer"),
-        ({"mean": "0.5"}, "mean must be a list of numbers"),
-        ({"interpolation": "fancy"}, "unknown interpolation 'fancy'"),
-        ({"crop": 0.9}, "unknown crop"),
-    ],
-)
-def test_preprocessing_from_dict_rejects_bad_dicts(change: dict, message: str) -> None:
-    with pytest.raises(DatasetError, match=message):
-        Preprocessing.from_dict({**GRAY.to_dict(), **change})
-    with pytest.raises(DatasetError, match="missing height"):
-        Preprocessing.from_dict({k: v for k, v in GRAY.to_dict().items() if k != "height"})
-    with pytest.raises(DatasetError, match="must be a mapping"):
-        Preprocessing.from_dict([1, 2])
-
-
-def test_normalize_by_hand() -> None:
-    images = np.array([[[0, 255], [51, 102]]], np.uint8)
-    out = GRAY.normalize(images)
-    assert out.dtype == np.float32 and out.shape == (1, 1, 2, 2) and out.flags.c_contiguous
-    expected = (np.array([[0, 255], [51, 102]]) / 255 - 0.5) / 0.25  # [[-2, 2], [-1.2, -0.4]]
-    np.testing.assert_allclose(out[0, 0], expected, atol=1e-6)
-    # N×H×W×1 is the same grayscale.
-    np.testing.assert_array_equal(GRAY.normalize(images[..., None]), out)
-
-    rgb = Preprocessing(channels=3, height=1, width=2, mean=(0.0, 0.5, 1.0), std=(1.0, 0.5, 0.25))
-    pixels = np.array([[[[255, 0, 51], [0, 255, 255]]]], np.uint8)  # 1×1×2×3
-    got = rgb.normalize(pixels)
-    assert got.shape == (1, 3, 1, 2)
-    np.testing.assert_allclose(got[0, :, 0, 0], [1.0, -1.0, (0.2 - 1.0) / 0.25], atol=1e-6)
-    np.testing.assert_allclose(got[0, :, 0, 1], [0.0, 1.0, 0.0], atol=1e-6)
-
-
-def test_normalize_converts_channels_and_resizes_like_pil(rng: np.random.Generator) -> None:
-    gray_to_rgb = Preprocessing(channels=3, height=2, width=2, mean=(0, 0, 0), std=(1, 1, 1))
-    gray = np.array([[[0, 255], [51, 102]]], np.uint8)
-    out = gray_to_rgb.normalize(gray)
-    assert out.shape == (1, 3, 2, 2)
-    for c in range(3):
-        np.testing.assert_allclose(out[0, c], gray[0] / 255, atol=1e-6)
-
-    red = np.zeros((1, 2, 2, 3), np.uint8)
-    red[..., 0] = 255
-    # ITU-R 601-2 luma, as PIL's "L" conversion computes it: 255 · 0.299 → 76.
-    np.testing.assert_allclose(GRAY.normalize(red)[0, 0], (76 / 255 - 0.5) / 0.25, atol=1e-6)
-
-    big = rng.integers(0, 256, (3, 9, 7), dtype=np.uint8)
-    resized = GRAY.normalize(big)
-    assert resized.shape == (3, 1, 2, 2)
-    pil = np.asarray(Image.fromarray(big[1]).resize((2, 2), Image.Resampling.BILINEAR))
-    np.testing.assert_allclose(resized[1, 0], (pil / 255 - 0.5) / 0.25, atol=1e-6)
-
-    with pytest.raises(ImageError, match="expected uint8 images"):
-        GRAY.normalize(np.zeros((1, 2, 2), np.float32))
-
-
-def test_for_dataset_measures_mean_and_std() -> None:
-    images = np.array([[[0, 255]], [[255, 0]]], np.uint8)  # half black, half white
-    dataset = ImageDataset(images=images, labels=np.array([0, 1]), class_names=["a", "b"])
-    preprocessing = Preprocessing.for_dataset(dataset)
-    assert (preprocessing.channels, preprocessing.height, preprocessing.width) == (1, 1, 2)
-    assert preprocessing.mean == (0.5,) and preprocessing.std == (0.5,)
-
-
-def test_load_image_png_and_jpeg(tmp_path: Path, rng: np.random.Generator) -> None:
-    gray = rng.integers(0, 256, (28, 28), dtype=np.uint8)
-    Image.fromarray(gray).save(tmp_path / "gray.png")
-    fashion = Preprocessing(channels=1, height=28, width=28, mean=(0.286,), std=(0.353,))
-    np.testing.assert_array_equal(fashion.load_image(tmp_path / "gray.png"), fashion.normalize(gray[None])[0])
-
-    # A smooth RGB photo-like gradient, saved lossy and read back at another size and mode.
-    y, x = np.mgrid[0:60, 0:80]
-    photo = np.stack([x * 3, y * 4, (x + y) * 3 // 2], axis=-1).astype(np.uint8)
-    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=95)
-    rgb = Preprocessing(channels=3, height=30, width=40, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    loaded = rgb.load_image(tmp_path / "photo.jpg")
-    assert loaded.shape == (3, 30, 40) and loaded.dtype == np.float32
-    reference = np.asarray(Image.fromarray(photo).resize((40, 30), Image.Resampling.BILINEAR))
-    np.testing.assert_allclose(loaded, (reference.transpose(2, 0, 1) / 255 - 0.5) / 0.5, atol=0.06)
-    assert fashion.load_image(tmp_path / "photo.jpg").shape == (1, 28, 28)
-
-
-def test_load_image_rejects_corrupt_files(tmp_path: Path) -> None:
-    (tmp_path / "photo.jpg").write_bytes(b"this is not a JPEG at all")
-    with pytest.raises(ImageError, match=r"^photo.jpg: not a readable image \("):
-        GRAY.load_image(tmp_path / "photo.jpg")
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "whole.png")
-    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:60])
-    with pytest.raises(ImageError, match="cut.png: not a readable image"):
-        GRAY.load_image(tmp_path / "cut.png")
-    with pytest.raises(ImageError, match="no such file"):
-        GRAY.load_image(tmp_path / "absent.png")
 
 
 # --- CIFAR: batches written exactly as the official Python 2 cPickle files are ---
@@ -441,12 +331,43 @@ def test_load_dataset_still_reads_idx_folders(tmp_path: Path, rng: np.random.Gen
     assert test.class_names == ["0", "1"]
 
 
+# --- Reading by index and streaming batches ---
+
+FASHION = Preprocessing(channels=1, height=28, width=28, mean=(0.286,), std=(0.353,))
+
+
+def test_batches_stream_the_chosen_images_in_order() -> None:
+    test = load_default_dataset(split="test")
+    chosen = [9, 3, 0, 5, 7]
+    got = list(batches(test, preprocessing=FASHION, batch_size=2, indices=chosen))
+    assert [len(labels) for _, labels in got] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate([inputs for inputs, _ in got]), FASHION.normalize(test.images[chosen]))
+    np.testing.assert_array_equal(np.concatenate([labels for _, labels in got]), test.labels[chosen])
+    assert sum(len(labels) for _, labels in batches(test, preprocessing=FASHION, batch_size=4096)) == 10_000
+    np.testing.assert_array_equal(test.read(range(3), preprocessing=FASHION), FASHION.normalize(test.images[:3]))
+
+
+def test_indices_outside_the_dataset_and_bad_batch_sizes_are_refused_at_once() -> None:
+    dataset = InMemoryDataset(images=np.zeros((3, 2, 2), np.uint8), labels=np.array([0, 1, 0]), class_names=["a", "b"])
+    gray = Preprocessing(channels=1, height=2, width=2, mean=(0.5,), std=(0.25,))
+    for indices in ([0, 3], [-1], np.array([[0]]), np.array([0.5])):
+        with pytest.raises(DatasetError, match="image indices"):
+            dataset.read(indices, preprocessing=gray)
+        with pytest.raises(DatasetError, match="image indices"):
+            batches(dataset, preprocessing=gray, batch_size=2, indices=indices)  # before any batch is asked for
+    with pytest.raises(DatasetError, match="batch size must be at least 1, got 0"):
+        batches(dataset, preprocessing=gray, batch_size=0)
+    assert dataset.read([], preprocessing=gray).shape == (0, 1, 2, 2)
+    subset = dataset.to_memory([2, 1])
+    assert subset.labels.tolist() == [0, 1] and subset.images.shape == (2, 2, 2) and dataset.to_memory() is dataset
+
+
 # --- ImageFolder trees ---
 
 
-def _save(path: Path, pixels: np.ndarray) -> np.ndarray:
+def _save(path: Path, pixels: np.ndarray, **options: Any) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    Image.fromarray(pixels).save(path, **options)
     return pixels
 
 
@@ -463,38 +384,92 @@ def test_image_folder_splits_classes_and_pixels(tmp_path: Path, rng: np.random.G
     (tmp_path / "train/n01440764/.DS_Store").write_bytes(b"\x00")
     (tmp_path / "LOC_synset_mapping.txt").write_text("n01440764 tench\n")
 
-    loaded = load_image_folder(tmp_path, split="train")
-    assert loaded.class_names == ["n01440764", "n01443537"] and loaded.labels.tolist() == [0, 0, 1]
-    assert loaded.images.shape == (3, 6, 5, 3)
+    listed = load_image_folder(tmp_path, split="train")
+    assert isinstance(listed, ImageFolder) and len(listed) == 3
+    assert listed.class_names == ["n01440764", "n01443537"] and listed.labels.tolist() == [0, 0, 1]
+    loaded = listed.to_memory()
+    assert loaded.images.shape == (3, 6, 5, 3) and loaded.labels.tolist() == [0, 0, 1]
     np.testing.assert_array_equal(loaded.images[0], train["n01440764/a.png"])
     np.testing.assert_array_equal(loaded.images[1], train["n01440764/b.PNG"])
     # Grayscale files become RGB with three equal channels.
     np.testing.assert_array_equal(loaded.images[2], np.repeat(train["n01443537/c.png"][..., None], 3, axis=2))
+    # Read for a model, the same files give what normalizing those pixels gives.
+    rgb = Preprocessing(channels=3, height=6, width=5, mean=(0.5,) * 3, std=(0.25,) * 3)
+    np.testing.assert_array_equal(listed.read([2, 0], preprocessing=rgb), rgb.normalize(loaded.images[[2, 0]]))
 
     # "test" reads val/, ImageNet's labelled evaluation split; load_dataset does the same.
     with Image.open(tmp_path / "val/n01440764/ILSVRC2012_val_00000001.JPEG") as jpeg:
         decoded = np.asarray(jpeg)  # lossy: compare with the decoded file, not the saved pixels
     for val in (load_image_folder(tmp_path, split="test"), load_dataset(tmp_path, split="test")):
-        assert val.labels.tolist() == [0, 1] and val.images.shape == (2, 6, 5, 3)
-        np.testing.assert_array_equal(val.images[0], decoded)
+        in_memory = val.to_memory()
+        assert in_memory.labels.tolist() == [0, 1] and in_memory.images.shape == (2, 6, 5, 3)
+        np.testing.assert_array_equal(in_memory.images[0], decoded)
     assert load_dataset(tmp_path / "val", split="train").labels.tolist() == [0, 1]
     with pytest.raises(DatasetError, match=r"val: no train/ folder"):
         load_image_folder(tmp_path / "val", split="train")
 
 
-def test_image_folder_resize_and_center_crop(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_image_folder_to_memory_resizes_and_center_crops(tmp_path: Path, rng: np.random.Generator) -> None:
     wide = _save(tmp_path / "a/wide.png", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
     _save(tmp_path / "b/tall.png", rng.integers(0, 256, (40, 16, 3), dtype=np.uint8))
-    with pytest.raises(DatasetError, match=r"tall.png: 16×40 after resize/crop, but wide.png is 30×20; give resize"):
-        load_image_folder(tmp_path)
+    folder = load_image_folder(tmp_path)
+    with pytest.raises(DatasetError, match=r"tall.png: 16×40 after resize/crop, but wide.png is 30×20; .*resize and crop"):
+        folder.to_memory()
 
-    loaded = load_image_folder(tmp_path, resize=10, crop=(8, 6))
+    loaded = folder.to_memory(resize=10, crop=(8, 6))
     assert loaded.images.shape == (2, 8, 6, 3)
     # Shorter side 20 → 10 keeps the aspect ratio (30 → 15), then the centre 8×6 is cut.
     resized = np.asarray(Image.fromarray(wide).resize((15, 10), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(loaded.images[0], resized[1:9, 4:10])
+    assert folder.to_memory([1], resize=10, crop=8).labels.tolist() == [1]
     with pytest.raises(DatasetError, match=r"wide.png: 15×10 is smaller than the 12×12 crop"):
-        load_image_folder(tmp_path, resize=10, crop=12)
+        folder.to_memory(resize=10, crop=12)
+
+
+def test_photos_of_any_size_are_read_with_the_models_resize_and_crop(tmp_path: Path) -> None:
+    """Bug A: `export --data photos/` stopped at the second photo ("600×512 after resize/crop,
+    but b.jpg is 512×600") instead of applying the checkpoint's resize 256 / centre crop 224."""
+    sizes = {"a.jpg": (600, 512), "b.jpg": (512, 600), "c.jpg": (333, 500)}  # width × height
+    for index, (name, (width, height)) in enumerate(sizes.items()):
+        y, x = np.mgrid[0:height, 0:width]
+        photo = np.stack([x * 255 // width, y * 255 // height, (x + y + 40 * index) % 256], axis=-1).astype(np.uint8)
+        _save(tmp_path / "photos/val" / f"class{index % 2}" / name, photo, quality=92)
+    imagenet = Preprocessing(channels=3, height=224, width=224, mean=(0.485, 0.456, 0.406),
+                             std=(0.229, 0.224, 0.225), resize=256)
+
+    photos = load_dataset(tmp_path / "photos", split="test")
+    inputs = photos.read(range(len(photos)), preprocessing=imagenet)
+    assert inputs.shape == (3, 3, 224, 224) and photos.labels.tolist() == [0, 0, 1]  # a, c; b
+    # By hand, torchvision's way: shorter side → 256 (the other side rounded down), centre 224 crop.
+    resized = {"a.jpg": (300, 256), "b.jpg": (256, 300), "c.jpg": (256, 384)}
+    for row, path in enumerate(photos.files):
+        width, height = resized[path.name]
+        left, top = round((width - 224) / 2), round((height - 224) / 2)
+        with Image.open(path) as jpeg:
+            pixels = np.asarray(
+                jpeg.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+                .crop((left, top, left + 224, top + 224))
+            )
+        expected = (pixels / 255 - np.array(imagenet.mean)) / np.array(imagenet.std)
+        np.testing.assert_allclose(inputs[row], expected.transpose(2, 0, 1), atol=1e-5)
+    streamed = [labels.tolist() for _, labels in batches(photos, preprocessing=imagenet, batch_size=2)]
+    assert streamed == [[0, 0], [1]]
+
+
+def test_image_folder_decodes_only_what_is_read(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png", "c.png"):
+        _save(tmp_path / "cat" / name, np.full((4, 4, 3), 200, np.uint8))
+    (tmp_path / "cat/d.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    folder = load_dataset(tmp_path, split="test")
+    stream = batches(folder, preprocessing=Preprocessing(channels=3, height=2, width=2, mean=(0,) * 3, std=(1,) * 3),
+                     batch_size=2)
+    first, _ = next(stream)  # read, although a later file is broken
+    np.testing.assert_allclose(first, 200 / 255, atol=1e-6)
+    with pytest.raises(DatasetError, match=r"cat/d.png: not a readable image \("):
+        next(stream)
+    (tmp_path / "cat/a.png").unlink()
+    with pytest.raises(DatasetError, match=r"cat/a.png: cannot read it \(No such file"):
+        folder.to_memory()
 
 
 def test_image_folder_names_the_bad_file(tmp_path: Path) -> None:
@@ -504,28 +479,10 @@ def test_image_folder_names_the_bad_file(tmp_path: Path) -> None:
         load_image_folder(tmp_path)
     (tmp_path / "dog/broken.JPEG").write_bytes(b"\xff\xd8\xff not really a JPEG")
     with pytest.raises(DatasetError, match=r"dog/broken.JPEG: not a readable image \("):
-        load_dataset(tmp_path, split="train")
+        load_dataset(tmp_path, split="train").to_memory()
     (tmp_path / "dog/broken.JPEG").unlink()
     (tmp_path / "dog/labels.csv").write_text("a,b\n")
     with pytest.raises(DatasetError, match=r"dog/labels.csv: not an image file; expected only .*\.jpeg"):
         load_image_folder(tmp_path)
     with pytest.raises(DatasetError, match=r"cat: no class folders; expected <class>/<image>"):
         load_image_folder(tmp_path / "cat")
-
-
-def test_preprocessing_resize_then_center_crop(rng: np.random.Generator) -> None:
-    imagenet = Preprocessing(channels=3, height=4, width=4, mean=(0.485, 0.456, 0.406),
-                             std=(0.229, 0.224, 0.225), resize=6)
-    data = imagenet.to_dict()
-    assert data["resize"] == 6 and Preprocessing.from_dict(json.loads(json.dumps(data))) == imagenet
-    # Dicts written before resize existed still load, and unset resize is not written out.
-    assert "resize" not in GRAY.to_dict() and Preprocessing.from_dict(GRAY.to_dict()).resize is None
-    with pytest.raises(DatasetError, match="resize must be an integer"):
-        Preprocessing.from_dict({**data, "resize": 6.5})
-    with pytest.raises(DatasetError, match="resize must be at least the 4×4 crop, got 3"):
-        Preprocessing.from_dict({**data, "resize": 3})
-
-    image = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
-    plain = Preprocessing(**{**data, "resize": None})
-    expected = np.asarray(Image.fromarray(image).resize((9, 6), Image.Resampling.BILINEAR))[1:5, 2:6]
-    np.testing.assert_array_equal(imagenet.normalize(image[None]), plain.normalize(expected[None]))

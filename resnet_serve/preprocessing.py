@@ -1,0 +1,339 @@
+"""The serving contract: how an image file or a pixel array becomes a model input.
+
+One ``Preprocessing`` definition (channels, size, optional shorter-side resize before a centre
+crop, interpolation, mean and std) is stored with every checkpoint and in every Triton model
+config, and training, export verification, the dataset readers and the clients all prepare
+images through it, so every stage feeds the model identically.
+
+This module imports only the standard library, numpy, Pillow and ``resnet_serve.errors``
+(which imports nothing): the Triton python-backend model that decodes images on the server
+carries a verbatim copy of it, so server and client decode with exactly the same code. A unit
+test holds it to that.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from resnet_serve.errors import DatasetError, ImageError
+
+__all__ = ["MAX_IMAGE_PIXELS", "Preprocessing", "decode_image", "resize_and_crop"]
+
+# The most pixels an image may declare in its header; larger ones are refused before their
+# pixels are decoded, so a small file that expands to gigabytes (a decompression bomb) costs
+# nothing. 64 megapixels (e.g. 9,248×6,936) is above what cameras write by default, and below
+# Pillow's own limit (about 89.5 megapixels), which only warns.
+MAX_IMAGE_PIXELS = 64_000_000
+
+# What transparent pixels are composited over: white, as image viewers and browsers show them.
+# The colour stored under a fully transparent pixel is arbitrary (often black, sometimes noise).
+_ALPHA_BACKGROUND = (255, 255, 255, 255)
+_ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa"})
+# Pillow opens 16-bit PNG, TIFF and PGM files as one of these; "I" (32-bit) holds the 16-bit
+# range too, as Pillow rescales PGM files with a smaller maximum (e.g. 12-bit) to 0..65535.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+_INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+_PIL_MODES = {1: "L", 3: "RGB"}
+# Statistics are rounded so configs stay readable; 1e-4 is far below one grey level (1/255).
+_STAT_DECIMALS = 4
+
+
+def decode_image(data: bytes, *, channels: int, name: str = "image") -> Image.Image:
+    """Decode an encoded image (PNG, JPEG or any format Pillow reads) into 8-bit grayscale
+    (``channels`` 1) or RGB (``channels`` 3), upright as its EXIF orientation says.
+
+    Other modes are converted by what their values mean: 16-bit and 32-bit integer images
+    (``I;16``, ``I``) are scaled from 0..65535, floating-point ones (``F``) from 0..1, both
+    rounded rather than clipped at 255; transparent images (``RGBA``, ``LA``, ``PA``, palettes
+    or grayscale with a transparent colour) are composited over white; ``CMYK``, ``YCbCr``,
+    palettes and bilevel images are converted by Pillow; RGB becomes grayscale as ITU-R 601-2
+    luma. Multi-frame files give their first frame.
+
+    Args:
+        data: the file's bytes.
+        channels: 1 or 3.
+        name: how errors name the image (e.g. its file name).
+
+    Raises:
+        ImageError: not a readable image, an image of more than ``MAX_IMAGE_PIXELS`` pixels
+            (checked from the header, before decoding), or a mode that cannot be converted.
+    """
+    mode = _PIL_MODES[channels]
+    try:
+        # Image.open reads only the header; pixels are decoded by load() or the first use.
+        with Image.open(io.BytesIO(data)) as opened:
+            width, height = opened.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageError(
+                    f"{name}: {width}×{height} is {width * height:,} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                    "an image may have; refused before decoding"
+                )
+            # Cameras store rotation as an EXIF tag rather than rotating the pixels.
+            pil = ImageOps.exif_transpose(opened)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(
+            f"{name}: more than the {MAX_IMAGE_PIXELS:,} pixels an image may have; refused before decoding ({exc})"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name}: not a readable image ({exc})") from None
+    try:
+        return _to_eight_bit(pil).convert(mode)
+    except ValueError as exc:
+        raise ImageError(f"{name}: cannot convert a {pil.mode} image to {mode} ({exc})") from None
+
+
+def _to_eight_bit(pil: Image.Image) -> Image.Image:
+    """Bring modes whose values Pillow's ``convert`` would clip at 255, or whose alpha it would
+    drop, to an 8-bit mode with the same appearance."""
+    if pil.mode in _SIXTEEN_BIT_MODES:
+        # value / 257, rounded, in integers (65535 → 255); 4 bytes a pixel even for 64 megapixels.
+        values = np.clip(np.asarray(pil), 0, 65535).astype(np.uint32)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if pil.mode == "F":
+        values = np.clip(np.nan_to_num(np.asarray(pil, dtype=np.float32)), 0.0, 1.0) * 255.0
+        return Image.fromarray(np.rint(values).astype(np.uint8))
+    if pil.mode in _ALPHA_MODES or "transparency" in pil.info:
+        rgba = pil.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _ALPHA_BACKGROUND), rgba)
+    return pil
+
+
+def resize_and_crop(
+    pil: Image.Image,
+    *,
+    resize: int | None,
+    crop: tuple[int, int] | None,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+    name: str = "image",
+) -> Image.Image:
+    """Shorter side to ``resize``, then the centre ``crop`` (height, width): the ImageNet
+    evaluation transform, with torchvision's rounding so accuracies stay comparable.
+
+    Raises:
+        DatasetError: the image is smaller than the crop.
+    """
+    if resize is not None:
+        width, height = pil.size
+        if width <= height:
+            size = (resize, int(resize * height / width))
+        else:
+            size = (int(resize * width / height), resize)
+        if size != pil.size:
+            pil = pil.resize(size, resample)
+    if crop is not None:
+        crop_height, crop_width = crop
+        if crop_height > pil.height or crop_width > pil.width:
+            raise DatasetError(
+                f"{name}: {pil.width}×{pil.height} is smaller than the {crop_width}×{crop_height} crop; "
+                "resize it to at least the crop size first"
+            )
+        top = int(round((pil.height - crop_height) / 2.0))
+        left = int(round((pil.width - crop_width) / 2.0))
+        pil = pil.crop((left, top, left + crop_width, top + crop_height))
+    return pil
+
+
+class _HoldsImages(Protocol):
+    """Anything with uint8 ``images`` N×H×W or N×H×W×C, such as an in-memory dataset."""
+
+    images: np.ndarray
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw pixels become a model input: channel mode, size, then (x/255 - mean) / std.
+
+    ``mean`` and ``std`` are per channel, on the 0..1 scale. Images are resized straight to
+    height×width, or, when ``resize`` is set, their shorter side is resized to it and the centre
+    height×width cropped (the ImageNet evaluation transform, e.g. resize 256 → crop 224), so
+    images of any size and aspect ratio fit. ``to_dict``/``from_dict`` is the JSON form stored
+    in checkpoints and Triton model configs.
+    """
+
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    resize: int | None = None
+
+    def __post_init__(self) -> None:
+        # Lists from JSON become tuples so instances stay hashable and comparable.
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.channels not in _PIL_MODES:
+            raise DatasetError(f"preprocessing channels must be 1 or 3, got {self.channels}")
+        if self.height < 1 or self.width < 1:
+            raise DatasetError(f"preprocessing size must be positive, got {self.height}×{self.width}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise DatasetError(
+                f"preprocessing needs {self.channels} mean and std values, "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
+        if not all(math.isfinite(v) for v in self.mean) or not all(
+            math.isfinite(v) and v > 0 for v in self.std
+        ):
+            raise DatasetError(f"preprocessing mean must be finite and std positive, got {self.mean}, {self.std}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise DatasetError(
+                f"unknown interpolation {self.interpolation!r}; choose one of: {', '.join(_INTERPOLATIONS)}"
+            )
+        # The shorter side must cover the crop, or the centre crop would run off the image.
+        if self.resize is not None and self.resize < max(self.height, self.width):
+            raise DatasetError(
+                f"preprocessing resize must be at least the {self.height}×{self.width} crop, got {self.resize}"
+            )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The model input of one image, C×H×W."""
+        return (self.channels, self.height, self.width)
+
+    @classmethod
+    def for_dataset(cls, dataset: _HoldsImages, *, interpolation: str = "bilinear") -> Preprocessing:
+        """The dataset's native size and channels, with mean and std measured on its images."""
+        images = dataset.images if dataset.images.ndim == 4 else dataset.images[..., None]
+        if len(images) == 0:
+            raise DatasetError("cannot measure mean and std of an empty dataset")
+        pixels = images.reshape(-1, images.shape[-1])
+        # Per-channel sums in float64: a float32 accumulator drifts over tens of millions of pixels.
+        mean = pixels.mean(axis=0, dtype=np.float64) / 255.0
+        std = pixels.std(axis=0, dtype=np.float64) / 255.0
+        return cls(
+            channels=images.shape[-1],
+            height=images.shape[1],
+            width=images.shape[2],
+            mean=tuple(round(float(v), _STAT_DECIMALS) for v in mean),
+            std=tuple(round(float(v), _STAT_DECIMALS) for v in std),
+            interpolation=interpolation,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
+        # Omitted when unset, so configs written before resize existed stay byte-identical.
+        if self.resize is not None:
+            data["resize"] = self.resize
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Preprocessing:
+        """Rebuild from ``to_dict()``'s output (e.g. parsed JSON), checking every field."""
+        if not isinstance(data, dict):
+            raise DatasetError(f"preprocessing must be a mapping, got {type(data).__name__}")
+        required = {"channels", "height", "width", "mean", "std"}
+        missing = sorted(required - data.keys())
+        unknown = sorted(data.keys() - required - {"interpolation", "resize"})
+        if missing or unknown:
+            problems = [f"missing {', '.join(missing)}"] if missing else []
+            problems += [f"unknown {', '.join(map(str, unknown))}"] if unknown else []
+            raise DatasetError(f"invalid preprocessing: {'; '.join(problems)}")
+        for key in ("channels", "height", "width", "resize"):
+            value = data.get(key)
+            if (key != "resize" or value is not None) and (not isinstance(value, int) or isinstance(value, bool)):
+                raise DatasetError(f"preprocessing {key} must be an integer, got {value!r}")
+        for key in ("mean", "std"):
+            values = data[key]
+            if not isinstance(values, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+            ):
+                raise DatasetError(f"preprocessing {key} must be a list of numbers, got {values!r}")
+        interpolation = data.get("interpolation", "bilinear")
+        if not isinstance(interpolation, str):
+            raise DatasetError(f"preprocessing interpolation must be a string, got {interpolation!r}")
+        return cls(
+            channels=data["channels"],
+            height=data["height"],
+            width=data["width"],
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            interpolation=interpolation,
+            resize=data.get("resize"),
+        )
+
+    def _fit(self, pil: Image.Image, *, name: str) -> np.ndarray:
+        """An image already in this channel mode → uint8 H×W or H×W×C pixels of the input size."""
+        resample = _INTERPOLATIONS[self.interpolation]
+        if self.resize is not None:
+            pil = resize_and_crop(pil, resize=self.resize, crop=(self.height, self.width), resample=resample, name=name)
+        elif pil.size != (self.width, self.height):
+            pil = pil.resize((self.width, self.height), resample)
+        return np.asarray(pil)
+
+    def _standardize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels of the input size (N×H×W or N×H×W×C) → contiguous float32 N×C×H×W."""
+        nhwc = pixels.reshape(len(pixels), self.height, self.width, self.channels)
+        scale = (1.0 / (255.0 * np.asarray(self.std, np.float64))).astype(np.float32)
+        shift = (np.asarray(self.mean, np.float64) / np.asarray(self.std, np.float64)).astype(np.float32)
+        out = np.empty((len(pixels), self.channels, self.height, self.width), np.float32)
+        for c in range(self.channels):
+            np.multiply(nhwc[..., c], scale[c], out=out[:, c], dtype=np.float32)
+            out[:, c] -= shift[c]
+        return out
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 N×H×W or N×H×W×C (C = 1 or 3) → contiguous float32 N×C×H×W model input.
+
+        Images of another size or channel count are converted and resized first, through
+        Pillow, exactly as decoded files are.
+        """
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (
+            images.ndim == 4 and images.shape[3] not in (1, 3)
+        ):
+            raise ImageError(
+                f"expected uint8 images N×H×W or N×H×W×C with C = 1 or 3, "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        channels = 1 if images.ndim == 3 else images.shape[3]
+        # With resize set even an image of the crop size is scaled first, as torchvision does.
+        if self.resize is not None or images.shape[1:3] != (self.height, self.width) or channels != self.channels:
+            mode = _PIL_MODES[self.channels]
+            fitted = [
+                self._fit(Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+                          .convert(mode), name="image")
+                for image in images
+            ]
+            images = np.stack(fitted) if fitted else np.zeros((0, self.height, self.width, self.channels), np.uint8)
+        return self._standardize(images)
+
+    def prepare_encoded(self, data: bytes, *, name: str = "image") -> np.ndarray:
+        """An encoded image's bytes (PNG, JPEG, any format Pillow reads, of any size) → the
+        C×H×W float32 model input: decoded by :func:`decode_image` (pixel limit, modes),
+        resized (and centre-cropped) to the input size, then normalized.
+
+        Raises:
+            ImageError: see :func:`decode_image`.
+        """
+        pil = decode_image(data, channels=self.channels, name=name)
+        return self._standardize(self._fit(pil, name=name)[None])[0]
+
+    def load_image(self, path: Path | str) -> np.ndarray:
+        """Read an image file into a C×H×W float32 model input, as :meth:`prepare_encoded` does."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        return self.prepare_encoded(data, name=path.name)

@@ -49,6 +49,8 @@ RUNTIME_PARAMETER = "proxy_runtime"
 MODEL_FILE_PARAMETER = "proxy_model_file"
 
 PYTHON_MODEL_FILENAME = "model.py"
+# What the official backends load when the config has no default_model_filename.
+_DEFAULT_MODEL_FILES = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
 
 # Fields a proxy keeps as they are: the python backend and Triton's core handle them.
 _KEPT_FIELDS = frozenset({
@@ -90,6 +92,8 @@ class SkippedEntry:
 
 @dataclass(frozen=True)
 class ProxyRepository:
+    """The served copy of a repository: where it is, what it serves and what it skipped."""
+
     path: Path
     served: tuple[ServedEntry, ...]
     skipped: tuple[SkippedEntry, ...]
@@ -167,17 +171,24 @@ def _skip_ensembles_of_skipped(plans: dict[str, _Plan]) -> None:
                     break
 
 
-def _mirror_tree(source: Path, destination: Path, *, leave_out: Iterable[str] = ()) -> None:
-    """Real folders, one link per file; `leave_out` names files of the top folder left out."""
+def _mirror_tree(source: Path, destination: Path, *, leave_out: Iterable[str] = (),
+                 walked: frozenset[Path] = frozenset()) -> None:
+    """Real folders, one link per file; `leave_out` names files of the top folder left out.
+
+    Linked folders are walked too, so that every folder of the copy is the copy's own and
+    nothing written into it reaches the user's files.
+    """
+    real = source.resolve()
+    if real in walked:
+        raise RepositoryError(f"{source} links back to a folder that contains it")
     left_out = set(leave_out)
     destination.mkdir()
     for item in sorted(source.iterdir()):
         if item.name in left_out:
             continue
-        if item.is_dir() and not item.is_symlink():
-            _mirror_tree(item, destination / item.name)
+        if item.is_dir():
+            _mirror_tree(item, destination / item.name, walked=walked | {real})
         elif item.exists():
-            # A linked folder is linked, not walked: it may lead back up the tree.
             os.symlink(item.resolve(), destination / item.name)
 
 
@@ -206,7 +217,7 @@ def _proxy_config(
             dropped = [field.name]
         if dropped:
             notes.append(f"dropped {', '.join(dropped)}: only the official backend implements it")
-    model_file = config.default_model_filename or ("model.onnx" if runtime == "onnxruntime" else "model.xml")
+    model_file = config.default_model_filename or _DEFAULT_MODEL_FILES[runtime]
     for field in _REPLACED_FIELDS:
         proxy.ClearField(field)
     proxy.backend = "python"
@@ -248,6 +259,7 @@ def build_proxy_repository(*, source: Path, destination: Path) -> ProxyRepositor
                 continue
             config, notes = _proxy_config(plan.config, plan.runtime)
             _mirror_tree(plan.folder, target, leave_out=[CONFIG_FILENAME])
+            # Written before tritonserver starts: no reader can see it half-written.
             (target / CONFIG_FILENAME).write_text(text_format.MessageToString(config), encoding="utf-8")
             for version in versions:
                 link = target / str(version) / PYTHON_MODEL_FILENAME

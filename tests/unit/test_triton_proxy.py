@@ -201,3 +201,26 @@ def test_a_config_that_does_not_parse_is_one_error(tmp_path: Path, onnx_path: Pa
 
     with pytest.raises(RepositoryError, match=r"tiny/config.pbtxt: invalid model config: .*max_batch_size"):
         build(tmp_path / "repo", tmp_path)
+
+
+def test_a_linked_version_folder_is_copied_as_a_real_folder_so_nothing_reaches_its_target(
+    tmp_path: Path, onnx_path: Path
+) -> None:
+    entry = write(tmp_path / "repo", "tiny", onnx_path, target=ONNXRUNTIME)
+    elsewhere = tmp_path / "elsewhere"
+    (entry / "1").rename(elsewhere)
+    (entry / "1").symlink_to(elsewhere)
+
+    proxy = build(tmp_path / "repo", tmp_path)
+
+    assert not (proxy.path / "tiny" / "1").is_symlink()
+    assert (proxy.path / "tiny" / "1" / "model.py").is_symlink()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["model.onnx"]
+
+
+def test_a_folder_that_links_back_into_itself_is_one_error(tmp_path: Path, onnx_path: Path) -> None:
+    entry = write(tmp_path / "repo", "tiny", onnx_path, target=ONNXRUNTIME)
+    (entry / "1" / "loop").symlink_to(entry)
+
+    with pytest.raises(RepositoryError, match="loop links back to a folder that contains it"):
+        build(tmp_path / "repo", tmp_path)

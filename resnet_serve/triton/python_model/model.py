@@ -36,7 +36,6 @@ import triton_python_backend_utils as pb_utils
 
 RUNTIME_PARAMETER = "proxy_runtime"
 MODEL_FILE_PARAMETER = "proxy_model_file"
-_DEFAULT_MODEL_FILES = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
 # The values Triton's ParseBoolValue (used by the onnxruntime backend) accepts.
 _TRUE = {"1", "true", "on"}
 _FALSE = {"0", "false", "off"}
@@ -60,14 +59,14 @@ class TritonPythonModel:
             pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]
         ]
 
+        # Without these parameters: the python-onnxruntime target's model.onnx.
         runtime_name = parameters.get(RUNTIME_PARAMETER) or "onnxruntime"
-        if runtime_name not in _DEFAULT_MODEL_FILES:
+        if runtime_name not in ("onnxruntime", "openvino"):
             raise pb_utils.TritonModelException(
                 f"{RUNTIME_PARAMETER} must be onnxruntime or openvino, got {runtime_name!r}"
             )
         version_folder = os.path.join(args["model_repository"], args["model_version"])
-        model_file = parameters.get(MODEL_FILE_PARAMETER) or _DEFAULT_MODEL_FILES[runtime_name]
-        model_path = os.path.join(version_folder, model_file)
+        model_path = os.path.join(version_folder, parameters.get(MODEL_FILE_PARAMETER) or "model.onnx")
         if not os.path.exists(model_path):
             raise pb_utils.TritonModelException(f"model file {model_path} does not exist")
         instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1

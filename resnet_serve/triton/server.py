@@ -225,6 +225,9 @@ class TritonServer:
             raise ServerError(f"exit_timeout_s must be >= 0, got {exit_timeout_s}")
         if load_models and model_control != "explicit":
             raise ServerError("load_models needs model_control='explicit'")
+        if any(arg.split("=")[0] in ("--model-repository", "--model-store") for arg in extra_args):
+            # tritonserver would load that folder as well, as it is, beside the served copy.
+            raise ServerError("give the model repository as repository=, not in extra_args")
         self.repository = repository.resolve()
         self.ports = ports
         self.address = address

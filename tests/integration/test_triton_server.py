@@ -251,6 +251,12 @@ def test_stop_leaves_no_process(tmp_path: Path, tiny: tuple[Path, TinyClassifier
     assert server.stop() is None  # a second stop is harmless
 
 
+@pytest.mark.parametrize("extra_args", [["--model-repository=/models"], ["--model-store", "/models"]])
+def test_a_second_repository_in_extra_args_is_refused(tmp_path: Path, extra_args: list[str]) -> None:
+    with pytest.raises(ServerError, match="give the model repository as repository=, not in extra_args"):
+        TritonServer(repository=tmp_path, extra_args=extra_args)
+
+
 def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -265,25 +271,31 @@ def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
     assert not server.is_running
 
 
+def truncate_the_model(entry: Path) -> None:
+    (entry / "1" / "model.onnx").write_bytes(b"truncated")
+
+
+def make_it_openvino_with_a_bad_parameter(entry: Path) -> None:
+    convert_to_openvino_entry(entry, parameters={"NUM_STREAMS": "lots"})
+
+
 @pytest.mark.parametrize(
-    ("target", "parameters", "reason"),
+    ("target", "break_entry", "reason"),
     [
-        (ONNXRUNTIME, {}, "broken.*model.onnx"),
-        (PYTHON_ONNXRUNTIME, {}, "broken.*model.onnx"),
+        (ONNXRUNTIME, truncate_the_model, "broken.*model.onnx"),
+        (PYTHON_ONNXRUNTIME, truncate_the_model, "broken.*model.onnx"),
         # The official OpenVINO backend's check and words for a bad value.
-        (ONNXRUNTIME, {"NUM_STREAMS": "lots"}, "broken.*NUM_STREAMS' to be either AUTO/NUMA/<int_value>, got lots"),
+        (ONNXRUNTIME, make_it_openvino_with_a_bad_parameter,
+         "broken.*NUM_STREAMS' to be either AUTO/NUMA/<int_value>, got lots"),
     ],
     ids=["onnxruntime-truncated", "python-onnxruntime-truncated", "openvino-bad-parameter"],
 )
 def test_a_model_that_fails_to_load_reports_why(
-    tmp_path: Path, tiny: tuple[Path, TinyClassifier], target: object, parameters: dict[str, str], reason: str
+    tmp_path: Path, tiny: tuple[Path, TinyClassifier], target: object, break_entry, reason: str
 ) -> None:
     repository = tmp_path / "repository"
     write_entry(repository, "broken", tiny[0], target=target)
-    if parameters:
-        convert_to_openvino_entry(repository / "broken", parameters=parameters)
-    else:
-        (repository / "broken" / "1" / "model.onnx").write_bytes(b"truncated")
+    break_entry(repository / "broken")
     http_port, grpc_port, metrics_port = find_free_ports(3)
 
     with pytest.raises(ServerError, match=rf"tritonserver exited with code 1: .*{reason}.*log: "):

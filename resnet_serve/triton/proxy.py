@@ -49,6 +49,9 @@ RUNTIME_PARAMETER = "proxy_runtime"
 MODEL_FILE_PARAMETER = "proxy_model_file"
 
 PYTHON_MODEL_FILENAME = "model.py"
+# The official OpenVINO backend's settings for models with a fixed batch size, which the proxy
+# does not implement.
+_IGNORED_OPENVINO_PARAMETERS = ("ENABLE_BATCH_PADDING", "SKIP_OV_DYNAMIC_BATCHSIZE")
 # What the official backends load when the config has no default_model_filename.
 _DEFAULT_MODEL_FILES = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
 
@@ -217,6 +220,10 @@ def _proxy_config(
             dropped = [field.name]
         if dropped:
             notes.append(f"dropped {', '.join(dropped)}: only the official backend implements it")
+    if runtime == "openvino":
+        ignored = sorted(key for key in _IGNORED_OPENVINO_PARAMETERS if key in config.parameters)
+        if ignored:
+            notes.append(f"ignores {', '.join(ignored)}: the proxy runs each batch at its real size")
     model_file = config.default_model_filename or _DEFAULT_MODEL_FILES[runtime]
     for field in _REPLACED_FIELDS:
         proxy.ClearField(field)

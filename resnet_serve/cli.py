@@ -297,7 +297,10 @@ def serve(
     log_file: Annotated[Path | None, typer.Option(help="Write the server log here.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the models to load.")] = 180.0,
 ) -> None:
-    """Run the embedded Triton Inference Server on a repository until Ctrl-C or SIGTERM."""
+    """Run the embedded Triton Inference Server on a repository until Ctrl-C or SIGTERM.
+
+    The repository is only read: onnxruntime and OpenVINO entries run through python-backend
+    proxies in a private copy, and entries this server cannot run are skipped."""
     from resnet_serve.triton.server import TritonServer
 
     server = TritonServer(
@@ -308,11 +311,21 @@ def serve(
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         server.start()
+        for entry in server.skipped:
+            err_console.print(f"[yellow]skipped[/] {entry.name}: {entry.reason}", highlight=False, soft_wrap=True)
         with err_console.status("waiting for the models to load…"):
             server.wait_until_ready(timeout=timeout)
         urls = server.urls
-        ready = sorted(name for name, (state, _) in server.model_states().items() if state == "READY")
-        console.print(f"[green]✓[/] Triton is ready with {', '.join(ready) or 'no models'}")
+        ready = server.ready_versions()
+        console.print(f"[green]✓[/] Triton is ready with {', '.join(sorted(ready)) or 'no models'}")
+        for entry in server.served:
+            if entry.name not in ready:
+                continue
+            runs = f"{entry.runtime} (python-backend proxy)" if entry.served_as == "proxy" else entry.runtime
+            versions = ready[entry.name]
+            console.print(f"  {entry.name}: {runs}, version{'s' * (len(versions) > 1)} {', '.join(map(str, versions))}", highlight=False)
+            for note in entry.notes:
+                console.print(f"    note: {note}", highlight=False, soft_wrap=True)
         console.print(f"  HTTP    http://{urls.http}\n  gRPC    {urls.grpc}\n  metrics http://{urls.metrics}/metrics")
         console.print(f"  log     {server.log_file}\nPress Ctrl-C to stop.")
         while not stopping.is_set():

@@ -1,7 +1,10 @@
 """Launch the real Triton Inference Server carried by the `nvidia-pytriton` wheel.
 
-That wheel holds tritonserver with only the python backend. Making it run from a virtualenv
-takes three things this module does for the caller:
+That wheel holds tritonserver with only the python backend. The server never loads the user's
+repository itself: it loads a copy made at start in a private temporary folder (removed on
+stop), where `onnxruntime_onnx` and `openvino` entries become python-backend proxies and
+entries it cannot run are left out (`resnet_serve.triton.proxy`). Making it run from a
+virtualenv takes three more things this module does for the caller:
 
 - a backend directory: `python/` = the wheel's python backend plus the stub built for this
   interpreter's Python version (cached, built once per pytriton and Python version);
@@ -38,6 +41,7 @@ from types import TracebackType
 from typing import IO, Literal
 
 from resnet_serve.errors import MissingDependencyError, RepositoryError, ServerError
+from resnet_serve.triton.proxy import ProxyRepository, ServedEntry, SkippedEntry, build_proxy_repository
 
 __all__ = [
     "ModelControl",
@@ -50,7 +54,8 @@ __all__ = [
     "prepare_backend_directory",
 ]
 
-ModelControl = Literal["none", "poll", "explicit"]
+# No "poll": the server loads a copy of the repository made at start, which never changes.
+ModelControl = Literal["none", "explicit"]
 
 _INSTALL_HINT = "the embedded Triton server needs `pip install resnet-serve[embedded]`"
 # glog prefix of tritonserver's error lines: E1127 10:55:32.131418 4424 file.cc:724] "message"
@@ -185,6 +190,9 @@ class TritonServer:
     `start`, `wait_until_ready` and `stop` yourself. The process runs in its own session, so a
     Ctrl-C in the terminal reaches only the caller, which then calls `stop`. On Linux the server
     also gets SIGTERM when the thread that started it exits.
+
+    After `start`, `served` lists the entries the server loads and `skipped` the ones it
+    cannot run, each with its reason. `repository` itself is only read.
     """
 
     def __init__(
@@ -199,7 +207,6 @@ class TritonServer:
         log_verbose: int = 0,
         model_control: ModelControl = "none",
         load_models: Sequence[str] = (),
-        poll_seconds: int = 5,
         exit_timeout_s: int = 5,
         cache_dir: Path | None = None,
         extra_args: Sequence[str] = (),
@@ -212,14 +219,15 @@ class TritonServer:
         bad = {k: p for k, p in ports.items() if not 0 < p < 65536}
         if bad:
             raise ServerError(f"invalid port numbers {bad}")
-        if model_control not in ("none", "poll", "explicit"):
-            raise ServerError(
-                f"model_control must be none, poll or explicit, not {model_control!r}"
-            )
+        if model_control not in ("none", "explicit"):
+            raise ServerError(f"model_control must be none or explicit, not {model_control!r}")
         if exit_timeout_s < 0:
             raise ServerError(f"exit_timeout_s must be >= 0, got {exit_timeout_s}")
         if load_models and model_control != "explicit":
             raise ServerError("load_models needs model_control='explicit'")
+        if any(arg.split("=")[0] in ("--model-repository", "--model-store") for arg in extra_args):
+            # tritonserver would load that folder as well, as it is, beside the served copy.
+            raise ServerError("give the model repository as repository=, not in extra_args")
         self.repository = repository.resolve()
         self.ports = ports
         self.address = address
@@ -227,12 +235,12 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.model_control = model_control
         self.load_models = tuple(load_models)
-        self.poll_seconds = poll_seconds
         self.exit_timeout_s = exit_timeout_s
         self.cache_dir = cache_dir
         self.extra_args = tuple(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._proxy: ProxyRepository | None = None
 
     @property
     def urls(self) -> ServerUrls:
@@ -251,11 +259,33 @@ class TritonServer:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def command(self, installation: TritonInstallation, backend_directory: Path) -> list[str]:
-        """The tritonserver command line this server runs."""
+    @property
+    def served_repository(self) -> Path | None:
+        """The private copy of the repository that tritonserver loads, while it exists."""
+        return self._proxy.path if self._proxy and self._proxy.path.is_dir() else None
+
+    @property
+    def served(self) -> tuple[ServedEntry, ...]:
+        """The entries this server loads (known after `start`)."""
+        return self._proxy.served if self._proxy else ()
+
+    @property
+    def skipped(self) -> tuple[SkippedEntry, ...]:
+        """The repository's folders this server cannot run, each with why (after `start`)."""
+        return self._proxy.skipped if self._proxy else ()
+
+    def _models_to_load(self) -> tuple[str, ...]:
+        """In explicit mode, the asked-for models minus the skipped ones."""
+        skipped = {entry.name for entry in self.skipped}
+        return tuple(name for name in self.load_models if name not in skipped)
+
+    def command(
+        self, installation: TritonInstallation, backend_directory: Path, *, model_repository: Path
+    ) -> list[str]:
+        """The tritonserver command line this server runs on `model_repository` (the proxy)."""
         args = [
             str(installation.binary),
-            f"--model-repository={self.repository}",
+            f"--model-repository={model_repository}",
             f"--backend-directory={backend_directory}",
             f"--http-port={self.ports['http']}",
             f"--grpc-port={self.ports['grpc']}",
@@ -271,9 +301,7 @@ class TritonServer:
             # idle keep-alive connections; its default (30 s) makes every Ctrl-C slow.
             f"--exit-timeout-secs={self.exit_timeout_s}",
         ]
-        if self.model_control == "poll":
-            args.append(f"--repository-poll-secs={self.poll_seconds}")
-        args += [f"--load-model={name}" for name in self.load_models]
+        args += [f"--load-model={name}" for name in self._models_to_load()]
         return [*args, *self.extra_args]
 
     def environment(self, installation: TritonInstallation) -> dict[str, str]:
@@ -288,19 +316,10 @@ class TritonServer:
         return env
 
     def start(self) -> None:
-        """Start tritonserver in the background; returns at once (see `wait_until_ready`)."""
+        """Build the served copy of the repository and start tritonserver on it; returns at once
+        (see `wait_until_ready`)."""
         if self.is_running:
             raise ServerError(f"tritonserver is already running (pid {self.pid})")
-        if self.model_control != "explicit":
-            # tritonserver tries to load every folder of the repository, hidden ones included
-            # (a staging folder of an interrupted write, .ipynb_checkpoints), and then exits.
-            hidden = sorted(p.name for p in self.repository.iterdir()
-                            if p.is_dir() and p.name.startswith("."))
-            if hidden:
-                raise ServerError(
-                    f"model repository {self.repository} holds hidden folders {hidden} that "
-                    "tritonserver would try to load as models; remove them"
-                )
         installation = find_triton_installation()
         backend_directory = prepare_backend_directory(installation, cache_dir=self.cache_dir)
         for label, port in self.ports.items():
@@ -314,13 +333,25 @@ class TritonServer:
             os.close(handle)
             self.log_file = Path(name)
         try:
+            # Readable by this user only; stop() removes it.
+            proxy_folder = Path(tempfile.mkdtemp(prefix="resnet-serve-repository-"))
+        except OSError as error:
+            raise ServerError(f"cannot make a temporary folder for the served repository: {error}") \
+                from None
+        try:
+            self._proxy = build_proxy_repository(source=self.repository, destination=proxy_folder)
+        except BaseException:
+            shutil.rmtree(proxy_folder, ignore_errors=True)
+            raise
+        try:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_file, "wb")  # noqa: SIM115 - closed in stop()
         except OSError as error:
+            self._remove_proxy()
             raise ServerError(f"cannot write the server log {self.log_file}: {error}") from None
         try:
             self._process = subprocess.Popen(
-                self.command(installation, backend_directory),
+                self.command(installation, backend_directory, model_repository=proxy_folder),
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
@@ -330,7 +361,12 @@ class TritonServer:
             )
         except OSError as error:
             self._log.close()
+            self._remove_proxy()
             raise ServerError(f"cannot start {installation.binary}: {error}") from None
+
+    def _remove_proxy(self) -> None:
+        if self._proxy is not None:
+            shutil.rmtree(self._proxy.path, ignore_errors=True)
 
     def _url(self, path: str) -> str:
         host = "127.0.0.1" if self.address == "0.0.0.0" else self.address
@@ -359,13 +395,24 @@ class TritonServer:
             return {}
         return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in json.loads(body)}
 
+    def ready_versions(self) -> dict[str, tuple[int, ...]]:
+        """`{model: versions}` of the model versions that are loaded and ready."""
+        status, body = self._post("/v2/repository/index", b"{}")
+        if status != 200:
+            return {}
+        ready: dict[str, list[int]] = {}
+        for model in json.loads(body):
+            if model.get("state") == "READY" and str(model.get("version", "")).isdigit():
+                ready.setdefault(model["name"], []).append(int(model["version"]))
+        return {name: tuple(sorted(versions)) for name, versions in ready.items()}
+
     def wait_until_ready(
         self, *, timeout: float = 120.0, models: Sequence[str] | None = None
     ) -> None:
         """Block until the server and `models` are ready; ServerError with the log's errors if not.
 
-        `models` defaults to the explicitly loaded ones in explicit mode, and to every model in
-        the repository otherwise.
+        `models` defaults to the explicitly loaded ones in explicit mode (less the skipped ones),
+        and to every model the server loads otherwise.
         """
         if self._process is None:
             raise ServerError("tritonserver was not started")
@@ -385,7 +432,7 @@ class TritonServer:
     def _unready_models(self, models: Sequence[str] | None) -> list[str]:
         states = self.model_states()
         if models is None:
-            models = self.load_models if self.model_control == "explicit" else list(states)
+            models = self._models_to_load() if self.model_control == "explicit" else list(states)
         failed = {n: states[n][1] for n in models if states.get(n, ("",))[0] == "UNAVAILABLE"}
         if failed:
             reasons = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
@@ -442,6 +489,7 @@ class TritonServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+        self._remove_proxy()
         return process.returncode
 
     def __enter__(self) -> TritonServer:

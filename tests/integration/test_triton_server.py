@@ -1,6 +1,7 @@
 """The real embedded tritonserver serving freshly written repository entries.
 
-One server per module (started once, on free ports) serves three entries:
+One server per module (started once, on free ports) serves three `onnxruntime` entries, each
+through its python-backend proxy:
   tiny          the tiny classifier with the default batching settings
   tiny_batched  the same ONNX with a long queue delay, so concurrent requests share a batch
   fragile       a model whose onnxruntime run fails for some inputs (a "bad request")
@@ -21,6 +22,7 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from openvino_entry import convert_to_openvino_entry
 from samples import fashion_mnist
 from tiny_onnx import (
     CLASS_NAMES,
@@ -33,6 +35,7 @@ from torch import nn
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.errors import ServerError
+from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME
 from resnet_serve.triton.repository import write_model_entry
 from resnet_serve.triton.server import TritonServer, find_free_ports
 
@@ -67,7 +70,7 @@ def write_entry(repository: Path, name: str, onnx_path: Path, **options: object)
     write_model_entry(
         repository=repository, name=name, onnx_path=onnx_path, class_names=CLASS_NAMES,
         preprocessing=PREPROCESSING, input_shape=INPUT_SHAPE,
-        metadata={"architecture": "tiny-cnn"}, **options,  # type: ignore[arg-type]
+        metadata={"architecture": "tiny-cnn"}, **{"target": ONNXRUNTIME, **options},  # type: ignore[arg-type]
     )
 
 
@@ -238,12 +241,20 @@ def test_stop_leaves_no_process(tmp_path: Path, tiny: tuple[Path, TinyClassifier
     )
     with server:
         pid = server.pid
-        assert pid is not None
+        served = server.served_repository
+        assert pid is not None and served is not None
         assert sorted(live_processes_in_group(pid)) == ["triton_python_b", "tritonserver"]
 
     assert not server.is_running
     assert live_processes_in_group(pid) == []
+    assert not served.exists()
     assert server.stop() is None  # a second stop is harmless
+
+
+@pytest.mark.parametrize("extra_args", [["--model-repository=/models"], ["--model-store", "/models"]])
+def test_a_second_repository_in_extra_args_is_refused(tmp_path: Path, extra_args: list[str]) -> None:
+    with pytest.raises(ServerError, match="give the model repository as repository=, not in extra_args"):
+        TritonServer(repository=tmp_path, extra_args=extra_args)
 
 
 def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
@@ -260,26 +271,51 @@ def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
     assert not server.is_running
 
 
-def test_hidden_folders_in_the_repository_are_refused_before_starting(tmp_path: Path) -> None:
-    (tmp_path / ".tiny.staging-interrupted").mkdir()
-    http_port, grpc_port, metrics_port = find_free_ports(3)
-    server = TritonServer(repository=tmp_path, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port)
-
-    with pytest.raises(ServerError, match=r"hidden folders \['.tiny.staging-interrupted'\]"):
-        server.start()
-    assert server.pid is None
+def truncate_the_model(entry: Path) -> None:
+    (entry / "1" / "model.onnx").write_bytes(b"truncated")
 
 
+def make_it_openvino_with_a_bad_parameter(entry: Path) -> None:
+    convert_to_openvino_entry(entry, parameters={"NUM_STREAMS": "lots"})
+
+
+@pytest.mark.parametrize(
+    ("target", "break_entry", "reason"),
+    [
+        (ONNXRUNTIME, truncate_the_model, "broken.*model.onnx"),
+        (PYTHON_ONNXRUNTIME, truncate_the_model, "broken.*model.onnx"),
+        # The official OpenVINO backend's check and words for a bad value.
+        (ONNXRUNTIME, make_it_openvino_with_a_bad_parameter,
+         "broken.*NUM_STREAMS' to be either AUTO/NUMA/<int_value>, got lots"),
+    ],
+    ids=["onnxruntime-truncated", "python-onnxruntime-truncated", "openvino-bad-parameter"],
+)
 def test_a_model_that_fails_to_load_reports_why(
-    tmp_path: Path, tiny: tuple[Path, TinyClassifier]
+    tmp_path: Path, tiny: tuple[Path, TinyClassifier], target: object, break_entry, reason: str
 ) -> None:
     repository = tmp_path / "repository"
-    write_entry(repository, "broken", tiny[0])
-    (repository / "broken" / "1" / "model.onnx").write_bytes(b"truncated")
+    write_entry(repository, "broken", tiny[0], target=target)
+    break_entry(repository / "broken")
     http_port, grpc_port, metrics_port = find_free_ports(3)
 
-    with pytest.raises(ServerError, match=r"tritonserver exited with code 1: .*broken.*log: "):
+    with pytest.raises(ServerError, match=rf"tritonserver exited with code 1: .*{reason}.*log: "):
         with TritonServer(repository=repository, http_port=http_port, grpc_port=grpc_port,
                           metrics_port=metrics_port, log_file=tmp_path / "tritonserver.log"):
             pass
+
+
+def test_explicit_mode_loads_the_named_models_less_the_skipped_ones(
+    tmp_path: Path, tiny: tuple[Path, TinyClassifier]
+) -> None:
+    repository = tmp_path / "repository"
+    write_entry(repository, "tiny", tiny[0])
+    write_entry(repository, "not-loaded", tiny[0])
+    (repository / "trt").mkdir()
+    (repository / "trt" / "config.pbtxt").write_text('name: "trt" platform: "tensorrt_plan"\n')
+    http_port, grpc_port, metrics_port = find_free_ports(3)
+
+    with TritonServer(repository=repository, http_port=http_port, grpc_port=grpc_port,
+                      metrics_port=metrics_port, log_file=tmp_path / "tritonserver.log",
+                      model_control="explicit", load_models=["tiny", "trt"]) as server:
+        assert [entry.name for entry in server.skipped] == ["trt"]
+        assert server.ready_versions() == {"tiny": (1,)}

@@ -1,0 +1,175 @@
+"""Served throughput of an `onnxruntime` entry (python-backend proxy) against the same ONNX as a
+`python-onnxruntime` entry, on one embedded server.
+
+Both entries run the same folded ResNet-20 ONNX (random weights: speed does not depend on their
+values; Fashion-MNIST's 1×28×28 input) with the writer's default batching settings. perf_analyzer
+(the reference client, C++) measures each at batch 1, concurrency 2, over gRPC, in interleaved
+rounds that alternate which entry goes first, so a neighbour's load on a shared machine lands
+on both alike. Writes one JSON file with every run, the medians and the ratio.
+
+perf_analyzer comes in tritonclient 2.40.0's wheel (`pip download --no-deps
+tritonclient==2.40.0`, unzip `tritonclient-2.40.0.data/data/bin/perf_analyzer`) and needs the
+Debian package libb64-0d; the libcudart.so.12 it links is linked in from the nvidia-pytriton
+wheel here.
+
+    .venv/bin/python benchmarks/proxy_throughput.py --perf-analyzer /path/to/perf_analyzer
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resnet_serve.data import Preprocessing  # noqa: E402
+from resnet_serve.export.onnx import export_onnx  # noqa: E402
+from resnet_serve.files import replacing_atomically  # noqa: E402
+from resnet_serve.fold import fold_batchnorm  # noqa: E402
+from resnet_serve.models import create_model  # noqa: E402
+from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME  # noqa: E402
+from resnet_serve.triton.repository import write_model_entry  # noqa: E402
+from resnet_serve.triton.server import TritonServer, find_free_ports, find_triton_installation  # noqa: E402
+
+PREPROCESSING = Preprocessing(channels=1, height=28, width=28, mean=(0.286,), std=(0.353,))
+# name → target; the python-onnxruntime entry is the baseline ("today's python target").
+ENTRIES = {"resnet20-python": PYTHON_ONNXRUNTIME, "resnet20-onnxruntime": ONNXRUNTIME}
+BASELINE, CANDIDATE = ENTRIES
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def machine() -> dict:
+    flags: set[str] = set()
+    model = platform.processor()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+        elif line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+    return {"cpu": model, "threads": len(os.sched_getaffinity(0)),
+            "cpu_features": [f for f in CPU_FEATURES if f in flags], "python": platform.python_version()}
+
+
+def write_repository(repository: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1).eval()
+    onnx_path = repository.parent / "resnet20.onnx"
+    export_onnx(fold_batchnorm(model).model, onnx_path, input_shape=PREPROCESSING.input_shape)
+    for name, target in ENTRIES.items():
+        write_model_entry(
+            repository=repository, name=name, onnx_path=onnx_path, class_names=[str(i) for i in range(10)],
+            preprocessing=PREPROCESSING.to_dict(), input_shape=PREPROCESSING.input_shape, target=target,
+        )
+
+
+def perf_analyzer_environment(folder: Path) -> dict[str, str]:
+    """perf_analyzer links libcudart.so.12 even for CPU-only runs; the pytriton wheel has one."""
+    libraries = find_triton_installation().libraries
+    cudart = next(libraries.glob("libcudart*.so.12*"))
+    (folder / "libcudart.so.12").symlink_to(cudart)
+    return {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(
+        p for p in (str(folder), os.environ.get("LD_LIBRARY_PATH", "")) if p)}
+
+
+def measure(perf_analyzer: Path, *, model: str, grpc_url: str, concurrency: int, interval_ms: int,
+            stability_percent: int, environment: dict[str, str], scratch: Path) -> dict:
+    report = scratch / f"{model}.csv"
+    command = [
+        str(perf_analyzer), "-m", model, "-u", grpc_url, "-i", "grpc", "-b", "1",
+        f"--concurrency-range={concurrency}:{concurrency}", f"--measurement-interval={interval_ms}",
+        f"--stability-percentage={stability_percent}", "--max-trials=10", "-f", str(report),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"perf_analyzer failed on {model}: {(completed.stdout + completed.stderr).strip()[-600:]}")
+    row = next(csv.DictReader(io.StringIO(report.read_text())))
+    return {
+        "inferences_per_second": float(row["Inferences/Second"]),
+        "p50_us": float(row["p50 latency"]),
+        "p99_us": float(row["p99 latency"]),
+        "server_queue_us": float(row["Server Queue"]),
+        "server_compute_infer_us": float(row["Server Compute Infer"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--perf-analyzer", type=Path, default=shutil.which("perf_analyzer"),
+                        help="the perf_analyzer binary (default: the one on PATH)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--measurement-interval-ms", type=int, default=5000)
+    # perf_analyzer's default (10) is never met on a busy shared machine; the interleaved
+    # rounds are what makes the comparison fair there.
+    parser.add_argument("--stability-percent", type=int, default=50)
+    parser.add_argument("--note", default="", help="e.g. whether the machine was shared during the run")
+    parser.add_argument("--output", type=Path,
+                        default=Path(__file__).resolve().parent / "results" / "proxy-throughput.json")
+    args = parser.parse_args()
+    if args.perf_analyzer is None or not Path(args.perf_analyzer).is_file():
+        raise SystemExit("perf_analyzer not found: pass --perf-analyzer (see this script's docstring)")
+
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="proxy-throughput-") as scratch_name:
+        scratch = Path(scratch_name)
+        repository = scratch / "repository"
+        write_repository(repository)
+        environment = perf_analyzer_environment(scratch)
+        http, grpc, metrics = find_free_ports(3)
+        with TritonServer(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                          log_file=scratch / "tritonserver.log") as server:
+            served = {entry.name: entry.served_as for entry in server.served}
+            for round_index in range(args.rounds):
+                order = list(ENTRIES) if round_index % 2 == 0 else list(reversed(ENTRIES))
+                for model in order:
+                    result = measure(args.perf_analyzer, model=model, grpc_url=server.urls.grpc,
+                                     concurrency=args.concurrency, interval_ms=args.measurement_interval_ms,
+                                     stability_percent=args.stability_percent, environment=environment, scratch=scratch)
+                    runs.append({"round": round_index, "model": model, **result})
+                    print(f"round {round_index} {model}: {result['inferences_per_second']:.0f} inf/s, "
+                          f"p50 {result['p50_us'] / 1000:.2f} ms", flush=True)
+
+    medians = {
+        model: {key: statistics.median(run[key] for run in runs if run["model"] == model)
+                for key in ("inferences_per_second", "p50_us", "server_compute_infer_us")}
+        for model in ENTRIES
+    }
+    ratio = medians[CANDIDATE]["inferences_per_second"] / medians[BASELINE]["inferences_per_second"]
+    result = {
+        "what": f"{CANDIDATE} (onnxruntime target, served by the python-backend proxy) vs {BASELINE} "
+                "(python-onnxruntime target), same ONNX, one embedded server",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "note": args.note,
+        "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
+        "settings": {"model": "resnet20 (folded, random weights), input 1x28x28", "batch": 1,
+                     "concurrency": args.concurrency, "protocol": "grpc", "client": "perf_analyzer 2.40",
+                     "measurement_interval_ms": args.measurement_interval_ms, "rounds": args.rounds,
+                     "stability_percent": args.stability_percent,
+                     "served_as": served},
+        "median": medians,
+        "throughput_ratio": ratio,
+        "within_10_percent": ratio >= 0.9,
+        "runs": runs,
+    }
+    with replacing_atomically(args.output) as temporary:
+        temporary.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{CANDIDATE} / {BASELINE} throughput: {ratio:.3f} (median of {args.rounds} rounds) → {args.output}")
+
+
+if __name__ == "__main__":
+    main()

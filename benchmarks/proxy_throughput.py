@@ -36,11 +36,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resnet_serve.data import Preprocessing  # noqa: E402
 from resnet_serve.export.onnx import export_onnx  # noqa: E402
 from resnet_serve.files import replacing_atomically  # noqa: E402
 from resnet_serve.fold import fold_batchnorm  # noqa: E402
 from resnet_serve.models import create_model  # noqa: E402
+from resnet_serve.preprocessing import Preprocessing  # noqa: E402
 from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME  # noqa: E402
 from resnet_serve.triton.repository import write_model_entry  # noqa: E402
 from resnet_serve.triton.server import TritonServer, find_free_ports, find_triton_installation  # noqa: E402

@@ -47,8 +47,8 @@ from resnet_serve.files import give_default_permissions
 from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.triton.config import (
     ENSEMBLE_PLATFORM,
+    ONNXRUNTIME,
     OPENVINO,
-    PYTHON_ONNXRUNTIME,
     DynamicBatching,
     EnsembleStep,
     InstanceGroup,
@@ -392,7 +392,7 @@ def write_model_entry(
     class_names: Sequence[str],
     preprocessing: Mapping[str, Any],
     input_shape: tuple[int, int, int],
-    target: ServingTarget = PYTHON_ONNXRUNTIME,
+    target: ServingTarget = ONNXRUNTIME,
     max_batch_size: int = 64,
     version: int | None = None,
     instances: int = 1,

@@ -75,10 +75,12 @@ class DeployedTriton(TritonServer):
                          load_models=loaded_models(arguments), log_file=log_file)
         self.arguments = [a for a in arguments if a.split("=", 1)[0] not in LOCAL_OPTIONS]
 
-    def command(self, installation: TritonInstallation, backend_directory: Path) -> list[str]:
+    def command(
+        self, installation: TritonInstallation, backend_directory: Path, *, model_repository: Path
+    ) -> list[str]:
         return [
             str(installation.binary), *self.arguments,
-            f"--model-repository={self.repository}", f"--backend-directory={backend_directory}",
+            f"--model-repository={model_repository}", f"--backend-directory={backend_directory}",
             *(f"--{kind}-port={port}" for kind, port in self.ports.items()),
             *(f"--{kind}-address=127.0.0.1" for kind in self.ports),
         ]

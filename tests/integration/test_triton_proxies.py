@@ -27,13 +27,12 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import text_format
-from openvino_entry import convert_to_openvino_entry
 
 from resnet_serve.checkpoints import Checkpoint, load_checkpoint
-from resnet_serve.data import load_default_dataset
+from resnet_serve.datasets import load_dataset
 from resnet_serve.export.onnx import export_onnx
 from resnet_serve.fold import fold_batchnorm
-from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME, TENSORRT_PLAN, parse_model_config
+from resnet_serve.triton.config import ONNXRUNTIME, OPENVINO, PYTHON_ONNXRUNTIME, TENSORRT_PLAN, parse_model_config
 from resnet_serve.triton.proxy import SkippedEntry
 from resnet_serve.triton.repository import write_model_entry
 from resnet_serve.triton.server import TritonServer, find_free_ports
@@ -73,6 +72,11 @@ def write_entry(repository: Path, name: str, model_file: Path, checkpoint: Check
     return repository / name
 
 
+def set_openvino_parameters(config) -> None:
+    for key, value in OPENVINO_PARAMETERS.items():
+        config.parameters[key].string_value = value
+
+
 def edit_config(entry: Path, edit) -> None:
     config = parse_model_config((entry / "config.pbtxt").read_text())
     edit(config)
@@ -110,8 +114,8 @@ def repository(
     (entry / "2").mkdir()
     (entry / "2" / "model.onnx").write_bytes(second.read_bytes())
     edit_config(entry, lambda config: config.version_policy.all.SetInParent())
-    openvino_entry = write_entry(repository, "resnet20-openvino", first, checkpoint, target=ONNXRUNTIME)
-    convert_to_openvino_entry(openvino_entry, parameters=OPENVINO_PARAMETERS)
+    openvino_entry = write_entry(repository, "resnet20-openvino", first, checkpoint, target=OPENVINO)
+    edit_config(openvino_entry, set_openvino_parameters)
     write_entry(repository, "resnet20-python", first, checkpoint, target=PYTHON_ONNXRUNTIME)
     plan = tmp_path_factory.mktemp("plan") / "model.plan"
     plan.write_bytes(b"not an engine: the server skips the entry before anything reads it")
@@ -135,7 +139,7 @@ def server(repository: Path, digest_before: dict[str, str]) -> Iterator[TritonSe
 
 @pytest.fixture(scope="module")
 def images(checkpoint: Checkpoint) -> np.ndarray:
-    return checkpoint.meta.preprocessing.normalize(load_default_dataset(split="test").images[:IMAGES])
+    return checkpoint.meta.preprocessing.normalize(load_dataset(None, split="test").to_memory(range(IMAGES)).images)
 
 
 def served_logits(server: TritonServer, model: str, images: np.ndarray, *, version: str = "") -> np.ndarray:
@@ -180,7 +184,7 @@ def test_the_openvino_entry_answers_like_openvino_in_process(
     # Compiled with the entry's settings and nothing else, as the official backend compiles it:
     # on a CPU with BF16 instructions both compute in BF16.
     compiled = openvino.Core().compile_model(
-        str(repository / "resnet20-openvino" / "1" / "model.xml"), "CPU",
+        str(repository / "resnet20-openvino" / "1" / "model.onnx"), "CPU",
         dict(OPENVINO_PARAMETERS),
     )
     request = compiled.create_infer_request()

@@ -117,22 +117,21 @@ def write_plan(repository: Path, tmp_path: Path, *, tensorrt_version: str, compu
 
 
 def test_a_tensorrt_version_mismatch(tmp_path: Path) -> None:
-    repository = tmp_path / "repository"
-    write_plan(repository, tmp_path, tensorrt_version="10.3.0", compute_capability="9.0")
-    official = find_image("24.10-py3")
+    # 24.10-py3 ships TensorRT 10.5.0.18 (its release notes); a plan loads only in the TensorRT that built it.
+    image = find_image("24.10-py3")
+    assert image.tensorrt_version == "10.5.0.18"
+    for version in ("10.5.0.18", "10.3.0.26"):
+        write_plan(tmp_path / version, tmp_path, tensorrt_version=version, compute_capability="9.0")
 
-    def problems(**facts: str) -> list[str]:
-        image = dataclasses.replace(official, **facts)
-        return [str(p) for p in check_repository(repository=repository, image=image)]
-
-    assert problems(tensorrt_version="10.3.0") == []
-    assert problems(tensorrt_version="10.5.0") == [
-        "tiny-trt: version 1: model.plan was built with TensorRT 10.3.0, "
-        "nvcr.io/nvidia/tritonserver:24.10-py3 has 10.5.0: rebuild it there"
+    assert check(tmp_path / "10.5.0.18", "24.10-py3") == []
+    assert check(tmp_path / "10.3.0.26", "24.10-py3") == [
+        "tiny-trt: version 1: model.plan was built with TensorRT 10.3.0.26, "
+        "nvcr.io/nvidia/tritonserver:24.10-py3 has 10.5.0.18: rebuild it there"
     ]
     # Where the image's TensorRT version is not recorded, the plan cannot be confirmed.
-    (unrecorded,) = check(repository, "24.10-py3")
-    assert "built with TensorRT 10.3.0" in unrecorded and "cannot be confirmed" in unrecorded
+    unrecorded = dataclasses.replace(image, tensorrt_version=None)
+    (problem,) = (str(p) for p in check_repository(repository=tmp_path / "10.5.0.18", image=unrecorded))
+    assert "built with TensorRT 10.5.0.18" in problem and "cannot be confirmed" in problem
 
 
 def test_a_plan_for_a_gpu_the_image_no_longer_supports(tmp_path: Path) -> None:

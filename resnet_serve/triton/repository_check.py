@@ -142,7 +142,7 @@ def _plan_problems(plan: Path, image: OfficialImage) -> Iterator[str]:
             f"version; the TensorRT version of {image.reference} is not recorded, so this cannot be confirmed: "
             "build the plan inside that image"
         )
-    elif sidecar.tensorrt_version != image.tensorrt_version:
+    elif not _same_tensorrt(sidecar.tensorrt_version, image.tensorrt_version):
         yield (
             f"{plan.name} was built with TensorRT {sidecar.tensorrt_version}, {image.reference} has "
             f"{image.tensorrt_version}: rebuild it there"
@@ -154,6 +154,14 @@ def _plan_problems(plan: Path, image: OfficialImage) -> Iterator[str]:
             f"{plan.name} was built for a GPU of compute capability {sidecar.compute_capability} "
             f"({sidecar.gpu_name}); {image.reference} supports {image.min_compute_capability} and later"
         )
+
+
+def _same_tensorrt(built_with: str, image_has: str) -> bool:
+    """Whether a plan's TensorRT is the image's. The build number counts (a plan built by
+    8.6.1.6 is refused by 8.6.1.2), but pip's wheels before 10.8 report only major.minor.patch,
+    so the parts the sidecar records are compared."""
+    recorded = built_with.split(".")
+    return recorded == image_has.split(".")[: len(recorded)]
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -120,10 +120,16 @@ def test_a_tensorrt_version_mismatch(tmp_path: Path) -> None:
     # 24.10-py3 ships TensorRT 10.5.0.18 (its release notes); a plan loads only in the TensorRT that built it.
     image = find_image("24.10-py3")
     assert image.tensorrt_version == "10.5.0.18"
-    for version in ("10.5.0.18", "10.3.0.26"):
+    # pip's TensorRT wheels before 10.8 report three parts; the build number then goes unchecked.
+    for version in ("10.5.0.18", "10.5.0", "10.3.0.26", "10.5.0.17"):
         write_plan(tmp_path / version, tmp_path, tensorrt_version=version, compute_capability="9.0")
 
     assert check(tmp_path / "10.5.0.18", "24.10-py3") == []
+    assert check(tmp_path / "10.5.0", "24.10-py3") == []
+    assert check(tmp_path / "10.5.0.17", "24.10-py3") == [
+        "tiny-trt: version 1: model.plan was built with TensorRT 10.5.0.17, "
+        "nvcr.io/nvidia/tritonserver:24.10-py3 has 10.5.0.18: rebuild it there"
+    ]
     assert check(tmp_path / "10.3.0.26", "24.10-py3") == [
         "tiny-trt: version 1: model.plan was built with TensorRT 10.3.0.26, "
         "nvcr.io/nvidia/tritonserver:24.10-py3 has 10.5.0.18: rebuild it there"

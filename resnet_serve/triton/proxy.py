@@ -147,12 +147,14 @@ def _plan(folder: Path) -> _Plan:
     config_path = folder / CONFIG_FILENAME
     if not config_path.is_file():
         return _Plan(folder, None, skip_reason=f"no {CONFIG_FILENAME}")
+    # One broken entry must not keep the others from being served: Triton in the official
+    # container, with explicit model control, would not even read an entry it was not told to load.
     try:
         config = parse_model_config(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
-        raise RepositoryError(f"cannot read {config_path}: {error}") from None
+        return _Plan(folder, None, skip_reason=f"cannot read {CONFIG_FILENAME}: {error}")
     except RepositoryError as error:
-        raise RepositoryError(f"{config_path}: {error}") from None
+        return _Plan(folder, None, skip_reason=f"{CONFIG_FILENAME}: {error}")
     runtime, reason = _runtime_of(config)
     return _Plan(folder, config, runtime=runtime, skip_reason=reason)
 

@@ -81,10 +81,13 @@ def test_a_python_import_missing_in_the_image(tmp_path: Path, onnx_path: Path) -
     assert code == 1
     assert lines == [
         f"tiny: 1/model.py imports onnxruntime, which {official}",
+        f"tiny: 1/model.py imports openvino, which {official}",
         f"tiny-preprocess: 1/resnet_serve/preprocessing.py imports PIL, which {official}",
     ]
     # deploy/Dockerfile adds Pillow, not onnxruntime.
-    assert [line.split(",")[0] for line in check(tmp_path)] == ["tiny: 1/model.py imports onnxruntime"]
+    assert [line.split(",")[0] for line in check(tmp_path)] == [
+        "tiny: 1/model.py imports onnxruntime", "tiny: 1/model.py imports openvino"
+    ]
 
 
 def test_a_dims_mismatch_between_model_file_and_config(tmp_path: Path, onnx_path: Path) -> None:

@@ -3,6 +3,7 @@ rest, skipped entries with their reasons; built from real repository entries on 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -198,12 +199,18 @@ def test_entries_the_server_cannot_run_are_skipped_with_their_reason(tmp_path: P
     assert sorted(p.name for p in proxy.path.iterdir()) == ["served"]
 
 
-def test_a_config_that_does_not_parse_is_one_error(tmp_path: Path, onnx_path: Path) -> None:
+def test_an_entry_whose_config_does_not_parse_is_skipped_with_why_and_the_rest_served(
+    tmp_path: Path, onnx_path: Path
+) -> None:
+    write(tmp_path / "repo", "good", onnx_path, target=ONNXRUNTIME)
     entry = write(tmp_path / "repo", "tiny", onnx_path, target=ONNXRUNTIME)
     (entry / "config.pbtxt").write_text("max_batch_size: lots\n")
 
-    with pytest.raises(RepositoryError, match=r"tiny/config.pbtxt: invalid model config: .*max_batch_size"):
-        build(tmp_path / "repo", tmp_path)
+    proxy = build(tmp_path / "repo", tmp_path)
+
+    assert proxy.served_names == ("good",)
+    ((name, reason),) = [(s.name, s.reason) for s in proxy.skipped]
+    assert name == "tiny" and re.match(r"config.pbtxt: invalid model config: .*max_batch_size", reason)
 
 
 def test_a_linked_version_folder_is_copied_as_a_real_folder_so_nothing_reaches_its_target(

@@ -144,7 +144,7 @@ def _reference_logits(
 ) -> np.ndarray:
     # torch is only needed for the agreement check, so a pure client does not import it.
     from resnet_serve.checkpoints import load_checkpoint
-    from resnet_serve.verify import TorchRuntime, run_batched
+    from resnet_serve.runtimes import TorchRuntime, run_batched
 
     loaded = load_checkpoint(checkpoint)
     if loaded.meta.preprocessing != served_preprocessing:

@@ -21,9 +21,9 @@ from resnet_serve.cli import app
 from resnet_serve.client.bench import PERF_ANALYZER_COLUMNS
 from resnet_serve.client.inference import InferenceClient
 from resnet_serve.data import load_default_dataset
+from resnet_serve.runtimes import TorchRuntime
 from resnet_serve.train import train_on_folder
 from resnet_serve.triton.server import TritonServer, find_free_ports
-from resnet_serve.verify import TorchRuntime
 
 pytestmark = pytest.mark.triton
 runner = CliRunner()

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtimes import IMAGENET, measure_interleaved  # noqa: E402
 
 from resnet_serve.datasets import load_dataset  # noqa: E402
-from resnet_serve.export import export_onnx  # noqa: E402
+from resnet_serve.export.onnx import export_onnx  # noqa: E402
 from resnet_serve.export.quantize import quantize_int8  # noqa: E402
 from resnet_serve.fold import fold_batchnorm  # noqa: E402
 from resnet_serve.models import create_model  # noqa: E402

@@ -30,11 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from resnet_serve.artifacts import Artifacts  # noqa: E402
 from resnet_serve.checkpoints import Checkpoint, CheckpointMeta  # noqa: E402
 from resnet_serve.datasets import load_dataset  # noqa: E402
 from resnet_serve.models import create_model  # noqa: E402
 from resnet_serve.preprocessing import Preprocessing  # noqa: E402
-from resnet_serve.runtimes import Runtime, RuntimeFactory  # noqa: E402
+from resnet_serve.runtimes import RUNTIMES, OpenVinoRuntime, Runtime  # noqa: E402
 
 KINDS = ("torch", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
 IMAGENET = Preprocessing(channels=3, height=224, width=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -101,12 +102,17 @@ def main() -> None:
             class_names=[f"class_{i}" for i in range(1000)], preprocessing=IMAGENET,
         )
         with tempfile.TemporaryDirectory() as workdir:
-            factory = RuntimeFactory(
+            artifacts = Artifacts(
                 Checkpoint(model=model, meta=meta, path=Path(f"{name}.safetensors")),
-                workdir=workdir, calibration_images=calibration, threads=args.threads,
+                workdir=Path(workdir), calibration=lambda: calibration,
             )
-            runtimes = {kind: factory.build(kind) for kind in kinds}
-            notes.update({f"{name} {kind}": note for kind, note in factory.notes.items()})
+            runtimes = {kind: RUNTIMES[kind].build(artifacts, threads=args.threads) for kind in kinds}
+            notes.update({f"{name} {file}": note for file, note in artifacts.notes.items()})
+            notes.update({
+                f"{name} {kind}": runtime.note
+                for kind, runtime in runtimes.items()
+                if isinstance(runtime, OpenVinoRuntime) and runtime.note is not None
+            })
             for batch_size in batches:
                 batch = rng.standard_normal((batch_size, 3, 224, 224), dtype=np.float32)
                 results = measure_interleaved(

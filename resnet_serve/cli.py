@@ -23,8 +23,12 @@ from rich.table import Table
 
 from resnet_serve import __version__
 from resnet_serve.errors import ResnetServeError
+from resnet_serve.export import CalibrationMethod, Exporter, ExportFormat, Precision
 from resnet_serve.files import replacing_atomically
+from resnet_serve.parity import DEFAULT_MIN_AGREEMENT, DEFAULT_RTOL, ParityResult, Tolerance, check_parity
 from resnet_serve.reporting import RichReporter
+from resnet_serve.runtimes import RUNTIMES
+from resnet_serve.selection import ImageSelection
 
 app = typer.Typer(
     name="resnet-serve",
@@ -47,6 +51,14 @@ JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the 
 PadOption = Annotated[int | None, typer.Option(help="Random crops: pad each side by N pixels, crop back; 0 turns them off (default: the recipe's).")]
 FlipOption = Annotated[bool | None, typer.Option("--flip/--no-flip", help="Random horizontal flips; --no-flip for digits and text, which a mirror changes (default: the recipe's).")]
 DataOption = Annotated[Path | None, typer.Option("--data", help="An IDX folder, a CIFAR-10/100 archive or folder, or an ImageFolder tree of images of any size, prepared as the model says (default: Fashion-MNIST from the Debian package).")]
+# One image-selection policy and one tolerance for fold, export and verify: the same defaults everywhere.
+_SELECTION = ImageSelection()
+VerifyImagesOption = Annotated[int, typer.Option(help="Real test images (the first ones) that check each step.")]
+CalibrationImagesOption = Annotated[int, typer.Option(help="int8: real training images to calibrate on (a seeded sample).")]
+RtolOption = Annotated[float, typer.Option(help="Largest logit difference allowed from the original model, as a fraction of its largest logit; top-1 classes must agree, up to near-ties within it.")]
+# The choices of `verify --reference/--candidate`, from the one runtime registry.
+RuntimeName = Literal[tuple(RUNTIMES)]  # built from the registry when the CLI is imported
+_RUNTIME_HELP = "; ".join(f"{name}: {kind.help}" for name, kind in RUNTIMES.items())
 
 
 def _command(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -180,10 +192,8 @@ def import_weights(
         err_console.print(f"note: the {meta.num_classes}-class head is freshly initialised (untrained); fine-tune before serving")
 
 
-def _exporter(value: str) -> Literal["legacy", "dynamo"]:
-    if value not in ("legacy", "dynamo"):
-        raise typer.BadParameter(f"expected legacy or dynamo, got {value!r}", param_hint="--exporter")
-    return value  # type: ignore[return-value]
+def _parity_line(parity: ParityResult) -> str:
+    return f"max-abs {parity.max_abs:.1e} ({parity.max_abs_relative:.1e} of the largest logit)"
 
 
 @app.command()
@@ -192,7 +202,8 @@ def fold(
     source: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or an ONNX file (.onnx) to fold.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folded ONNX to write (default: SOURCE's name with .folded.onnx).")] = None,
     data: DataOption = None,
-    verify_images: Annotated[int, typer.Option(help="Real test images the folded model is checked on.")] = 256,
+    verify_images: VerifyImagesOption = _SELECTION.verify_images,
+    rtol: RtolOption = DEFAULT_RTOL,
     json_path: JsonOption = None,
 ) -> None:
     """Fold every Conv→BatchNorm pair into the convolution and check the result on real images.
@@ -202,14 +213,16 @@ def fold(
     from resnet_serve.pipeline import fold_file
 
     output = output or source.with_name(f"{source.name.split('.')[0]}.folded.onnx")
-    report = fold_file(source, output, data_dir=data, verify_images=verify_images)
+    report = fold_file(
+        source, output, selection=ImageSelection(data_dir=data, verify_images=verify_images), tolerance=Tolerance(rtol=rtol)
+    )
     console.print(
         f"[green]✓[/] folded {report.folded} BatchNorms; parameters {report.params_before:,} → "
-        f"{report.params_after:,}; folded vs unfolded max-abs {report.max_abs:.1e} on {report.images} "
-        f"test images ({report.preprocessing} preprocessing)"
+        f"{report.params_after:,}; folded vs unfolded {_parity_line(report.fold_parity)} on "
+        f"{report.fold_parity.n_images} test images ({report.preprocessing} preprocessing)"
     )
-    if report.onnx_max_abs is not None:
-        console.print(f"[green]✓[/] onnxruntime vs unfolded PyTorch max-abs {report.onnx_max_abs:.1e}")
+    if report.onnx_parity is not None:
+        console.print(f"[green]✓[/] onnxruntime vs unfolded PyTorch {_parity_line(report.onnx_parity)}")
     for name, reason in report.unfolded.items():
         console.print(f"  kept {name}: {reason}", highlight=False)
     console.print(f"[green]✓[/] wrote {report.output} ({report.batchnorm_nodes} BatchNormalization nodes left)")
@@ -226,62 +239,62 @@ def export(
     max_batch_size: Annotated[int, typer.Option(help="Largest batch the server accepts.")] = 64,
     instances: Annotated[int, typer.Option(help="Model instances in the server.")] = 1,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")] = None,
-    exporter: Annotated[str, typer.Option(help="legacy (TorchScript, fast, opset 10-20) or dynamo (torch.export, opset 18+).")] = "legacy",
+    exporter: Annotated[Exporter, typer.Option(help="legacy (TorchScript, fast, opset 10-20) or dynamo (torch.export, opset 18+).")] = "legacy",
     dynamic_hw: Annotated[bool, typer.Option("--dynamic-hw", help="Also make the ONNX input's height and width dynamic.")] = False,
     simplify: Annotated[bool, typer.Option("--simplify", help="Simplify the graph with onnxruntime's basic optimisations, checked against the unsimplified graph.")] = False,
     data: DataOption = None,
-    verify_images: Annotated[int, typer.Option(help="Real test images used to verify folding and ONNX.")] = 256,
-    fold_atol: Annotated[float, typer.Option(help="Largest logit difference allowed between the folded and the original model.")] = 1e-5,
-    onnx_atol: Annotated[float, typer.Option(help="Largest logit difference allowed between onnxruntime and PyTorch.")] = 1e-4,
-    export_format: Annotated[str, typer.Option("--format", help="onnx, or tensorrt: build the verified ONNX into an engine served by Triton's tensorrt backend (needs TensorRT and an NVIDIA GPU).")] = "onnx",
-    precision: Annotated[str | None, typer.Option(help="onnx: fp32, int8 (static QDQ) or fp16; tensorrt: fp32, fp16 or int8. INT8 is calibrated on real training images (default: fp32 for onnx, fp16 for tensorrt).")] = None,
+    verify_images: VerifyImagesOption = _SELECTION.verify_images,
+    rtol: RtolOption = DEFAULT_RTOL,
+    export_format: Annotated[ExportFormat, typer.Option("--format", help="onnx, or tensorrt: build the verified ONNX into an engine served by Triton's tensorrt backend (needs TensorRT and an NVIDIA GPU).")] = "onnx",
+    precision: Annotated[Precision | None, typer.Option(help="onnx: fp32, int8 (static QDQ) or fp16; tensorrt: fp32, fp16 or int8. INT8 is calibrated on real training images (default: fp32 for onnx, fp16 for tensorrt).")] = None,
     min_batch: Annotated[int, typer.Option(help="tensorrt: smallest batch of the optimisation profile.")] = 1,
     opt_batch: Annotated[int | None, typer.Option(help="tensorrt: batch the engine is tuned for (default: the max batch).")] = None,
     max_batch: Annotated[int | None, typer.Option(help="tensorrt: largest batch of the profile (default: --max-batch-size).")] = None,
     workspace_mb: Annotated[int, typer.Option(help="tensorrt: builder workspace limit in MiB.")] = 1024,
     timing_cache: Annotated[Path | None, typer.Option(help="tensorrt: timing cache file, read before and updated after the build.")] = None,
-    calibration_images: Annotated[int, typer.Option(help="int8: real training images to calibrate on.")] = 512,
-    calibration_method: Annotated[str, typer.Option(help="onnx int8: minmax, entropy or percentile.")] = "minmax",
-    min_agreement: Annotated[float, typer.Option(help="onnx int8/fp16: least top-1 agreement with the FP32 ONNX on the test images, a fraction.")] = 0.99,
+    calibration_images: CalibrationImagesOption = _SELECTION.calibration_images,
+    calibration_method: Annotated[CalibrationMethod, typer.Option(help="onnx int8: minmax, entropy or percentile.")] = "minmax",
+    min_agreement: Annotated[float, typer.Option(help="onnx int8/fp16: least top-1 agreement with the FP32 ONNX on the test images, a fraction.")] = DEFAULT_MIN_AGREEMENT,
     calibration_cache: Annotated[Path | None, typer.Option(help="tensorrt int8: calibration cache file, reused when present.")] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Fold BatchNorm, export ONNX, verify it against PyTorch, and write the Triton repository entry."""
+    from resnet_serve.export.onnx import OnnxOptions
     from resnet_serve.export.tensorrt import EngineOptions
-    from resnet_serve.pipeline import export_to_repository
+    from resnet_serve.pipeline import ExportOptions, export_to_repository
 
-    if export_format not in ("onnx", "tensorrt"):
-        raise typer.BadParameter(f"expected onnx or tensorrt, got {export_format!r}", param_hint="--format")
-    precision = precision or ("fp16" if export_format == "tensorrt" else "fp32")
-    engine = EngineOptions(
-        precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,  # type: ignore[arg-type]
-        workspace_bytes=workspace_mb << 20, timing_cache_path=timing_cache,
-        calibration_images=calibration_images, calibration_cache_path=calibration_cache,
-    ) if export_format == "tensorrt" else None
-    report = export_to_repository(
-        checkpoint=checkpoint, repository=repository, name=name, target=target,
-        max_batch_size=max_batch_size, instances=instances, opset=opset,
-        exporter=_exporter(exporter), dynamic_hw=dynamic_hw, simplify=simplify,
-        data_dir=data, verify_images=verify_images, fold_atol=fold_atol, onnx_atol=onnx_atol,
-        precision=precision if engine is None else "fp32",  # type: ignore[arg-type]
-        calibration_images=calibration_images,
-        calibration_method=calibration_method, min_agreement=min_agreement,  # type: ignore[arg-type]
-        engine=engine, reporter=RichReporter(err_console),
+    options = ExportOptions(
+        name=name, target=target, format=export_format, precision=precision,
+        max_batch_size=max_batch_size, instances=instances,
+        onnx=OnnxOptions(exporter=exporter, opset=opset, dynamic_hw=dynamic_hw, simplify=simplify),
+        tolerance=Tolerance(rtol=rtol),
+        selection=ImageSelection(data_dir=data, verify_images=verify_images, calibration_images=calibration_images),
+        calibration_method=calibration_method, min_agreement=min_agreement,
+        engine=EngineOptions(
+            min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_bytes=workspace_mb << 20,
+            timing_cache_path=timing_cache, calibration_cache_path=calibration_cache,
+        ) if export_format == "tensorrt" else None,
     )
+    report = export_to_repository(
+        checkpoint=checkpoint, repository=repository, options=options, reporter=RichReporter(err_console)
+    )
+    onnx_parity = report.onnx_parity
     console.print(
-        f"[green]✓[/] folded {report.batchnorms_folded} BatchNorms (max-abs {report.fold_max_abs:.1e}); "
-        f"onnxruntime vs PyTorch max-abs {report.onnx_max_abs:.1e}, top-1 agreement "
-        f"{report.onnx_top1_agreement:.2%} on {report.verify_images} test images at batch "
-        f"{'/'.join(map(str, report.verify_batch_sizes))}"
+        f"[green]✓[/] folded {report.folding.folded} BatchNorms ({_parity_line(report.fold_parity)}); "
+        f"ONNX vs PyTorch {_parity_line(onnx_parity)}, top-1 agreement {onnx_parity.top1_agreement:.2%} "
+        f"on {onnx_parity.n_images} test images at batch {'/'.join(str(p.batch_size) for p in onnx_parity.per_batch)}"
     )
     if report.precision_parity is not None:
         parity = report.precision_parity
         console.print(
-            f"[green]✓[/] {report.precision} ONNX vs FP32 ONNX: top-1 agreement {parity['top1_agreement']:.2%}, "
-            f"max-abs {parity['max_abs']:.2g} on {parity['n_images']} test images"
+            f"[green]✓[/] {report.precision} ONNX vs FP32 ONNX: top-1 agreement {parity.top1_agreement:.2%}, "
+            f"max-abs {parity.max_abs:.2g} on {parity.n_images} test images"
         )
     if report.engine is not None:
-        console.print(f"[green]✓[/] built a {report.precision} TensorRT engine ({report.engine['size_bytes']:,} bytes) in {report.engine['build_seconds']:.0f} s")
+        console.print(
+            f"[green]✓[/] built a {report.precision} TensorRT engine ({report.engine.size_bytes:,} bytes) "
+            f"in {report.engine.build_seconds:.0f} s"
+        )
     console.print(f"[green]✓[/] wrote {report.entry} ({report.target})")
     _write_json(json_path, report)
 
@@ -454,48 +467,59 @@ def bench(
 @_command
 def verify(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `resnet-serve train`.")],
-    reference: Annotated[str, typer.Option(help="Runtime to compare against: torch, torch-folded, onnx-fp32, onnx-int8, onnx-fp16, openvino-fp32, openvino-bf16, openvino-int8 or tensorrt.")] = "torch",
-    candidate: Annotated[str, typer.Option(help="Runtime to check (same choices).")] = "onnx-fp32",
-    images: Annotated[int, typer.Option(help="Real test images to compare on.")] = 1000,
-    calibration_images: Annotated[int, typer.Option(help="Training images that calibrate INT8.")] = 256,
-    calibration_method: Annotated[str, typer.Option(help="INT8 calibration: minmax, entropy or percentile.")] = "minmax",
+    reference: Annotated[RuntimeName, typer.Option(help=f"Runtime to compare against. {_RUNTIME_HELP}.")] = "torch",
+    candidate: Annotated[RuntimeName, typer.Option(help="Runtime to check (same choices).")] = "onnx-fp32",
+    images: VerifyImagesOption = _SELECTION.verify_images,
+    calibration_images: CalibrationImagesOption = _SELECTION.calibration_images,
+    calibration_method: Annotated[CalibrationMethod, typer.Option(help="INT8 calibration: minmax, entropy or percentile.")] = "minmax",
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes the candidate runs at, comma-separated.")] = "1,64",
-    max_abs: Annotated[float | None, typer.Option(help="Fail if any logit differs by more than this.")] = None,
+    rtol: Annotated[float | None, typer.Option(help=f"Fail if any logit differs by more than this fraction of the largest reference logit ({DEFAULT_RTOL:g} in fold and export); near-ties within it count as agreeing.")] = None,
     max_mean_rel: Annotated[float | None, typer.Option(help="Fail if the mean relative error of the logits exceeds this.")] = None,
     min_agreement: Annotated[float | None, typer.Option(help="Fail if top-1 agreement is below this fraction (0.99).")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="Fail if the candidate loses more top-1 accuracy than this, in points (0.5).")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads for onnxruntime and OpenVINO.")] = None,
     data: DataOption = None,
+    keep_artifacts: Annotated[Path | None, typer.Option(help="Keep the files the runtimes run (model-fp32.onnx, model-int8.onnx, ...) in this folder.")] = None,
     json_path: JsonOption = None,
 ) -> None:
-    """Compare two runtimes of a checkpoint on real test images: logits, top-1 agreement and accuracy."""
-    from resnet_serve.verify import check_parity, verify_runtimes
+    """Compare two runtimes of a checkpoint on real test images: logits, top-1 agreement and accuracy.
 
+    The files are made and the images chosen as `export` does, so with the same options an INT8 runtime runs the very file `export --precision int8` serves.
+    """
+    from resnet_serve.verify import verify_runtimes
+
+    # Built first, so that a bad threshold is refused before any work.
+    tolerance = Tolerance(
+        rtol=rtol, max_mean_rel=max_mean_rel, min_top1_agreement=min_agreement,
+        max_top1_drop=None if max_accuracy_drop is None else max_accuracy_drop / 100,
+    )
     report = verify_runtimes(
-        checkpoint=checkpoint, reference=reference, candidate=candidate, images=images,
-        calibration_images=calibration_images, calibration_method=calibration_method,
-        batch_sizes=_levels(batch_sizes), data_dir=data, threads=threads,
+        checkpoint=checkpoint, reference=reference, candidate=candidate,
+        selection=ImageSelection(data_dir=data, verify_images=images, calibration_images=calibration_images),
+        calibration_method=calibration_method, batch_sizes=_levels(batch_sizes), threads=threads,
+        artifacts_dir=keep_artifacts,
     )
     _write_json(json_path, report)
     # Judged before the table is shown, so that a miss is the one line the user sees.
-    check_parity(
-        report.parity, atol=max_abs, max_mean_rel=max_mean_rel, min_top1_agreement=min_agreement,
-        max_top1_drop=None if max_accuracy_drop is None else max_accuracy_drop / 100,
-    )
+    check_parity(report.parity, tolerance)
     parity = report.parity
     table = Table(
-        "batch", "max-abs", "mean rel", "top-1 agreement", f"{parity.candidate} top-1",
+        "batch", "max-abs", "of largest logit", "mean rel", "top-1 agreement", f"{parity.candidate} top-1",
         title=f"{parity.candidate} vs {parity.reference} on {parity.n_images} test images "
-        f"({report.architecture}; {parity.reference} top-1 {parity.reference_top1:.2%})",
+        f"({report.architecture}; {parity.reference} top-1 {parity.reference_top1:.2%}; "
+        f"largest logit {parity.reference_max_abs:.3g})",
     )
     for row in parity.per_batch:
+        ties = row.ties(rtol)
         table.add_row(
-            str(row.batch_size), f"{row.max_abs:.3g}", f"{row.mean_rel:.3g}",
-            f"{row.top1_agreement:.2%}", f"{row.top1_accuracy:.2%}",
+            str(row.batch_size), f"{row.max_abs:.3g}", f"{row.max_abs_relative:.3g}", f"{row.mean_rel:.3g}",
+            f"{row.top1_agreement:.2%}" + (f" (+{ties} near-ties)" if ties else ""), f"{row.top1_accuracy:.2%}",
         )
     console.print(table)
     for kind, note in report.notes.items():
         console.print(f"{kind}: {note}", highlight=False)
+    if report.artifacts is not None:
+        console.print(f"files kept in {report.artifacts}", highlight=False)
 
 
 @app.command()

@@ -5,7 +5,7 @@ benchmark it, and compare with onnxruntime in-process."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +16,13 @@ from resnet_serve.client.classify import classify_files
 from resnet_serve.client.evaluate import EvaluationResult, evaluate_test_set
 from resnet_serve.datasets import load_dataset
 from resnet_serve.errors import ClientError
-from resnet_serve.pipeline import ExportReport, export_to_repository
+from resnet_serve.files import asdict_with_paths
+from resnet_serve.pipeline import ExportOptions, ExportReport, export_to_repository
 from resnet_serve.progress import Reporter, SilentReporter
+from resnet_serve.runtimes import OnnxRuntime
+from resnet_serve.selection import ImageSelection
 from resnet_serve.train import TrainResult, train_on_folder
 from resnet_serve.triton.server import TritonServer, find_free_ports, port_in_use
-from resnet_serve.verify import OnnxRuntime
 
 ARCHITECTURE = "resnet20"
 MODEL_NAME = "resnet20-fashion"
@@ -60,7 +62,7 @@ class DemoSummary:
     seconds: float
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict_with_paths(self)
 
     def summary_rows(self) -> list[tuple[str, str]]:
         bench = self.benchmark
@@ -101,8 +103,8 @@ def run_demo(
         limit=limit, reporter=reporter,
     )
     exported = export_to_repository(
-        checkpoint=checkpoint, repository=repository, name=MODEL_NAME, data_dir=data_dir,
-        reporter=reporter,
+        checkpoint=checkpoint, repository=repository,
+        options=ExportOptions(name=MODEL_NAME, selection=ImageSelection(data_dir=data_dir)), reporter=reporter,
     )
     images = _write_test_images(workdir / "images", data_dir=data_dir)
 
@@ -127,10 +129,9 @@ def run_demo(
             model=MODEL_NAME, protocol="grpc", url=urls.grpc, batch_size=1, concurrency=(1, 4),
             warmup_seconds=1.0, measurement_seconds=bench_seconds, reporter=reporter,
         )
-    in_process = measure_in_process_latency(
-        Path(exported.model_file), input_shape=tuple(exported.input_shape), batch_size=1
-    )
-    assert evaluation.agreement is not None and evaluation.reference_top1 is not None
+    in_process = measure_in_process_latency(exported.model_file, input_shape=exported.input_shape, batch_size=1)
+    if evaluation.agreement is None or evaluation.reference_top1 is None:
+        raise ClientError("the evaluation measured no agreement with PyTorch although it was given the checkpoint")
     return DemoSummary(
         top1=evaluation.top1,
         agreement=evaluation.agreement,

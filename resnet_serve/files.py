@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,5 +49,26 @@ def give_default_permissions(path: Path) -> None:
 
 
 def asdict_with_paths(result: Any) -> dict[str, Any]:
-    """``dataclasses.asdict(result)`` with each top-level ``Path`` as a string, ready for JSON."""
-    return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(result).items()}
+    """A dataclass as JSON-ready data: nested dataclasses, lists, tuples and dicts converted all
+    the way down, every ``Path`` as a string, and fields declared with
+    ``field(metadata={"json": False})`` (a model, a session) left out.
+
+    Unlike ``dataclasses.asdict`` it copies nothing it does not convert.
+    """
+    return {
+        item.name: _json_ready(getattr(result, item.name))
+        for item in fields(result)
+        if item.metadata.get("json", True)
+    }
+
+
+def _json_ready(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict_with_paths(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    return value

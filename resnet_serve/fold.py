@@ -10,7 +10,6 @@ wants to see.
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,23 +21,19 @@ import torch
 from onnx import numpy_helper
 from torch import fx, nn
 
-from resnet_serve.errors import ExportError, ResnetServeError, first_line
-from resnet_serve.export.onnx import OnnxGraphRuntime, load_onnx_safely
-from resnet_serve.files import asdict_with_paths, replacing_atomically
+from resnet_serve.errors import ExportError, VerificationError, first_line
+from resnet_serve.export.onnx import load_onnx_safely, save_onnx_checked
+from resnet_serve.files import asdict_with_paths
 from resnet_serve.models import count_parameters
-from resnet_serve.verify import check_parity, compare_runtimes
+from resnet_serve.parity import ParityResult, Tolerance, check_parity
+from resnet_serve.runtimes import OnnxRuntime, compare_runtimes
 
 __all__ = [
-    "FOLD_TOLERANCE",
     "FoldResult",
     "OnnxFoldReport",
     "fold_batchnorm",
     "fold_onnx_batchnorm",
 ]
-
-# Folding is exact arithmetic; float32 rounding of the new weights is all that may differ.
-FOLD_TOLERANCE = 1e-5
-
 
 @dataclass
 class FoldResult:
@@ -55,21 +50,16 @@ class FoldResult:
         unfolded_reasons: why each of those stayed, by name.
     """
 
-    model: nn.Module
+    model: nn.Module = field(metadata={"json": False})
     folded: int
     params_before: int
     params_after: int
     unfolded: list[str] = field(default_factory=list)
     unfolded_reasons: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, int | list[str] | dict[str, str]]:
-        return {
-            "folded": self.folded,
-            "params_before": self.params_before,
-            "params_after": self.params_after,
-            "unfolded": list(self.unfolded),
-            "unfolded_reasons": dict(self.unfolded_reasons),
-        }
+    def to_dict(self) -> dict:
+        """Everything but the model, ready for JSON."""
+        return asdict_with_paths(self)
 
 
 def fold_batchnorm(model: nn.Module) -> FoldResult:
@@ -187,8 +177,7 @@ class OnnxFoldReport:
         params_before / params_after: numbers stored in initializers and Constant nodes, before
             and after; unlike PyTorch parameter counts these include BatchNorm running
             statistics, so each fold of C channels saves 3C (γ, β, mean, var in; a bias out).
-        max_abs: folded vs unfolded max-abs logit difference on ``images``; None without images.
-        images: how many images that was measured on.
+        parity: folded vs unfolded graph on ``images``; None without images.
     """
 
     path: Path
@@ -197,19 +186,18 @@ class OnnxFoldReport:
     unfolded: dict[str, str]
     params_before: int
     params_after: int
-    max_abs: float | None = None
-    images: int = 0
+    parity: ParityResult | None = None
 
     def to_dict(self) -> dict:
         return asdict_with_paths(self)
 
 
 def fold_onnx_batchnorm(
-    source: str | os.PathLike[str] | onnx.ModelProto,
-    output: str | os.PathLike[str],
+    source: Path | onnx.ModelProto,
+    output: Path,
     *,
     images: np.ndarray | None = None,
-    atol: float = FOLD_TOLERANCE,
+    tolerance: Tolerance = Tolerance(),
 ) -> OnnxFoldReport:
     """Fold every Conv → BatchNormalization pair of an ONNX graph into the Conv's weights and bias.
 
@@ -223,12 +211,14 @@ def fold_onnx_batchnorm(
     ``source`` given as a path goes through ``load_onnx_safely``; a ModelProto is copied, never
     changed. With ``images`` (float32 N×C×H×W) the folded graph is run against the unfolded
     one by onnxruntime with its own optimisations off (it would fuse the pairs itself
-    otherwise) and must agree within ``atol``. The file is fully checked by ``onnx.checker``
-    and moved into place only when everything passed.
+    otherwise), in batches of up to 64 or of the graph's fixed batch size, and must meet
+    ``tolerance``. The file is fully checked by ``onnx.checker`` and moved into place only when
+    everything passed.
 
     Raises:
         ExportError: an unsafe or malformed source, or a folded graph the checker refuses.
-        VerificationError: folded and unfolded differ by more than ``atol`` on ``images``.
+        VerificationError: folded and unfolded differ beyond ``tolerance`` on ``images``, or
+            fewer images than the graph's fixed batch size.
     """
     if isinstance(source, onnx.ModelProto):
         proto = onnx.ModelProto()
@@ -241,17 +231,8 @@ def fold_onnx_batchnorm(
     params_before = _stored_values(proto.graph)
     unfolded = _fold_graph(proto.graph)
     destination = Path(output)
-    max_abs = None
-    try:
-        with replacing_atomically(destination) as temporary:
-            onnx.save(proto, temporary, save_as_external_data=False)
-            onnx.checker.check_model(temporary, full_check=True)
-            if images is not None:
-                max_abs = _compare_onnx(original, temporary, images=images, atol=atol)
-    except ResnetServeError:
-        raise
-    except Exception as exc:  # the checker and protobuf raise several unrelated types
-        raise ExportError(f"writing the folded ONNX to {destination} failed: {first_line(exc)}") from exc
+    parity = None if images is None else _compare_onnx(original, proto, images=images, tolerance=tolerance)
+    save_onnx_checked(proto, destination)
     remaining = sum(node.op_type == "BatchNormalization" for node in proto.graph.node)
     return OnnxFoldReport(
         path=destination,
@@ -260,8 +241,7 @@ def fold_onnx_batchnorm(
         unfolded=unfolded,
         params_before=params_before,
         params_after=_stored_values(proto.graph),
-        max_abs=max_abs,
-        images=0 if images is None else len(images),
+        parity=parity,
     )
 
 
@@ -409,17 +389,25 @@ def _fresh(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _compare_onnx(original: onnx.ModelProto, folded_path: Path, *, images: np.ndarray, atol: float) -> float:
+def _compare_onnx(
+    original: onnx.ModelProto, folded: onnx.ModelProto, *, images: np.ndarray, tolerance: Tolerance
+) -> ParityResult:
+    # A plain torch.onnx.export has a fixed batch (of 1): the graph runs only at that size.
+    initializers = {t.name for t in original.graph.initializer}
+    batch_dim = next(v for v in original.graph.input if v.name not in initializers).type.tensor_type.shape.dim[0]
+    batch_size = batch_dim.dim_value if batch_dim.HasField("dim_value") else min(len(images), 64)
+    if len(images) < batch_size:
+        raise VerificationError(f"the graph takes batches of {batch_size} images; only {len(images)} were given")
+    images = images[: len(images) - len(images) % batch_size]
     with tempfile.TemporaryDirectory(prefix="resnet-serve-fold-") as scratch:
-        original_path = Path(scratch) / "unfolded.onnx"
-        onnx.save(original, original_path, save_as_external_data=False)
+        paths = Path(scratch) / "unfolded.onnx", Path(scratch) / "folded.onnx"
+        for proto, path in zip((original, folded), paths, strict=True):
+            onnx.save(proto, path, save_as_external_data=False)
         parity = compare_runtimes(
-            OnnxGraphRuntime(original_path, name="unfolded onnx"),
-            OnnxGraphRuntime(folded_path, name="folded onnx"),
+            OnnxRuntime(paths[0], name="unfolded onnx", graph_optimizations=False),
+            OnnxRuntime(paths[1], name="folded onnx", graph_optimizations=False),
             images,
-            batch_sizes=(min(len(images), 64),),
+            batch_sizes=(batch_size,),
         )
-    check_parity(parity, atol=atol)
-    return parity.max_abs
-
-
+    check_parity(parity, tolerance)
+    return parity

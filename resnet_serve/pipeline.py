@@ -1,71 +1,161 @@
-"""Stages chained for one checkpoint: fold → ONNX → verify → (TensorRT) → Triton repository entry."""
+"""Stages chained for one checkpoint: fold → ONNX → verify → (INT8/FP16 or TensorRT) → Triton
+repository entry; and ``fold_file``, the ``fold`` command's fold-and-check of one file."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import onnx
 
-from resnet_serve.checkpoints import Checkpoint, load_checkpoint
-from resnet_serve.datasets import load_dataset
+from resnet_serve.artifacts import Artifacts
+from resnet_serve.checkpoints import load_checkpoint
 from resnet_serve.errors import ExportError, ResnetServeError, VerificationError, first_line
-from resnet_serve.export.fp16 import convert_fp16
-from resnet_serve.export.onnx import Exporter, OnnxExportResult, export_onnx, load_onnx_safely
-from resnet_serve.export.quantize import CALIBRATION_METHODS, CalibrationMethodName, quantize_int8
-from resnet_serve.export.tensorrt import EngineOptions, build_engine, require_tensorrt
-from resnet_serve.files import replacing_atomically
-from resnet_serve.fold import FOLD_TOLERANCE, FoldResult, fold_batchnorm, fold_onnx_batchnorm
+from resnet_serve.export import CalibrationMethod, ExportFormat, Precision
+from resnet_serve.export.fp16 import Fp16ConversionResult
+from resnet_serve.export.onnx import OnnxExportResult, OnnxOptions, load_onnx_safely
+from resnet_serve.export.quantize import CALIBRATION_METHODS, QuantizationResult
+from resnet_serve.export.tensorrt import EngineOptions, EngineResult, build_engine, require_tensorrt
+from resnet_serve.files import asdict_with_paths, replacing_atomically
+from resnet_serve.fold import FoldResult, fold_onnx_batchnorm
+from resnet_serve.parity import DEFAULT_MIN_AGREEMENT, ParityResult, Tolerance, check_parity
 from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
-from resnet_serve.runtimes import OnnxRuntime
-from resnet_serve.triton.config import TENSORRT_PLAN, get_serving_target
+from resnet_serve.runtimes import RUNTIMES, compare_runtimes
+from resnet_serve.selection import ImageSelection, calibration_images, verification_images
+from resnet_serve.triton.config import TENSORRT_PLAN, ServingTarget, get_serving_target
 from resnet_serve.triton.repository import write_model_entry
-from resnet_serve.verify import ParityResult, TorchRuntime, check_parity, compare_runtimes, verify_onnx_export
 
-# onnxruntime's kernels differ from PyTorch's in summation order; 1e-4 on logits is far below
-# any change of the top-1 class.
-ONNX_TOLERANCE = 1e-4
-# An INT8 or FP16 file changes logits by design; what it must keep is the top-1 class.
-MIN_LOW_PRECISION_AGREEMENT = 0.99
+__all__ = [
+    "ExportOptions",
+    "ExportReport",
+    "FoldFileReport",
+    "VerifiedOnnx",
+    "default_model_name",
+    "export_to_repository",
+    "fold_export_verify",
+    "fold_file",
+]
 
-OnnxPrecision = Literal["fp32", "fp16", "int8"]
-ONNX_PRECISIONS: tuple[str, ...] = get_args(OnnxPrecision)
+_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+_PRECISIONS: tuple[str, ...] = get_args(Precision)
+# The runtime kind that runs each lower-precision ONNX file.
+_LOWER_PRECISION_KINDS = {"int8": "onnx-int8", "fp16": "onnx-fp16"}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything ``export_to_repository`` is told, checked once, on construction.
+
+    Attributes:
+        name: the model's name in the repository; None takes the checkpoint's file name.
+        target: the serving target of an ONNX file (``python-onnxruntime`` for the embedded
+            server, ``onnxruntime`` for the official container); a TensorRT engine is always
+            served by ``tensorrt-plan``.
+        format: ``onnx``, or ``tensorrt`` to build the verified ONNX into an engine.
+        precision: what the served model computes in; None is fp32 for onnx, fp16 for tensorrt.
+        max_batch_size / instances: the served model's dynamic batching and instance count.
+        onnx: exporter, opset, dynamic height/width and simplification.
+        tolerance: what the folded model, the ONNX file and its simplification must meet
+            against the original model.
+        selection: the test images that verify and the training images that calibrate.
+        calibration_method: INT8 activation ranges, for onnx int8.
+        min_agreement: least top-1 agreement of an INT8 or FP16 file with the FP32 one.
+        verify_batch_size: the larger batch size verified besides batch 1.
+        engine: TensorRT's profile, workspace and caches (format tensorrt only).
+
+    Raises:
+        ExportError: an option out of range or a combination that cannot work.
+    """
+
+    name: str | None = None
+    target: str = "python-onnxruntime"
+    format: ExportFormat = "onnx"
+    precision: Precision | None = None
+    max_batch_size: int = 64
+    instances: int = 1
+    onnx: OnnxOptions = OnnxOptions()
+    tolerance: Tolerance = Tolerance()
+    selection: ImageSelection = ImageSelection()
+    calibration_method: CalibrationMethod = "minmax"
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    verify_batch_size: int = 64
+    engine: EngineOptions | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in _FORMATS:
+            raise ExportError(f"unknown export format {self.format!r}; choose one of {', '.join(_FORMATS)}")
+        if self.precision is None:
+            object.__setattr__(self, "precision", "fp16" if self.format == "tensorrt" else "fp32")
+        if self.precision not in _PRECISIONS:
+            raise ExportError(
+                f"unknown {'ONNX' if self.format == 'onnx' else 'TensorRT'} precision {self.precision!r}; "
+                f"choose one of {', '.join(_PRECISIONS)}"
+            )
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ExportError(
+                f"unknown calibration method {self.calibration_method!r}; "
+                f"choose one of {', '.join(CALIBRATION_METHODS)}"
+            )
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ExportError(f"the minimum top-1 agreement is a fraction from 0 to 1, got {self.min_agreement}")
+        for option in ("max_batch_size", "instances", "verify_batch_size"):
+            if getattr(self, option) < 1:
+                raise ExportError(f"{option} must be ≥ 1, got {getattr(self, option)}")
+        if self.format == "tensorrt":
+            if self.engine is None:
+                object.__setattr__(self, "engine", EngineOptions())
+        elif self.engine is not None:
+            raise ExportError("engine options apply only to the tensorrt format")
+        elif get_serving_target(self.target) is TENSORRT_PLAN:
+            raise ExportError(f"the {TENSORRT_PLAN.name} target serves an engine: export with the tensorrt format")
+
+    @property
+    def serving_target(self) -> ServingTarget:
+        return TENSORRT_PLAN if self.format == "tensorrt" else get_serving_target(self.target)
+
+    @property
+    def lower_precision_tolerance(self) -> Tolerance:
+        """What an INT8 or FP16 file must keep of the FP32 one: its top-1 class."""
+        return Tolerance(rtol=None, min_top1_agreement=self.min_agreement)
 
 
 @dataclass(frozen=True)
 class ExportReport:
-    checkpoint: str
+    """What ``export_to_repository`` did, each stage's own result included.
+
+    ``onnx``, ``lower_precision`` and ``engine`` describe files made in a scratch folder that
+    is gone; ``model_file`` is the copy the repository entry serves.
+    """
+
+    checkpoint: Path
     architecture: str
     name: str
     target: str
-    entry: str
-    model_file: str
+    entry: Path
+    model_file: Path
     input_shape: tuple[int, int, int]
-    batchnorms_folded: int
-    params_before: int
-    params_after: int
-    batchnorm_nodes: int
-    fold_max_abs: float
-    onnx_max_abs: float
-    onnx_top1_agreement: float
-    verify_images: int
-    verify_batch_sizes: list[int]
+    precision: Precision
+    options: ExportOptions
+    folding: FoldResult
+    fold_parity: ParityResult
+    onnx: OnnxExportResult
+    onnx_parity: ParityResult
+    lower_precision: QuantizationResult | Fp16ConversionResult | None
+    precision_parity: ParityResult | None
+    engine: EngineResult | None
     seconds: float
-    precision: str = "fp32"
-    precision_parity: dict | None = None
-    engine: dict | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict_with_paths(self)
 
 
 def default_model_name(checkpoint: Path) -> str:
@@ -73,168 +163,126 @@ def default_model_name(checkpoint: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", checkpoint.name.split(".")[0]) or "model"
 
 
-def verification_images(
-    checkpoint: Checkpoint, *, data_dir: Path | None, count: int, split: str = "test"
-) -> np.ndarray:
-    """The first ``count`` real images of a split of ``data_dir``, prepared as the model expects."""
-    dataset = load_dataset(data_dir, split=split)
-    return dataset.read(range(min(count, len(dataset))), preprocessing=checkpoint.meta.preprocessing)
-
-
 @dataclass(frozen=True)
 class VerifiedOnnx:
     """A checkpoint folded and exported, each step checked on real images."""
 
-    folded: FoldResult
+    folding: FoldResult
     fold_parity: ParityResult
     exported: OnnxExportResult
     onnx_parity: ParityResult
 
 
 def fold_export_verify(
-    loaded: Checkpoint,
-    path: Path,
-    images: np.ndarray,
-    *,
-    batch_sizes: Sequence[int],
-    fold_atol: float = FOLD_TOLERANCE,
-    onnx_atol: float = ONNX_TOLERANCE,
-    **export_options: Any,
+    artifacts: Artifacts, images: np.ndarray, *, batch_sizes: Sequence[int], tolerance: Tolerance
 ) -> VerifiedOnnx:
-    """Fold the checkpoint's BatchNorms, export the folded model to ``path`` and verify both:
-    folded vs original within ``fold_atol``, onnxruntime vs the original within ``onnx_atol``
-    with identical top-1 at every batch size, and no BatchNormalization node left in the graph."""
-    folded = fold_batchnorm(loaded.model)
+    """Fold the checkpoint's BatchNorms, export the folded model and check both on ``images``
+    against the original model: the folded model at the largest batch size, onnxruntime on the
+    file at every batch size, each within ``tolerance``, and no BatchNormalization node left.
+
+    Raises:
+        VerificationError: a check failed.
+        ExportError: folding or exporting failed.
+    """
+    original = RUNTIMES["torch"].build(artifacts)
     fold_parity = compare_runtimes(
-        TorchRuntime(loaded.model), TorchRuntime(folded.model, name="pytorch-folded"), images,
-        batch_sizes=batch_sizes[-1:],
+        original, RUNTIMES["torch-folded"].build(artifacts), images, batch_sizes=batch_sizes[-1:]
     )
-    check_parity(fold_parity, atol=fold_atol)
-    exported = export_onnx(
-        folded.model, path, input_shape=loaded.meta.input_shape,
-        metadata=loaded.meta.onnx_metadata(), **export_options,
-    )
+    check_parity(fold_parity, tolerance)
+    exported = artifacts.onnx_export
     if exported.batchnorm_nodes:
         raise VerificationError(f"the folded ONNX still has {exported.batchnorm_nodes} BatchNormalization nodes")
     # Against the original, unfolded model: the whole chain is what must hold.
-    onnx_parity = verify_onnx_export(loaded.model, path, images, atol=onnx_atol, batch_sizes=batch_sizes)
-    return VerifiedOnnx(folded, fold_parity, exported, onnx_parity)
+    onnx_parity = compare_runtimes(original, RUNTIMES["onnx-fp32"].build(artifacts), images, batch_sizes=batch_sizes)
+    check_parity(onnx_parity, tolerance)
+    return VerifiedOnnx(artifacts.folding, fold_parity, exported, onnx_parity)
 
 
 def export_to_repository(
     *,
     checkpoint: Path,
     repository: Path,
-    name: str | None = None,
-    target: str = "python-onnxruntime",
-    max_batch_size: int = 64,
-    instances: int = 1,
-    opset: int | None = None,
-    exporter: Exporter = "legacy",
-    dynamic_hw: bool = False,
-    simplify: bool = False,
-    data_dir: Path | None = None,
-    verify_images: int = 256,
-    verify_batch_size: int = 64,
-    fold_atol: float = FOLD_TOLERANCE,
-    onnx_atol: float = ONNX_TOLERANCE,
-    precision: OnnxPrecision = "fp32",
-    calibration_images: int = 512,
-    calibration_method: CalibrationMethodName = "minmax",
-    min_agreement: float = MIN_LOW_PRECISION_AGREEMENT,
-    engine: EngineOptions | None = None,
+    options: ExportOptions = ExportOptions(),
     reporter: Reporter | None = None,
 ) -> ExportReport:
     """Fold, export and verify a checkpoint, then write its Triton repository entry.
 
-    Nothing is written to the repository unless the folded model matches the original within
-    ``fold_atol`` (1e-5) and onnxruntime matches PyTorch within ``onnx_atol`` (1e-4) with
-    identical top-1, at batch 1 and at ``verify_batch_size``, on real test images. Float32
-    rounding grows with depth and with the logits' scale, so a very deep net with large logits
-    may need looser tolerances; its report shows what was measured.
+    Nothing is written to the repository unless the folded model and onnxruntime on the ONNX
+    file both match the original model within ``options.tolerance`` (logits within rtol of the
+    largest logit, the same top-1 class up to near-ties) at batch 1 and at the verify batch
+    size, on the selected real test images.
 
-    ``precision`` int8 or fp16 serves a lower-precision copy of the verified FP32 ONNX: INT8
-    static QDQ calibrated on ``calibration_images`` real training images, or FP16 weights
-    with FP32 inputs and outputs. It is written only if its top-1 agrees with the FP32 file's
-    on at least ``min_agreement`` of the test images at every batch size.
-
-    With ``engine``, the verified ONNX is built into a TensorRT engine (INT8 calibrated on
-    real training images) that the entry serves through the ``tensorrt`` target instead.
+    With precision int8 or fp16 (format onnx) a lower-precision copy of the verified FP32 ONNX
+    is served: INT8 static QDQ calibrated on the selected training images, or FP16 weights with
+    FP32 inputs and outputs. It is written only if its top-1 class agrees with the FP32 file's
+    on at least ``options.min_agreement`` of the test images at every batch size. With format
+    tensorrt the verified ONNX is built into an engine (INT8 calibrated on the same training
+    images) served through the ``tensorrt-plan`` target.
     """
     reporter = reporter or SilentReporter()
     began = time.perf_counter()
-    if precision not in ONNX_PRECISIONS:
-        raise ExportError(f"unknown ONNX precision {precision!r}; choose one of {', '.join(ONNX_PRECISIONS)}")
-    if precision == "int8" and calibration_method not in CALIBRATION_METHODS:
-        raise ExportError(
-            f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
-        )
-    if not 0.0 <= min_agreement <= 1.0:
-        raise ExportError(f"the minimum top-1 agreement is a fraction from 0 to 1, got {min_agreement}")
-    if engine is not None:
+    if options.format == "tensorrt":
         # Before any work: without TensorRT and a GPU the whole export would be wasted.
         require_tensorrt()
-        serving_target = TENSORRT_PLAN
-    else:
-        serving_target = get_serving_target(target)
-        if serving_target is TENSORRT_PLAN:
-            raise ExportError(
-                f"the {TENSORRT_PLAN.name} target serves an engine: export with the tensorrt format"
-            )
     loaded = load_checkpoint(checkpoint)
     meta = loaded.meta
-    name = name or default_model_name(checkpoint)
-    images = verification_images(loaded, data_dir=data_dir, count=verify_images)
-    batch_sizes = [1, min(verify_batch_size, len(images))]
+    name = options.name or default_model_name(checkpoint)
+    images = verification_images(options.selection, meta.preprocessing).images
+    batch_sizes = (1, min(options.verify_batch_size, len(images)))
 
     with tempfile.TemporaryDirectory(prefix="resnet-serve-export-") as scratch:
-        onnx_path = Path(scratch) / "model.onnx"
+        artifacts = Artifacts(
+            loaded,
+            workdir=Path(scratch),
+            onnx=options.onnx,
+            tolerance=options.tolerance,
+            simplify_images=images,
+            calibration=lambda: calibration_images(options.selection, meta.preprocessing),
+            calibration_method=options.calibration_method,
+        )
         reporter.message(
-            f"folding BatchNorm of {meta.architecture}, exporting ONNX ({exporter} exporter) and "
-            f"verifying both on {len(images)} test images"
+            f"folding BatchNorm of {meta.architecture}, exporting ONNX ({options.onnx.exporter} exporter) "
+            f"and verifying both on {len(images)} test images"
         )
-        verified = fold_export_verify(
-            loaded, onnx_path, images, batch_sizes=batch_sizes, opset=opset, exporter=exporter,
-            dynamic_hw=dynamic_hw, simplify=simplify, simplify_images=images,
-            fold_atol=fold_atol, onnx_atol=onnx_atol,
-        )
-        model_file, built, precision_parity = onnx_path, None, None
-        if engine is None and precision != "fp32":
-            reporter.message(f"making the {precision} ONNX and checking it against FP32 on {len(images)} test images")
-            model_file, precision_parity = _lower_precision_onnx(
-                onnx_path, precision=precision, batch_sizes=batch_sizes, images=images,
-                calibration_images=verification_images(
-                    loaded, data_dir=data_dir, count=calibration_images, split="train"
-                ) if precision == "int8" else None,
-                calibration_method=calibration_method, min_agreement=min_agreement,
+        verified = fold_export_verify(artifacts, images, batch_sizes=batch_sizes, tolerance=options.tolerance)
+        model_file, lower, precision_parity, engine = artifacts.onnx_fp32, None, None, None
+        if options.format == "onnx" and options.precision != "fp32":
+            reporter.message(
+                f"making the {options.precision} ONNX and checking it against FP32 on {len(images)} test images"
             )
-        if engine is not None:
-            reporter.message(f"building a {engine.precision} TensorRT engine")
-            built = build_engine(
-                onnx_path,
+            lower = artifacts.int8 if options.precision == "int8" else artifacts.fp16
+            precision_parity = compare_runtimes(
+                RUNTIMES["onnx-fp32"].build(artifacts),
+                RUNTIMES[_LOWER_PRECISION_KINDS[options.precision]].build(artifacts),
+                images,
+                batch_sizes=batch_sizes,
+            )
+            check_parity(precision_parity, options.lower_precision_tolerance)
+            model_file = lower.path
+        if options.format == "tensorrt":
+            reporter.message(f"building a {options.precision} TensorRT engine")
+            engine = build_engine(
+                artifacts.onnx_fp32,
                 Path(scratch) / TENSORRT_PLAN.model_filename,
-                precision=engine.precision,
-                profile=engine.profile(
-                    input_shape=meta.preprocessing.input_shape, max_batch_size=max_batch_size
-                ),
-                workspace_bytes=engine.workspace_bytes,
-                timing_cache_path=engine.timing_cache_path,
-                calibration_images=verification_images(
-                    loaded, data_dir=data_dir, count=engine.calibration_images, split="train"
-                ) if engine.precision == "int8" else None,
-                calibration_cache_path=engine.calibration_cache_path,
+                precision=options.precision,
+                profile=options.engine.profile(input_shape=meta.input_shape, max_batch_size=options.max_batch_size),
+                workspace_bytes=options.engine.workspace_bytes,
+                timing_cache_path=options.engine.timing_cache_path,
+                calibration_images=artifacts.calibration() if options.precision == "int8" else None,
+                calibration_cache_path=options.engine.calibration_cache_path,
             )
-            model_file = built.plan_path
+            model_file = engine.plan_path
         entry = write_model_entry(
             repository=repository,
             name=name,
             onnx_path=model_file,
             class_names=meta.class_names,
+            # The repository writer takes the preprocessing as a mapping, ready for JSON.
             preprocessing=meta.preprocessing.to_dict(),
-            input_shape=meta.preprocessing.input_shape,
-            target=serving_target,
-            max_batch_size=max_batch_size,
-            instances=instances,
+            input_shape=meta.input_shape,
+            target=options.serving_target,
+            max_batch_size=options.max_batch_size,
+            instances=options.instances,
             metadata={
                 "architecture": meta.architecture,
                 "class_names": json.dumps(meta.class_names),
@@ -242,51 +290,24 @@ def export_to_repository(
             },
         )
     return ExportReport(
-        checkpoint=str(checkpoint),
+        checkpoint=checkpoint,
         architecture=meta.architecture,
         name=name,
-        target=serving_target.name,
-        entry=str(entry.path),
-        model_file=str(entry.model_path),
-        input_shape=meta.preprocessing.input_shape,
-        batchnorms_folded=verified.folded.folded,
-        params_before=verified.folded.params_before,
-        params_after=verified.folded.params_after,
-        batchnorm_nodes=verified.exported.batchnorm_nodes,
-        fold_max_abs=verified.fold_parity.max_abs,
-        onnx_max_abs=verified.onnx_parity.max_abs,
-        onnx_top1_agreement=verified.onnx_parity.top1_agreement,
-        verify_images=len(images),
-        verify_batch_sizes=batch_sizes,
+        target=options.serving_target.name,
+        entry=entry.path,
+        model_file=entry.model_path,
+        input_shape=meta.input_shape,
+        precision=options.precision,
+        options=options,
+        folding=verified.folding,
+        fold_parity=verified.fold_parity,
+        onnx=verified.exported,
+        onnx_parity=verified.onnx_parity,
+        lower_precision=lower,
+        precision_parity=precision_parity,
+        engine=engine,
         seconds=time.perf_counter() - began,
-        precision=engine.precision if engine is not None else precision,
-        precision_parity=precision_parity.to_dict() if precision_parity is not None else None,
-        engine=built.to_dict() if built is not None else None,
     )
-
-
-def _lower_precision_onnx(
-    fp32_path: Path,
-    *,
-    precision: OnnxPrecision,
-    batch_sizes: Sequence[int],
-    images: np.ndarray,
-    calibration_images: np.ndarray | None,
-    calibration_method: CalibrationMethodName,
-    min_agreement: float,
-) -> tuple[Path, ParityResult]:
-    """An INT8 or FP16 copy of a verified FP32 ONNX beside it, checked for top-1 agreement."""
-    path = fp32_path.with_name(f"model-{precision}.onnx")
-    if precision == "int8":
-        quantize_int8(fp32_path, path, calibration_images=calibration_images, method=calibration_method)
-    else:
-        convert_fp16(fp32_path, path)
-    parity = compare_runtimes(
-        OnnxRuntime(fp32_path, name="onnx-fp32"), OnnxRuntime(path, name=f"onnx-{precision}"),
-        images, batch_sizes=batch_sizes,
-    )
-    check_parity(parity, atol=None, min_top1_agreement=min_agreement)
-    return path, parity
 
 
 # For an ONNX file without preprocessing in its metadata: pixels of 0..1 scaled to about ±2,
@@ -295,7 +316,7 @@ DEFAULT_ONNX_PREPROCESSING_MEAN = 0.5
 DEFAULT_ONNX_PREPROCESSING_STD = 0.25
 
 
-@dataclass
+@dataclass(frozen=True)
 class FoldFileReport:
     """What ``fold_file`` (the ``resnet-serve fold`` command) did.
 
@@ -307,10 +328,10 @@ class FoldFileReport:
         unfolded: the BatchNorms that stayed, with why.
         params_before / params_after: PyTorch parameters for a checkpoint; stored ONNX values
             (BatchNorm running statistics included) for an ONNX file.
-        max_abs: folded vs unfolded max-abs logit difference on ``images`` real test images.
-        onnx_max_abs: for a checkpoint, onnxruntime on the written file vs unfolded PyTorch.
         preprocessing: where the images' preprocessing came from: ``checkpoint``,
             ``metadata`` (the ONNX file's ``preprocessing`` entry) or ``default``.
+        fold_parity: folded vs unfolded model on the selected real test images.
+        onnx_parity: for a checkpoint, onnxruntime on the written file vs the unfolded model.
     """
 
     source: Path
@@ -321,65 +342,65 @@ class FoldFileReport:
     unfolded: dict[str, str]
     params_before: int
     params_after: int
-    max_abs: float
-    images: int
     preprocessing: Literal["checkpoint", "metadata", "default"]
-    onnx_max_abs: float | None = None
+    fold_parity: ParityResult
+    onnx_parity: ParityResult | None = None
 
     def to_dict(self) -> dict:
-        result = asdict(self)
-        result.update(source=str(self.source), output=str(self.output))
-        return result
+        return asdict_with_paths(self)
 
 
 def fold_file(
-    source: str | os.PathLike[str],
-    output: str | os.PathLike[str],
+    source: Path,
+    output: Path,
     *,
-    data_dir: Path | None = None,
-    verify_images: int = 256,
+    selection: ImageSelection = ImageSelection(),
+    tolerance: Tolerance = Tolerance(),
 ) -> FoldFileReport:
     """Fold the BatchNorms of a checkpoint (``.safetensors``) or an ONNX file into a folded ONNX.
 
-    A checkpoint is folded in PyTorch (FP32 arithmetic in float64), checked against the
+    A checkpoint is folded in PyTorch (in float64, cast back once), checked against the
     unfolded model, exported with the legacy exporter at opset 17, and the file checked with
     onnxruntime against the unfolded model. An ONNX file goes through ``load_onnx_safely`` and
-    the graph pass. Both are measured on the first ``verify_images`` real test images of
-    ``data_dir`` (default: Fashion-MNIST), preprocessed as the checkpoint says, as the ONNX
-    file's ``preprocessing`` metadata says, or else resized to the graph's input size with
-    mean 0.5 and std 0.25 per channel. ``output`` is written only once every check passed.
+    the graph pass. Both are measured on the selected real test images, preprocessed as the
+    checkpoint says, as the ONNX file's ``preprocessing`` metadata says, or else resized to the
+    graph's input size with mean 0.5 and std 0.25 per channel, and must meet ``tolerance``.
+    ``output`` is written only once every check passed.
 
     Raises:
         ExportError: an unknown file type, an unsafe or malformed ONNX file, or a failed export.
-        VerificationError: folded and unfolded differ by more than 1e-5, or the ONNX export
-            from PyTorch by more than 1e-4.
+        VerificationError: a check missed ``tolerance``.
     """
-    source, destination = Path(source), Path(output)
     if source.suffix == ".onnx":
         proto = load_onnx_safely(source)
         preprocessing, origin = _onnx_preprocessing(proto, shown=source)
-        test_set = load_dataset(data_dir, split="test")
-        images = test_set.read(range(min(verify_images, len(test_set))), preprocessing=preprocessing)
-        report = fold_onnx_batchnorm(proto, destination, images=images)
+        images = verification_images(selection, preprocessing).images
+        report = fold_onnx_batchnorm(proto, output, images=images, tolerance=tolerance)
         return FoldFileReport(
-            source=source, output=destination, kind="onnx", folded=report.folded,
+            source=source, output=output, kind="onnx", folded=report.folded,
             batchnorm_nodes=report.batchnorm_nodes, unfolded=report.unfolded,
             params_before=report.params_before, params_after=report.params_after,
-            max_abs=report.max_abs, images=report.images, preprocessing=origin,
+            preprocessing=origin, fold_parity=report.parity,
         )
     if source.suffix != ".safetensors":
         raise ExportError(f"cannot fold {source}: expected a .safetensors checkpoint or an .onnx file")
 
     loaded = load_checkpoint(source)
-    images = verification_images(loaded, data_dir=data_dir, count=verify_images)
-    with replacing_atomically(destination) as temporary:
-        verified = fold_export_verify(loaded, temporary, images, batch_sizes=[1, min(len(images), 64)])
+    images = verification_images(selection, loaded.meta.preprocessing).images
+    with tempfile.TemporaryDirectory(prefix="resnet-serve-fold-") as scratch:
+        artifacts = Artifacts(loaded, workdir=Path(scratch), tolerance=tolerance)
+        verified = fold_export_verify(artifacts, images, batch_sizes=(1, min(len(images), 64)), tolerance=tolerance)
+        try:
+            with replacing_atomically(output) as temporary:
+                shutil.copyfile(verified.exported.path, temporary)
+        except OSError as error:
+            raise ExportError(f"cannot write {output}: {first_line(error)}") from None
+    folding = verified.folding
     return FoldFileReport(
-        source=source, output=destination, kind="checkpoint", folded=verified.folded.folded,
-        batchnorm_nodes=verified.exported.batchnorm_nodes, unfolded=verified.folded.unfolded_reasons,
-        params_before=verified.folded.params_before, params_after=verified.folded.params_after,
-        max_abs=verified.fold_parity.max_abs, images=len(images), preprocessing="checkpoint",
-        onnx_max_abs=verified.onnx_parity.max_abs,
+        source=source, output=output, kind="checkpoint", folded=folding.folded,
+        batchnorm_nodes=verified.exported.batchnorm_nodes, unfolded=folding.unfolded_reasons,
+        params_before=folding.params_before, params_after=folding.params_after, preprocessing="checkpoint",
+        fold_parity=verified.fold_parity, onnx_parity=verified.onnx_parity,
     )
 
 

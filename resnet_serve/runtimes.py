@@ -1,36 +1,43 @@
-"""Runtimes: one model, run by one back end (PyTorch, onnxruntime, OpenVINO), behind one
-small interface, and a factory that builds each named kind from a checkpoint.
+"""Runtimes: one model run by one back end (PyTorch, onnxruntime, OpenVINO) behind one small
+interface, and the one registry of named runtime kinds that ``verify`` and the CLI offer.
 
 A runtime is anything with a ``name`` and a ``run(batch) -> logits`` over float32 NCHW numpy
-arrays. The verifier compares two of them; a benchmark can time any of them.
+arrays. A kind in ``RUNTIMES`` builds its runtime from the files of one checkpoint, which it
+asks of a ``ModelFiles`` (``resnet_serve.artifacts.Artifacts`` produces them on demand); this
+module never exports, folds or quantizes anything itself.
+
+PyTorch, onnxruntime and OpenVINO are imported where a runtime is built, so that the CLI can
+list the kinds without loading any of them.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from functools import cached_property
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
-import torch
-from torch import nn
 
-from resnet_serve.checkpoints import Checkpoint
 from resnet_serve.errors import MissingDependencyError, VerificationError, first_line
-from resnet_serve.export import export_onnx
-from resnet_serve.export.fp16 import convert_fp16
-from resnet_serve.export.quantize import CalibrationMethodName, QuantizationResult, quantize_int8
+from resnet_serve.parity import ParityAccumulator, ParityResult
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
-    "RUNTIME_KINDS",
+    "RUNTIMES",
+    "ModelFiles",
     "OnnxRuntime",
     "OpenVinoRuntime",
     "Runtime",
-    "RuntimeFactory",
+    "RuntimeKind",
     "TorchRuntime",
+    "add_to_parity",
     "as_batch",
+    "compare_runtimes",
+    "get_runtime_kind",
+    "run_batched",
 ]
 
 
@@ -50,11 +57,13 @@ class TorchRuntime:
         self.name = name
         self.model = model.eval()
         parameter = next(model.parameters(), None)
-        self._device = parameter.device if parameter is not None else torch.device("cpu")
-        self._dtype = parameter.dtype if parameter is not None else torch.float32
+        self._device = parameter.device if parameter is not None else "cpu"
+        self._dtype = parameter.dtype if parameter is not None else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(as_batch(batch)).to(device=self._device, dtype=self._dtype)
+        import torch
+
+        inputs = torch.from_numpy(as_batch(batch)).to(device=self._device, dtype=self._dtype or torch.float32)
         with torch.inference_mode():
             return self.model(inputs).float().cpu().numpy()
 
@@ -66,12 +75,20 @@ class OnnxRuntime:
         path: the ONNX file.
         threads: intra-op threads; None lets onnxruntime choose.
         name: how reports call this runtime.
+        graph_optimizations: False turns every onnxruntime graph optimisation off. Comparing
+            two graphs needs that: its Conv+BatchNorm fusion, constant folding and Identity
+            removal would otherwise turn both into the same graph, and the comparison would
+            prove nothing about the files.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, threads: int | None = None, name: str = "onnxruntime"
+        self,
+        path: Path,
+        *,
+        threads: int | None = None,
+        name: str = "onnxruntime",
+        graph_optimizations: bool = True,
     ) -> None:
-        # Imported here so that PyTorch-only use of this module does not load onnxruntime.
         import onnxruntime
 
         self.name = name
@@ -81,6 +98,8 @@ class OnnxRuntime:
         options = onnxruntime.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        if not graph_optimizations:
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             self.session = onnxruntime.InferenceSession(
                 str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -113,8 +132,8 @@ class OpenVinoRuntime:
 
     ``precision`` is the inference precision asked for (OpenVINO's
     ``INFERENCE_PRECISION_HINT``); on a CPU without BF16 instructions OpenVINO quietly computes
-    in FP32, so ``inference_precision`` records what the compiled model really uses. An INT8
-    (QDQ) file runs as INT8 whatever the hint.
+    in FP32, so ``inference_precision`` records what the compiled model really uses and
+    ``note`` says so when it differs. An INT8 (QDQ) file runs as INT8 whatever the hint.
 
     Raises:
         MissingDependencyError: OpenVINO is not installed.
@@ -123,7 +142,7 @@ class OpenVinoRuntime:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: Path,
         *,
         precision: Literal["fp32", "bf16"] = "fp32",
         threads: int | None = None,
@@ -154,6 +173,13 @@ class OpenVinoRuntime:
         self._output = compiled.outputs[0]
         self._request = compiled.create_infer_request()
 
+    @property
+    def note(self) -> str | None:
+        """What the compiled model really computes in, when that is not what was asked for."""
+        if self.inference_precision == _OPENVINO_HINTS[self.precision]:
+            return None
+        return f"OpenVINO computes in {self.inference_precision} on this CPU"
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         try:
             result = self._request.infer({0: as_batch(batch)})
@@ -166,140 +192,147 @@ class OpenVinoRuntime:
         return np.array(result[self._output], dtype=np.float32)
 
 
-class RuntimeFactory:
-    """Builds runtimes of the named kinds (``RUNTIME_KINDS``) from one checkpoint.
-
-    The files a kind needs are produced on first use in ``workdir`` and shared by every
-    runtime built later: fold → ONNX FP32 → INT8 (calibrated on ``calibration_images``) or
-    FP16. ``notes`` says, per kind built, how it was made.
-
-    Args:
-        checkpoint: the loaded checkpoint.
-        workdir: an empty scratch folder for this factory's files.
-        calibration_images: preprocessed training images for INT8 calibration (needed only
-            for the int8 kinds).
-        calibration_method: minmax, entropy or percentile.
-        threads: intra-op threads for onnxruntime and OpenVINO; None lets them choose.
-    """
-
-    def __init__(
-        self,
-        checkpoint: Checkpoint,
-        *,
-        workdir: str | os.PathLike[str],
-        calibration_images: np.ndarray | None = None,
-        calibration_method: CalibrationMethodName = "minmax",
-        threads: int | None = None,
-    ) -> None:
-        self.checkpoint = checkpoint
-        self.workdir = Path(workdir)
-        self.calibration_images = calibration_images
-        self.calibration_method = calibration_method
-        self.threads = threads
-        self.notes: dict[str, str] = {}
-
-    def build(self, kind: str) -> Runtime:
-        """A runtime of ``kind``, named ``kind``.
-
-        Raises:
-            VerificationError: an unknown kind, or an int8 kind without calibration images.
-            MissingDependencyError: the kind's back end is not installed.
-            ExportError: producing its file failed.
-        """
-        match kind:
-            case "torch":
-                return TorchRuntime(self.checkpoint.model, name=kind)
-            case "torch-folded":
-                return TorchRuntime(self.folded_model, name=kind)
-            case "onnx-fp32":
-                return OnnxRuntime(self.onnx_fp32, threads=self.threads, name=kind)
-            case "onnx-fp16":
-                return OnnxRuntime(self.onnx_fp16, threads=self.threads, name=kind)
-            case "onnx-int8":
-                self.notes[kind] = self._int8_note
-                return OnnxRuntime(self.onnx_int8.path, threads=self.threads, name=kind)
-            case "openvino-fp32":
-                return self._openvino(kind, self.onnx_fp32, "fp32")
-            case "openvino-bf16":
-                return self._openvino(kind, self.onnx_fp32, "bf16")
-            case "openvino-int8":
-                # OpenVINO reads onnxruntime's QDQ file and runs its convolutions in INT8.
-                self.notes[kind] = self._int8_note
-                return self._openvino(kind, self.onnx_int8.path, "fp32")
-            case "tensorrt":
-                # The hook for a TensorRT engine runtime, which needs TensorRT and a GPU.
-                if importlib.util.find_spec("tensorrt") is None:
-                    raise MissingDependencyError(
-                        "TensorRT is not installed (it needs an NVIDIA GPU and NVIDIA's tensorrt "
-                        "wheel); the tensorrt runtime is unavailable here"
-                    )
-                raise MissingDependencyError("this version of resnet-serve has no TensorRT runtime yet")
-        raise VerificationError(f"unknown runtime {kind!r}; choose one of {', '.join(RUNTIME_KINDS)}")
-
-    @cached_property
-    def folded_model(self) -> nn.Module:
-        # Imported here: folding checks itself with the verifier, which imports this module.
-        from resnet_serve.fold import fold_batchnorm
-
-        return fold_batchnorm(self.checkpoint.model).model
-
-    @cached_property
-    def onnx_fp32(self) -> Path:
-        meta = self.checkpoint.meta
-        return export_onnx(
-            self.folded_model,
-            self.workdir / "model-fp32.onnx",
-            input_shape=meta.input_shape,
-            metadata=meta.onnx_metadata(),
-        ).path
-
-    @cached_property
-    def onnx_int8(self) -> QuantizationResult:
-        if self.calibration_images is None:
-            raise VerificationError("the int8 runtimes need calibration images")
-        return quantize_int8(
-            self.onnx_fp32,
-            self.workdir / "model-int8.onnx",
-            calibration_images=self.calibration_images,
-            method=self.calibration_method,
-        )
-
-    @cached_property
-    def onnx_fp16(self) -> Path:
-        return convert_fp16(self.onnx_fp32, self.workdir / "model-fp16.onnx").path
-
-    @property
-    def _int8_note(self) -> str:
-        result = self.onnx_int8
-        return (
-            f"static QDQ, per-channel weights, {result.method} calibration on "
-            f"{result.calibration_images} training images; kept in FP32: "
-            f"{', '.join(result.kept_fp32) or 'nothing'}"
-        )
-
-    def _openvino(self, kind: str, path: Path, precision: Literal["fp32", "bf16"]) -> Runtime:
-        runtime = OpenVinoRuntime(path, precision=precision, threads=self.threads, name=kind)
-        if runtime.inference_precision != _OPENVINO_HINTS[precision]:
-            self.notes[kind] = f"OpenVINO computes in {runtime.inference_precision} on this CPU"
-        return runtime
-
-
-RUNTIME_KINDS: tuple[str, ...] = (
-    "torch",
-    "torch-folded",
-    "onnx-fp32",
-    "onnx-int8",
-    "onnx-fp16",
-    "openvino-fp32",
-    "openvino-bf16",
-    "openvino-int8",
-    "tensorrt",
-)
-
-
 def as_batch(batch: np.ndarray) -> np.ndarray:
     """``batch`` as a C-contiguous float32 NCHW array."""
     batch = np.asarray(batch)
     if batch.ndim != 4:
         raise VerificationError(f"expected an NCHW batch of images, got shape {batch.shape}")
     return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def run_batched(runtime: Runtime, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits of all ``images``, run ``batch_size`` at a time (the last batch may be smaller)."""
+    outputs = [runtime.run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return np.concatenate(outputs)
+
+
+def add_to_parity(
+    accumulator: ParityAccumulator,
+    reference: Runtime,
+    candidate: Runtime,
+    images: np.ndarray,
+    *,
+    labels: np.ndarray | None = None,
+) -> None:
+    """Run one chunk of ``images`` through both runtimes and add their logits to ``accumulator``.
+
+    The reference runs once, in batches of the largest size; the candidate runs the chunk at
+    every one of the accumulator's batch sizes, since batch-dependent kernels are a common
+    source of divergence.
+    """
+    images = as_batch(images)
+    expected = run_batched(reference, images, max(accumulator.batch_sizes))
+    actual = {b: run_batched(candidate, images, b) for b in accumulator.batch_sizes}
+    accumulator.add(expected, actual, labels)
+
+
+def compare_runtimes(
+    reference: Runtime,
+    candidate: Runtime,
+    images: np.ndarray,
+    *,
+    batch_sizes: Sequence[int] = (1, 8),
+    labels: np.ndarray | None = None,
+) -> ParityResult:
+    """Parity of ``candidate`` with ``reference`` on ``images`` (float32 NCHW) at every batch
+    size; with ``labels`` (one class index per image) both runtimes' top-1 accuracy too.
+
+    Raises:
+        VerificationError: no images, a bad batch size, labels that do not match the images,
+            or outputs of different shapes.
+    """
+    accumulator = ParityAccumulator(reference=reference.name, candidate=candidate.name, batch_sizes=batch_sizes)
+    add_to_parity(accumulator, reference, candidate, images, labels=labels)
+    return accumulator.result()
+
+
+class ModelFiles(Protocol):
+    """The models of one checkpoint that runtime kinds are built from."""
+
+    @property
+    def model(self) -> nn.Module:
+        """The checkpoint's model as trained."""
+
+    @property
+    def folded_model(self) -> nn.Module:
+        """The model with every BatchNorm folded into its convolution."""
+
+    @property
+    def onnx_fp32(self) -> Path:
+        """The folded model exported to ONNX."""
+
+    @property
+    def onnx_int8(self) -> Path:
+        """The FP32 ONNX quantized to INT8 (static QDQ)."""
+
+    @property
+    def onnx_fp16(self) -> Path:
+        """The FP32 ONNX with FP16 weights."""
+
+
+@dataclass(frozen=True)
+class RuntimeKind:
+    """A named way to run a checkpoint: what it is (``help``) and how to build it."""
+
+    name: str
+    help: str
+    builder: Callable[[ModelFiles, int | None], Runtime]
+
+    def build(self, files: ModelFiles, *, threads: int | None = None) -> Runtime:
+        """A runtime of this kind, named after it; ``threads`` for onnxruntime and OpenVINO.
+
+        Raises:
+            MissingDependencyError: the kind's back end is not installed.
+            VerificationError / ExportError: its file could not be made or loaded.
+        """
+        return self.builder(files, threads)
+
+
+def _kinds(*kinds: RuntimeKind) -> dict[str, RuntimeKind]:
+    return {kind.name: kind for kind in kinds}
+
+
+RUNTIMES: dict[str, RuntimeKind] = _kinds(
+    RuntimeKind("torch", "the checkpoint's PyTorch model", lambda f, _: TorchRuntime(f.model, name="torch")),
+    RuntimeKind(
+        "torch-folded", "PyTorch with every BatchNorm folded into its convolution",
+        lambda f, _: TorchRuntime(f.folded_model, name="torch-folded"),
+    ),
+    RuntimeKind(
+        "onnx-fp32", "onnxruntime on the folded FP32 ONNX export",
+        lambda f, t: OnnxRuntime(f.onnx_fp32, threads=t, name="onnx-fp32"),
+    ),
+    RuntimeKind(
+        "onnx-int8", "onnxruntime on that ONNX quantized to INT8 (static QDQ, calibrated on training images)",
+        lambda f, t: OnnxRuntime(f.onnx_int8, threads=t, name="onnx-int8"),
+    ),
+    RuntimeKind(
+        "onnx-fp16", "onnxruntime on that ONNX with FP16 weights",
+        lambda f, t: OnnxRuntime(f.onnx_fp16, threads=t, name="onnx-fp16"),
+    ),
+    RuntimeKind(
+        "openvino-fp32", "OpenVINO on the FP32 ONNX, computing in FP32",
+        lambda f, t: OpenVinoRuntime(f.onnx_fp32, precision="fp32", threads=t, name="openvino-fp32"),
+    ),
+    RuntimeKind(
+        "openvino-bf16", "OpenVINO on the FP32 ONNX, computing in BF16 where the CPU can",
+        lambda f, t: OpenVinoRuntime(f.onnx_fp32, precision="bf16", threads=t, name="openvino-bf16"),
+    ),
+    # OpenVINO reads onnxruntime's QDQ file and runs its convolutions in INT8.
+    RuntimeKind(
+        "openvino-int8", "OpenVINO on the INT8 ONNX",
+        lambda f, t: OpenVinoRuntime(f.onnx_int8, precision="fp32", threads=t, name="openvino-int8"),
+    ),
+)
+
+
+def get_runtime_kind(name: str) -> RuntimeKind:
+    """The kind called ``name``.
+
+    Raises:
+        VerificationError: no kind has that name.
+    """
+    try:
+        return RUNTIMES[name]
+    except KeyError:
+        raise VerificationError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}") from None

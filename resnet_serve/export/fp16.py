@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from resnet_serve.errors import ExportError, first_line
-from resnet_serve.export.atomic import save_onnx_atomically
+from resnet_serve.export.onnx import save_onnx_checked
 from resnet_serve.files import asdict_with_paths
 
 __all__ = ["Fp16ConversionResult", "convert_fp16"]
@@ -75,9 +75,9 @@ def convert_fp16(
         OnnxModel.graph_topological_sort(converted.graph)
     except Exception as exc:
         raise ExportError(f"FP16 conversion of {source} failed: {first_line(exc)}") from exc
-    destination = save_onnx_atomically(
+    destination = save_onnx_checked(
         converted,
-        output_path,
+        Path(output_path),
         metadata={"precision": "fp16", "fp16_io": "false" if keep_io_types else "true"},
     )
 

@@ -17,10 +17,9 @@ import os
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Literal
 
 import numpy as np
 import onnx
@@ -28,20 +27,21 @@ import torch
 from google.protobuf.message import DecodeError
 from torch import nn
 
-from resnet_serve.errors import ExportError, ResnetServeError, VerificationError, first_line
+from resnet_serve.errors import ExportError, first_line
+from resnet_serve.export import Exporter
 from resnet_serve.files import asdict_with_paths, replacing_atomically
+from resnet_serve.parity import ParityResult, Tolerance, check_parity
+from resnet_serve.runtimes import OnnxRuntime, compare_runtimes
 
 __all__ = [
     "DEFAULT_OPSETS",
-    "Exporter",
     "OnnxExportResult",
-    "OnnxGraphRuntime",
+    "OnnxOptions",
     "count_ops",
     "export_onnx",
     "load_onnx_safely",
+    "save_onnx_checked",
 ]
-
-Exporter = Literal["legacy", "dynamo"]
 
 BATCH_AXIS = "batch"
 HEIGHT_AXIS = "height"
@@ -54,8 +54,6 @@ DEFAULT_OPSETS: dict[Exporter, int] = {"legacy": 17, "dynamo": 18}
 # protobuf cannot serialise a message of 2 GiB or more; beyond that ONNX needs external data,
 # which a single-file deployment must not silently grow.
 MAX_SINGLE_FILE_BYTES = 2**31
-# Simplification rewrites the graph without changing its arithmetic beyond float rounding.
-SIMPLIFY_TOLERANCE = 1e-5
 
 # Deprecation notices about the exporter we chose deliberately; everything else is reported.
 _EXPECTED_WARNINGS = (
@@ -63,6 +61,41 @@ _EXPECTED_WARNINGS = (
     "The feature will be removed",
 )
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """How a model is exported to ONNX; checked on construction.
+
+    Attributes:
+        exporter: ``legacy`` (TorchScript) or ``dynamo`` (torch.export); see the module notes.
+        opset: default-domain opset; None becomes 17 for ``legacy`` and 18 for ``dynamo``.
+        dynamic_hw: also make the input's height and width symbolic (global pooling makes
+            ResNets size-agnostic); the example traced is still the model's input shape.
+        simplify: let onnxruntime's basic graph optimisations (constant folding, Identity and
+            redundant-node removal, Conv+Add/Mul fusions; ONNX ops only) rewrite the graph,
+            checked against the unsimplified graph.
+
+    Raises:
+        ExportError: an unknown exporter, or an opset it cannot write.
+    """
+
+    exporter: Exporter = "legacy"
+    opset: int | None = None
+    dynamic_hw: bool = False
+    simplify: bool = False
+
+    def __post_init__(self) -> None:
+        if self.exporter not in SUPPORTED_OPSETS:
+            raise ExportError(f"unknown exporter {self.exporter!r}; choose legacy or dynamo")
+        if self.opset is None:
+            object.__setattr__(self, "opset", DEFAULT_OPSETS[self.exporter])
+        supported = SUPPORTED_OPSETS[self.exporter]
+        if self.opset not in supported:
+            raise ExportError(
+                f"opset {self.opset} is not supported by the {self.exporter} exporter; "
+                f"choose {supported[0]} to {supported[-1]}"
+            )
 
 
 @dataclass
@@ -81,7 +114,7 @@ class OnnxExportResult:
         batchnorm_nodes: ``BatchNormalization`` nodes left (0 once folded).
         size_bytes: file size.
         simplified_nodes_removed: nodes removed by simplification (0 without it).
-        simplify_max_abs: simplified vs unsimplified max-abs logit difference, if simplified.
+        simplify_parity: simplified vs unsimplified graph, if simplified.
         warnings: exporter warnings worth a look (deduplicated).
     """
 
@@ -97,7 +130,7 @@ class OnnxExportResult:
     batchnorm_nodes: int
     size_bytes: int
     simplified_nodes_removed: int = 0
-    simplify_max_abs: float | None = None
+    simplify_parity: ParityResult | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -110,74 +143,65 @@ def count_ops(model: str | os.PathLike[str] | onnx.ModelProto) -> dict[str, int]
     return dict(Counter(node.op_type for node in proto.graph.node).most_common())
 
 
-class OnnxGraphRuntime:
-    """An ONNX file run by onnxruntime's CPU provider with every graph optimisation off.
+def save_onnx_checked(
+    proto: onnx.ModelProto,
+    destination: Path,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save ``proto`` as one self-contained file at ``destination``, after ``onnx.checker``
+    (full check, with shape inference) accepts it.
 
-    Comparing two graphs needs this: onnxruntime's own basic optimisations (Conv+BatchNorm
-    fusion, constant folding, Identity removal) would otherwise turn both into the same graph
-    and the comparison would prove nothing about the files.
+    ``metadata`` entries are added to the model's ``metadata_props``, replacing any of the
+    same key. The file is written beside its destination under a temporary name and renamed
+    into place, so a failure leaves neither a partial file nor a changed old one.
+
+    Raises:
+        ExportError: a model of 2 GiB or more, the checker refused it, or it could not be written.
     """
-
-    def __init__(self, path: str | os.PathLike[str], *, name: str = "onnx-graph") -> None:
-        import onnxruntime
-
-        self.name = name
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-        try:
-            self.session = onnxruntime.InferenceSession(
-                os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own pybind types, one per failure kind
-            raise VerificationError(f"onnxruntime cannot load {path}: {first_line(exc)}") from exc
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        try:
-            (logits,) = self.session.run(
-                [self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)}
-            )
-        except Exception as exc:
-            raise VerificationError(
-                f"onnxruntime failed on {self.name} with a batch of shape {batch.shape}: {first_line(exc)}"
-            ) from exc
-        return logits
+    merged = {entry.key: entry.value for entry in proto.metadata_props} | dict(metadata or {})
+    for key, value in merged.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ExportError(f"ONNX metadata must map str to str, got {key!r}: {value!r}")
+    del proto.metadata_props[:]
+    for key, value in merged.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    if proto.ByteSize() >= MAX_SINGLE_FILE_BYTES:
+        raise ExportError(f"{destination} would exceed protobuf's 2 GiB limit for one ONNX file")
+    try:
+        with replacing_atomically(destination) as temporary:
+            onnx.save(proto, temporary, save_as_external_data=False)
+            onnx.checker.check_model(temporary, full_check=True)
+    except Exception as exc:  # the checker and protobuf raise several unrelated types
+        raise ExportError(f"writing {destination} failed: {first_line(exc)}") from exc
+    return destination
 
 
 def export_onnx(
     model: nn.Module,
-    path: str | os.PathLike[str],
+    path: Path,
     *,
     input_shape: tuple[int, int, int],
-    opset: int | None = None,
-    exporter: Exporter = "legacy",
+    options: OnnxOptions = OnnxOptions(),
     dynamic_batch: bool = True,
-    dynamic_hw: bool = False,
-    simplify: bool = False,
     simplify_images: np.ndarray | None = None,
+    tolerance: Tolerance = Tolerance(),
     input_name: str = "input",
     output_name: str = "logits",
-    metadata: dict[str, str] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> OnnxExportResult:
     """Export ``model`` (traced in eval mode) to a single ONNX file at ``path``.
 
-    The file is written next to its destination under a temporary name and moved into
-    place only after ``onnx.checker`` (full check, with shape inference) accepts it, so a
-    failure leaves neither a partial file nor a changed old one. ``metadata`` goes into the
-    model's ``metadata_props``.
+    The file appears through ``save_onnx_checked``: whole, checked, or not at all.
+    ``metadata`` goes into the model's ``metadata_props``.
 
     Args:
-        opset: default-domain opset; None means 17 for ``legacy`` and 18 for ``dynamo``.
-        exporter: ``legacy`` (TorchScript) or ``dynamo`` (torch.export); see the module notes.
+        options: exporter, opset, dynamic height/width and simplification.
         dynamic_batch: make the first axis of input and output the symbolic ``batch``.
-        dynamic_hw: also make the input's height and width symbolic (global pooling makes
-            ResNets size-agnostic); the example traced is still ``input_shape``.
-        simplify: let onnxruntime's basic graph optimisations (constant folding, Identity and
-            redundant-node removal, Conv+Add/Mul fusions; ONNX ops only) rewrite the graph,
-            then check it against the unsimplified graph within 1e-5.
-        simplify_images: the N×C×H×W float32 inputs for that check; default: 4 seeded
-            standard-normal images, the scale of normalised pixels.
+        simplify_images: the N×C×H×W float32 inputs the simplified graph is checked on,
+            within ``tolerance``; default: 4 seeded standard-normal images, the scale of
+            normalised pixels.
 
     Raises:
         ExportError: bad arguments, weights of 2 GiB or more (protobuf's limit for one file),
@@ -186,19 +210,6 @@ def export_onnx(
     """
     if len(input_shape) != 3 or any(int(d) <= 0 for d in input_shape):
         raise ExportError(f"input_shape must be (channels, height, width) > 0, got {input_shape}")
-    if exporter not in SUPPORTED_OPSETS:
-        raise ExportError(f"unknown exporter {exporter!r}; choose legacy or dynamo")
-    opset = DEFAULT_OPSETS[exporter] if opset is None else opset
-    supported = SUPPORTED_OPSETS[exporter]
-    if opset not in supported:
-        raise ExportError(
-            f"opset {opset} is not supported by the {exporter} exporter; "
-            f"choose {supported[0]} to {supported[-1]}"
-        )
-    metadata = dict(metadata or {})
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ExportError(f"ONNX metadata must map str to str, got {key!r}: {value!r}")
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     if weight_bytes >= MAX_SINGLE_FILE_BYTES:
         raise ExportError(
@@ -215,7 +226,7 @@ def export_onnx(
         device=parameter.device if parameter is not None else "cpu",
     )
     input_axes = {0: BATCH_AXIS} if dynamic_batch else {}
-    if dynamic_hw:
+    if options.dynamic_hw:
         input_axes |= {2: HEIGHT_AXIS, 3: WIDTH_AXIS}
     dynamic_axes = (
         {input_name: input_axes, output_name: {0: BATCH_AXIS} if dynamic_batch else {}}
@@ -223,51 +234,44 @@ def export_onnx(
         else None
     )
 
-    try:
-        with replacing_atomically(destination) as temporary:
+    with tempfile.TemporaryDirectory(prefix="resnet-serve-export-onnx-") as scratch:
+        exported = Path(scratch) / "exported.onnx"
+        try:
             caught = _run_exporter(
-                model, example, temporary, exporter=exporter, opset=opset,
+                model, example, exported, exporter=options.exporter, opset=options.opset,
                 input_name=input_name, output_name=output_name, dynamic_axes=dynamic_axes,
             )
-            proto = onnx.load(temporary)
-            _check_dynamic_axes(proto, dynamic_batch=dynamic_batch, dynamic_hw=dynamic_hw)
-            nodes_removed, simplify_max_abs = 0, None
-            if simplify:
-                images = (
-                    simplify_images
-                    if simplify_images is not None
-                    else np.random.default_rng(0).standard_normal((4, *input_shape), dtype=np.float32)
-                )
-                simplified, simplify_max_abs = _simplify(temporary, images=images)
-                nodes_removed = len(proto.graph.node) - len(simplified.graph.node)
-                proto = simplified
-            for key, value in metadata.items():
-                entry = proto.metadata_props.add()
-                entry.key, entry.value = key, value
-            if proto.ByteSize() >= MAX_SINGLE_FILE_BYTES:
-                raise ExportError("the exported graph exceeds protobuf's 2 GiB limit for one ONNX file")
-            onnx.save(proto, temporary, save_as_external_data=False)
-            onnx.checker.check_model(temporary, full_check=True)
-    except ResnetServeError:
-        raise
-    except Exception as exc:
-        raise ExportError(f"ONNX export to {destination} failed: {first_line(exc)}") from exc
+            proto = onnx.load(exported)
+        except Exception as exc:  # the exporters raise anything from RuntimeError to their own types
+            raise ExportError(f"ONNX export to {destination} failed: {first_line(exc)}") from exc
+        _check_dynamic_axes(proto, dynamic_batch=dynamic_batch, dynamic_hw=options.dynamic_hw)
+        nodes_removed, simplify_parity = 0, None
+        if options.simplify:
+            images = (
+                simplify_images
+                if simplify_images is not None
+                else np.random.default_rng(0).standard_normal((4, *input_shape), dtype=np.float32)
+            )
+            simplified, simplify_parity = _simplify(exported, images=images, tolerance=tolerance)
+            nodes_removed = len(proto.graph.node) - len(simplified.graph.node)
+            proto = simplified
+    save_onnx_checked(proto, destination, metadata=metadata)
 
     op_counts = count_ops(proto)
     return OnnxExportResult(
         path=destination,
         opset=_default_opset(proto),
-        exporter=exporter,
+        exporter=options.exporter,
         input_name=input_name,
         output_name=output_name,
         input_shape=tuple(int(d) for d in input_shape),
         dynamic_batch=dynamic_batch,
-        dynamic_hw=dynamic_hw,
+        dynamic_hw=options.dynamic_hw,
         op_counts=op_counts,
         batchnorm_nodes=op_counts.get("BatchNormalization", 0),
         size_bytes=destination.stat().st_size,
         simplified_nodes_removed=nodes_removed,
-        simplify_max_abs=simplify_max_abs,
+        simplify_parity=simplify_parity,
         warnings=_reported_warnings(caught),
     )
 
@@ -346,10 +350,8 @@ def _run_exporter(
     return caught
 
 
-def _simplify(path: Path, *, images: np.ndarray) -> tuple[onnx.ModelProto, float]:
+def _simplify(path: Path, *, images: np.ndarray, tolerance: Tolerance) -> tuple[onnx.ModelProto, ParityResult]:
     import onnxruntime
-
-    from resnet_serve.verify import check_parity, compare_runtimes
 
     with tempfile.TemporaryDirectory(prefix="resnet-serve-simplify-") as scratch:
         simplified_path = Path(scratch) / "simplified.onnx"
@@ -365,13 +367,13 @@ def _simplify(path: Path, *, images: np.ndarray) -> tuple[onnx.ModelProto, float
         simplified.opset_import.extend(kept)
         onnx.save(simplified, simplified_path)
         parity = compare_runtimes(
-            OnnxGraphRuntime(path, name="unsimplified"),
-            OnnxGraphRuntime(simplified_path, name="simplified"),
+            OnnxRuntime(path, name="unsimplified", graph_optimizations=False),
+            OnnxRuntime(simplified_path, name="simplified", graph_optimizations=False),
             images,
             batch_sizes=(1, len(images)),
         )
-    check_parity(parity, atol=SIMPLIFY_TOLERANCE)
-    return simplified, parity.max_abs
+    check_parity(parity, tolerance)
+    return simplified, parity
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:

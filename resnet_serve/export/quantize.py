@@ -27,25 +27,24 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 import onnx
 
 from resnet_serve.errors import ExportError, first_line
-from resnet_serve.export.atomic import save_onnx_atomically
+from resnet_serve.export import CalibrationMethod
+from resnet_serve.export.onnx import save_onnx_checked
 from resnet_serve.files import asdict_with_paths
 
 __all__ = [
     "CALIBRATION_METHODS",
     "MIN_CALIBRATION_IMAGES",
-    "CalibrationMethodName",
     "QuantizationResult",
     "quantize_int8",
 ]
 
-CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
-CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethodName)
+CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
 # Fewer images give activation ranges that depend on which few were drawn; the entropy and
 # percentile methods need enough samples for a histogram to mean anything.
 MIN_CALIBRATION_IMAGES = 16
@@ -86,7 +85,7 @@ def quantize_int8(
     output_path: str | os.PathLike[str],
     *,
     calibration_images: np.ndarray,
-    method: CalibrationMethodName = "minmax",
+    method: CalibrationMethod = "minmax",
     per_channel: bool = True,
     keep_ends_fp32: bool = True,
     reduce_range: bool | None = None,
@@ -142,11 +141,11 @@ def quantize_int8(
     # Imported here: the quantization tooling is slow to import and only this function needs it.
     from onnxruntime.quantization import (
         CalibrationDataReader,
-        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
+    from onnxruntime.quantization import CalibrationMethod as OrtCalibrationMethod
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class _Batches(CalibrationDataReader):
@@ -160,11 +159,11 @@ def quantize_int8(
             return next(self._feeds, None)
 
     calibrate_method = {
-        "minmax": CalibrationMethod.MinMax,
+        "minmax": OrtCalibrationMethod.MinMax,
         # The entropy ranges come from _entropy_ranges as overrides; the quantizer's own
         # calibration pass is then only a formality.
-        "entropy": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
+        "entropy": OrtCalibrationMethod.MinMax,
+        "percentile": OrtCalibrationMethod.Percentile,
     }[method]
     destination = Path(output_path)
     with tempfile.TemporaryDirectory(prefix="resnet-serve-quantize-") as scratch:
@@ -203,7 +202,7 @@ def quantize_int8(
             "calibration_method": method,
             "calibration_images": str(len(images)),
         }
-        save_onnx_atomically(result, destination, metadata=metadata)
+        save_onnx_checked(result, destination, metadata=metadata)
 
     ops = Counter(node.op_type for node in result.graph.node)
     return QuantizationResult(
@@ -223,12 +222,13 @@ def quantize_int8(
 def _entropy_ranges(model: Path, batches, scratch: Path) -> dict[str, tuple[np.float32, np.float32]]:
     """Each activation's (low, high) by entropy calibration over ``batches``, as the float32
     scalars that onnxruntime's overrides need."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import CalibrationMethod as OrtCalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
 
     calibrator = create_calibrator(
         model,
         augmented_model_path=scratch / "entropy-augmented.onnx",
-        calibrate_method=CalibrationMethod.Entropy,
+        calibrate_method=OrtCalibrationMethod.Entropy,
         # The histogram spans ±max|x|, so 512 levels over it are the 256 of a uint8 over the
         # positive half; 1024 bins let the threshold fall as low as half the largest value.
         extra_options={"num_bins": 1024, "num_quantized_bins": 512},

@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 
-from resnet_serve.errors import ExportError, MissingDependencyError
+from resnet_serve.errors import ExportError, MissingDependencyError, first_line
+from resnet_serve.export import Precision
 from resnet_serve.files import asdict_with_paths, replacing_atomically
 from resnet_serve.triton import TRITON_CONTAINER_TAG
 
@@ -41,7 +42,6 @@ __all__ = [
     "sidecar_path",
 ]
 
-Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 _MISSING_TENSORRT = (
     "TensorRT is not installed: on a CUDA machine `pip install tensorrt` from NVIDIA's index"
@@ -75,9 +75,8 @@ class OptimizationProfile:
 
     def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """The (min, opt, max) input shapes, as ``IOptimizationProfile.set_shape`` takes them."""
-        return tuple(  # type: ignore[return-value]
-            (batch, *self.input_shape) for batch in (self.min_batch, self.opt_batch, self.max_batch)
-        )
+        image = self.input_shape
+        return (self.min_batch, *image), (self.opt_batch, *image), (self.max_batch, *image)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "input_shape": list(self.input_shape)}
@@ -89,29 +88,20 @@ class EngineOptions:
 
     ``opt_batch`` defaults to ``max_batch``: under load Triton's dynamic batcher fills batches
     up, so that is the size worth tuning for. ``max_batch`` defaults to the served
-    ``max_batch_size``. INT8 calibrates on the first ``calibration_images`` training images.
+    ``max_batch_size``. The precision, and the images INT8 calibrates on, are the export's
+    own (``ExportOptions.precision`` and ``.selection``).
     """
 
-    precision: Precision = "fp16"
     min_batch: int = 1
     opt_batch: int | None = None
     max_batch: int | None = None
     workspace_bytes: int = 1 << 30
     timing_cache_path: Path | None = None
-    calibration_images: int = 512
     calibration_cache_path: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ExportError(
-                f"unknown precision {self.precision!r} (one of {', '.join(PRECISIONS)})"
-            )
         if self.workspace_bytes < 1:
             raise ExportError(f"workspace limit must be positive, got {self.workspace_bytes} bytes")
-        if self.calibration_images < 1:
-            raise ExportError(
-                f"calibration needs at least one image, got {self.calibration_images}"
-            )
 
     def profile(
         self, *, input_shape: tuple[int, int, int], max_batch_size: int
@@ -165,8 +155,16 @@ def load_cache(path: str | os.PathLike[str] | None) -> bytes:
 
 
 def save_cache(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write a cache file atomically: a crash mid-write must not leave a cache TensorRT rejects."""
-    _write_atomically(Path(path), bytes(data))
+    """Write a cache file atomically: a crash mid-write must not leave a cache TensorRT rejects.
+
+    Raises:
+        ExportError: the file cannot be written.
+    """
+    try:
+        with replacing_atomically(path) as temporary:
+            temporary.write_bytes(bytes(data))
+    except OSError as error:
+        raise ExportError(f"cannot write {path}: {first_line(error)}") from None
 
 
 def sidecar_path(plan_path: str | os.PathLike[str]) -> Path:
@@ -192,7 +190,12 @@ class EngineSidecar:
         return {**asdict(self), "profile": self.profile.to_dict()}
 
     def write(self, path: str | os.PathLike[str]) -> None:
-        _write_atomically(Path(path), (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        """Write the sidecar as JSON, atomically; ExportError if it cannot be written."""
+        try:
+            with replacing_atomically(path) as temporary:
+                temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise ExportError(f"cannot write {path}: {first_line(error)}") from None
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> EngineSidecar:
@@ -387,7 +390,11 @@ def build_engine(
         onnx_sha256=hashlib.sha256(onnx_file.read_bytes()).hexdigest(),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    _write_atomically(plan, bytes(serialized))
+    try:
+        with replacing_atomically(plan) as temporary:
+            temporary.write_bytes(bytes(serialized))
+    except OSError as error:
+        raise ExportError(f"cannot write {plan}: {first_line(error)}") from None
     sidecar.write(sidecar_path(plan))
     return EngineResult(
         plan_path=plan,
@@ -398,11 +405,3 @@ def build_engine(
         timing_cache_path=timing_cache,
         calibration_cache_path=calibration_cache if precision == "int8" else None,
     )
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    try:
-        with replacing_atomically(path) as temporary:
-            temporary.write_bytes(data)
-    except OSError as error:
-        raise ExportError(f"cannot write {path}: {error}") from None

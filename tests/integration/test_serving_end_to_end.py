@@ -21,9 +21,9 @@ from resnet_serve.cli import app
 from resnet_serve.client.bench import PERF_ANALYZER_COLUMNS
 from resnet_serve.client.inference import InferenceClient
 from resnet_serve.datasets import load_default_dataset
+from resnet_serve.runtimes import TorchRuntime
 from resnet_serve.train import train_on_folder
 from resnet_serve.triton.server import TritonServer, find_free_ports
-from resnet_serve.verify import TorchRuntime
 
 pytestmark = pytest.mark.triton
 runner = CliRunner()
@@ -51,9 +51,9 @@ def repository(checkpoint: Path, tmp_path_factory) -> Path:
     )
     assert result.exit_code == 0, result.output
     exported = json.loads(report.read_text())
-    assert exported["batchnorm_nodes"] == 0 and exported["batchnorms_folded"] == 19
-    assert exported["fold_max_abs"] <= 1e-5 and exported["onnx_max_abs"] <= 1e-4
-    assert exported["onnx_top1_agreement"] == 1.0
+    assert exported["onnx"]["batchnorm_nodes"] == 0 and exported["folding"]["folded"] == 19
+    assert exported["fold_parity"]["max_abs_relative"] <= 1e-4 and exported["onnx_parity"]["max_abs_relative"] <= 1e-4
+    assert exported["onnx_parity"]["top1_agreement"] == 1.0
     return repository
 
 

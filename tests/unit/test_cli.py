@@ -136,6 +136,13 @@ def test_export_serves_a_lower_precision_file_checked_against_fp32(
     assert exported["precision"] == precision
     assert exported["precision_parity"]["n_images"] == 128
     assert exported["precision_parity"]["top1_agreement"] >= 0.95
+    # The report holds each stage's own result, paths as strings only in the JSON.
+    assert exported["entry"] == str(tmp_path / "repo" / "m")
+    assert exported["model_file"] == str(tmp_path / "repo" / "m" / "1" / "model.onnx")
+    assert Path(exported["lower_precision"]["path"]).name == f"model-{precision}.onnx"
+    assert exported["options"]["selection"]["calibration_images"] == 64
+    assert exported["folding"]["folded"] == 19 and "model" not in exported["folding"]
+    assert exported["onnx_parity"]["top1_agreement"] == 1.0
     served = onnx.load(tmp_path / "repo" / "m" / "1" / "model.onnx")
     assert any(tensor.data_type == weight_type for tensor in served.graph.initializer)
     # Clients keep sending and receiving float32.
@@ -146,13 +153,31 @@ def test_export_serves_a_lower_precision_file_checked_against_fp32(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--precision", "int4"], "unknown ONNX precision 'int4'"),
-        (["--precision", "int8", "--calibration-method", "kl"], "unknown calibration method 'kl'"),
         (["--precision", "int8", "--min-agreement", "99"], "a fraction from 0 to 1"),
+        (["--rtol", "-1"], "rtol must be a finite number ≥ 0"),
+        (["--verify-images", "0"], "image counts must be ≥ 1"),
+        (["--opset", "9"], "opset 9 is not supported by the legacy exporter"),
+        (["--target", "tensorrt-plan"], "export with the tensorrt format"),
     ],
 )
-def test_bad_precision_options_are_one_line_before_any_work(tmp_path: Path, options: list[str], message: str):
+def test_bad_export_options_are_one_line_before_any_work(tmp_path: Path, options: list[str], message: str):
     # The checkpoint is never read: the options are refused first.
     result = runner.invoke(app, ["export", str(tmp_path / "never-read.safetensors"), "--repository", str(tmp_path / "repo"), *options])
     assert_one_line_error(result, message)
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--precision", "int4"], "'int4' is not one of 'fp32', 'fp16', 'int8'"),
+        (["--precision", "int8", "--calibration-method", "kl"], "'kl' is not one of 'minmax', 'entropy', 'percentile'"),
+        (["--exporter", "jit"], "'jit' is not one of 'legacy', 'dynamo'"),
+    ],
+)
+def test_export_choices_come_from_the_exporters_vocabulary(tmp_path: Path, options: list[str], message: str):
+    result = runner.invoke(app, ["export", str(tmp_path / "never-read.safetensors"), "--repository", str(tmp_path / "repo"), *options])
+    # Typer's usage error, in a box that wraps long lines.
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert message in " ".join(result.output.replace("│", " ").split())
     assert not (tmp_path / "repo").exists()

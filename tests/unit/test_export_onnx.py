@@ -14,7 +14,7 @@ from samples import fashion_mnist, with_realistic_batchnorm
 from torch import nn
 
 from resnet_serve.errors import ExportError
-from resnet_serve.export import OnnxExportResult, count_ops, export_onnx, load_onnx_safely
+from resnet_serve.export.onnx import OnnxExportResult, OnnxOptions, count_ops, export_onnx, load_onnx_safely
 from resnet_serve.fold import fold_batchnorm
 from resnet_serve.models import create_model
 
@@ -103,16 +103,30 @@ def test_failed_export_leaves_nothing_behind(tmp_path: Path) -> None:
     ("options", "message"),
     [
         ({"input_shape": (28, 28)}, "input_shape"),
-        ({"input_shape": (1, 28, 28), "opset": 9}, "opset 9 is not supported"),
         ({"input_shape": (1, 28, 28), "metadata": {"epochs": 3}}, "str to str"),
-        ({"input_shape": (1, 28, 28), "exporter": "dynamo", "opset": 17}, "not supported by the dynamo"),
-        ({"input_shape": (1, 28, 28), "exporter": "jit"}, "unknown exporter"),
     ],
 )
 def test_bad_arguments_raise_before_writing(options: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=message):
         export_onnx(nn.Conv2d(1, 1, 1), tmp_path / "m.onnx", **options)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"opset": 9}, "opset 9 is not supported"),
+        ({"exporter": "dynamo", "opset": 17}, "not supported by the dynamo"),
+        ({"exporter": "jit"}, "unknown exporter"),
+    ],
+)
+def test_bad_onnx_options_are_refused_on_construction(options: dict, message: str) -> None:
+    with pytest.raises(ExportError, match=message):
+        OnnxOptions(**options)
+
+
+def test_onnx_options_resolve_the_default_opset_per_exporter() -> None:
+    assert (OnnxOptions().opset, OnnxOptions(exporter="dynamo").opset) == (17, 18)
 
 
 def test_weights_over_two_gib_are_refused_before_exporting(tmp_path: Path) -> None:
@@ -124,7 +138,7 @@ def test_weights_over_two_gib_are_refused_before_exporting(tmp_path: Path) -> No
 
 
 def test_dynamic_height_and_width_run_at_another_size(model: nn.Module, images: np.ndarray, tmp_path: Path) -> None:
-    result = export_onnx(model, tmp_path / "hw.onnx", input_shape=(1, 28, 28), dynamic_hw=True)
+    result = export_onnx(model, tmp_path / "hw.onnx", input_shape=(1, 28, 28), options=OnnxOptions(dynamic_hw=True))
     assert result.dynamic_hw
     session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", 1, "height", "width"]
@@ -140,10 +154,12 @@ def test_simplify_removes_nodes_and_keeps_results_and_metadata(
 ) -> None:
     result = export_onnx(
         fold_batchnorm(model).model, tmp_path / "simple.onnx", input_shape=(1, 28, 28),
-        simplify=True, simplify_images=images[:16], metadata=METADATA,
+        options=OnnxOptions(simplify=True), simplify_images=images[:16], metadata=METADATA,
     )
     assert result.simplified_nodes_removed == sum(exported.op_counts.values()) - sum(result.op_counts.values()) > 0
-    assert result.simplify_max_abs is not None and result.simplify_max_abs <= 1e-5
+    parity = result.simplify_parity
+    assert parity is not None and parity.n_images == 16 and [p.batch_size for p in parity.per_batch] == [1, 16]
+    assert parity.max_abs_relative <= 1e-5 and parity.top1_agreement == 1.0
     assert "Identity" not in result.op_counts and result.op_counts["Conv"] == 19
     proto = onnx.load(result.path)
     assert {p.key: p.value for p in proto.metadata_props} == METADATA
@@ -171,7 +187,7 @@ def test_dynamo_exporter_writes_opset_18_quietly(
 ) -> None:
     torch.manual_seed(0)
     net = with_realistic_batchnorm(_SmallNet(), torch.from_numpy(images[:16]), seed=3).train()
-    result = export_onnx(net, tmp_path / "dynamo.onnx", input_shape=(1, 28, 28), exporter="dynamo", metadata=METADATA)
+    result = export_onnx(net, tmp_path / "dynamo.onnx", input_shape=(1, 28, 28), options=OnnxOptions(exporter="dynamo"), metadata=METADATA)
     assert net.training  # the caller's mode is restored
     assert capsys.readouterr().out == ""
     assert (result.exporter, result.opset, result.dynamic_batch) == ("dynamo", 18, True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -49,3 +49,25 @@ def test_asdict_with_paths_turns_paths_into_strings() -> None:
         size: int
 
     assert asdict_with_paths(Written(Path("/a/b.onnx"), None, 3)) == {"path": "/a/b.onnx", "cache": None, "size": 3}
+
+
+def test_asdict_with_paths_converts_nested_results_and_leaves_out_what_json_cannot_hold() -> None:
+    @dataclass(frozen=True)
+    class Inner:
+        file: Path
+        shape: tuple[int, ...]
+
+    @dataclass
+    class Outer:
+        session: object = field(metadata={"json": False})
+        inner: Inner
+        files: dict[str, Path]
+        history: list[Inner]
+
+    outer = Outer(object(), Inner(Path("/m/model.onnx"), (1, 28)), {"plan": Path("m.plan")}, [Inner(Path("a"), ())])
+
+    assert asdict_with_paths(outer) == {
+        "inner": {"file": "/m/model.onnx", "shape": [1, 28]},
+        "files": {"plan": "m.plan"},
+        "history": [{"file": "a", "shape": []}],
+    }

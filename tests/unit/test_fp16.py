@@ -11,8 +11,8 @@ import torch
 from samples import fashion_mnist, with_realistic_batchnorm
 
 from resnet_serve.errors import ExportError
-from resnet_serve.export import export_onnx
 from resnet_serve.export.fp16 import convert_fp16
+from resnet_serve.export.onnx import export_onnx
 from resnet_serve.fold import fold_batchnorm
 from resnet_serve.models import create_model
 from resnet_serve.runtimes import OnnxRuntime

@@ -13,7 +13,7 @@ from samples import fashion_mnist
 from resnet_serve.checkpoints import Checkpoint, load_checkpoint
 from resnet_serve.datasets import load_default_dataset
 from resnet_serve.errors import ExportError
-from resnet_serve.export import export_onnx
+from resnet_serve.export.onnx import export_onnx
 from resnet_serve.export.quantize import MIN_CALIBRATION_IMAGES, quantize_int8
 from resnet_serve.fold import fold_batchnorm
 from resnet_serve.runtimes import OnnxRuntime

@@ -64,8 +64,8 @@ def test_engine_options_default_to_the_served_batch():
     assert (profile.min_batch, profile.opt_batch, profile.max_batch) == (1, 64, 64)
     with pytest.raises(ExportError, match="below the served max_batch_size"):
         EngineOptions(max_batch=16).profile(input_shape=(1, 28, 28), max_batch_size=64)
-    with pytest.raises(ExportError, match="unknown precision"):
-        EngineOptions(precision="int4")  # type: ignore[arg-type]
+    with pytest.raises(ExportError, match="workspace limit must be positive"):
+        EngineOptions(workspace_bytes=0)
 
 
 def test_calibration_batches_are_full_contiguous_float32():

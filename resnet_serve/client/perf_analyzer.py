@@ -133,18 +133,17 @@ def read_perf_analyzer_csv(
     return rows
 
 
-def _profile_figures(path: Path) -> tuple[int, float | None, int]:
-    """(requests, latency std in ms, windows) of the stable windows in a profile export."""
+def _profile_figures(path: Path) -> tuple[int, float | None]:
+    """(requests, latency std in ms) of the stable windows, whose requests a profile export holds."""
     try:
         experiment = json.loads(path.read_text())["experiments"][-1]
         latencies = np.array(
             [r["response_timestamps"][-1] - r["timestamp"] for r in experiment["requests"] if r["response_timestamps"]],
             dtype=np.float64,
         )
-        windows = max(len(experiment.get("window_boundaries", [])) - 1, 1)
     except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return 0, None, 1
-    return int(latencies.size), float(latencies.std() / 1e6) if latencies.size else None, windows
+        return 0, None
+    return int(latencies.size), float(latencies.std() / 1e6) if latencies.size else None
 
 
 def run_perf_analyzer(
@@ -194,9 +193,10 @@ def run_perf_analyzer(
             finally:
                 reporter.finish()
             _check_exit(finished, label=label)
-            requests, std_ms, windows = _profile_figures(export_path)
+            requests, std_ms = _profile_figures(export_path)
+            # perf_analyzer reports a level once its last stability.windows windows agree.
             found = read_perf_analyzer_csv(csv_path, batch_size=batch_size, requests=requests, std_ms=std_ms,
-                                           windows=windows)
+                                           windows=stability.windows)
             if not found:
                 raise ClientError(f"{label} wrote no result row")
             rows.extend(row if rate is None else replace(row, concurrency=max_outstanding) for row in found)

@@ -411,9 +411,9 @@ def bench(
     from resnet_serve.report import write_latency_throughput_plot
 
     result = benchmark_served_model(
-        model=model, protocol=protocol, url=url, engine=engine, batch_size=batch_size,  # type: ignore[arg-type]
+        model=model, protocol=protocol, url=url, engine=engine, batch_size=batch_size,
         concurrency=_levels(concurrency), request_rates=_rates(request_rate),
-        distribution=distribution, max_outstanding=max_outstanding, client=client,  # type: ignore[arg-type]
+        distribution=distribution, max_outstanding=max_outstanding, client=client,
         warmup_seconds=warmup, measurement_seconds=measurement_interval / 1000,
         stability=StabilityRule(percentage=stability_percentage, max_trials=max_trials), seed=seed,
         reporter=RichReporter(err_console),

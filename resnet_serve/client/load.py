@@ -22,6 +22,7 @@ import asyncio
 import random
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -40,7 +41,7 @@ from resnet_serve.client.prepared import (
     read_grpc_answer,
 )
 from resnet_serve.client.stability import StabilityRule, measure_until_stable
-from resnet_serve.errors import ClientError
+from resnet_serve.errors import ClientError, first_line
 
 Distribution = Literal["constant", "poisson"]
 LATE_AFTER_NS = 1_000_000
@@ -74,7 +75,7 @@ class Window:
         return float(np.percentile(self.latencies_ns, 99)) / 1e6 if self.requests else float("inf")
 
 
-class LoadGenerator:
+class LoadGenerator(ABC):
     """Workers that record request timestamps until stopped; `window` reads them out."""
 
     def __init__(self, workers: int) -> None:
@@ -86,8 +87,9 @@ class LoadGenerator:
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
+    @abstractmethod
     def _targets(self) -> list[Callable[[], None]]:
-        raise NotImplementedError
+        """The bodies of the worker threads, each appending to its own lists."""
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._guarded, args=(t,), daemon=True) for t in self._targets()]
@@ -98,7 +100,7 @@ class LoadGenerator:
         try:
             target()
         except Exception as exc:  # surfaced by window() or stop()
-            self._errors.append(exc if isinstance(exc, ClientError) else ClientError(str(exc)))
+            self._errors.append(exc if isinstance(exc, ClientError) else ClientError(first_line(exc)))
             self.stopping.set()
 
     def stop(self) -> None:

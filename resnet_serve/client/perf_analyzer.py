@@ -37,8 +37,9 @@ from resnet_serve.progress import Reporter, SilentReporter
 __all__ = ["find_perf_analyzer", "link_cuda_runtime", "read_perf_analyzer_csv", "run_perf_analyzer"]
 
 INSTALL_HINT = "perf_analyzer is not installed; `make perf-analyzer` takes it from the tritonclient 2.40.0 wheel"
-# perf_analyzer's exit code when a level did not stabilise within --max-trials windows.
-_STABILITY_EXIT_CODE = 2
+# perf_analyzer's exit codes when a level did not stabilise within --max-trials windows, and
+# when a window saw no request complete; our engine reports both as unstable.
+_UNSTABLE_EXIT_CODES = {2: "Failed to obtain stable measurement within", 3: "No valid requests recorded"}
 
 
 def find_perf_analyzer() -> Path:
@@ -219,8 +220,9 @@ def _check_exit(finished: subprocess.CompletedProcess[str], *, label: str) -> No
         library = missing.split("shared libraries:")[-1].split(":")[0].strip()
         hint = " (Debian package libb64-0d: make system-packages)" if "libb64" in library else ""
         raise MissingDependencyError(f"perf_analyzer cannot load {library}{hint}")
-    unstable = next((line for line in lines if line.startswith("Failed to obtain stable measurement within")), None)
-    if finished.returncode == _STABILITY_EXIT_CODE and unstable is not None:
+    marker = _UNSTABLE_EXIT_CODES.get(finished.returncode)
+    unstable = next((line for line in lines if marker and line.startswith(marker)), None)
+    if unstable is not None:
         raise UnstableMeasurementError(f"{label}: {unstable}")
     reason = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else "no output")
     raise ClientError(f"{label} failed (exit {finished.returncode}): {reason[:300]}")

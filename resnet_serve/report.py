@@ -371,7 +371,7 @@ def find_chromium() -> Path:
     raise MissingDependencyError("a screenshot needs Chromium (Debian package chromium: make system-packages)")
 
 
-def screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 2400, timeout_s: float = 120.0) -> Path:
+def screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 3000, timeout_s: float = 120.0) -> Path:
     """A PNG of ``page`` as headless Chromium renders it."""
     browser = find_chromium()
     with tempfile.TemporaryDirectory(prefix="chromium-") as scratch:

@@ -76,14 +76,7 @@ def prepare_request(
     *, served: ServedModel, batch: np.ndarray, protocol: Protocol, url: str, timeout_s: float = 60.0
 ) -> PreparedRequest:
     """Serialise ``batch`` ([N, C, H, W], float32) as an inference request for ``served``."""
-    if batch.ndim != 4 or tuple(batch.shape[1:]) != served.input_shape:
-        raise ClientError(
-            f"model {served.name!r} takes batches of {list(served.input_shape)}, got {list(batch.shape)}"
-        )
-    if served.max_batch_size and batch.shape[0] > served.max_batch_size:
-        raise ClientError(
-            f"batch of {batch.shape[0]} exceeds model {served.name!r}'s max_batch_size {served.max_batch_size}"
-        )
+    served.check_batch(batch)
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     json_size = None
     if protocol == "grpc":

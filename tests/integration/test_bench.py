@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -69,34 +70,53 @@ def check_row(row: dict, batch_size: int) -> None:
     assert server_ms < row["mean_ms"]
 
 
-def test_perf_analyzer_engine_reads_the_real_binarys_csv(server, results):
+@dataclass(frozen=True)
+class Run:
+    path: Path  # the bench --json file
+    result: dict
+    served: int  # requests the server counted while it ran
+
+
+def run_bench(server: TritonServer, path: Path, *args: str, protocol: str = "grpc") -> Run:
     before = served_requests(server)
-    table = results / "pa.csv"
-    bench_result = bench(server, "--engine", "perf_analyzer", "--concurrency", "1,2", "--batch-size", "2",
-                         "--csv", str(table))
-    (results / "bench-perf_analyzer.json").write_text(json.dumps(bench_result))
+    result = bench(server, *args, protocol=protocol)
+    path.write_text(json.dumps(result))
+    return Run(path=path, result=result, served=served_requests(server) - before)
+
+
+@pytest.fixture(scope="module")
+def perf_analyzer_run(server, results) -> Run:
+    return run_bench(server, results / "bench-perf_analyzer.json", "--engine", "perf_analyzer", "--concurrency", "1,2",
+                     "--batch-size", "2", "--csv", str(results / "pa.csv"))
+
+
+@pytest.fixture(scope="module")
+def our_run(server, results) -> Run:
+    return run_bench(server, results / "bench-resnet-serve.json", "--concurrency", "1,2", "--warmup", "0.2")
+
+
+def test_perf_analyzer_engine_reads_the_real_binarys_csv(perf_analyzer_run, results):
+    bench_result = perf_analyzer_run.result
     assert bench_result["engine"] == "perf_analyzer" and bench_result["batch_size"] == 2
     assert [r["concurrency"] for r in bench_result["results"]] == [1, 2]
     for row in bench_result["results"]:
         check_row(row, 2)
     # Every request perf_analyzer counted reached our server (it also sends some outside its windows).
-    assert served_requests(server) - before >= sum(r["requests"] for r in bench_result["results"])
-    rows = list(csv.reader(table.open()))
+    assert perf_analyzer_run.served >= sum(r["requests"] for r in bench_result["results"])
+    rows = list(csv.reader((results / "pa.csv").open()))
     assert tuple(rows[0]) == PERF_ANALYZER_COLUMNS and len(rows) == 3
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_our_engine_measures_client_and_server_time(server, results, protocol):
-    before = served_requests(server)
-    bench_result = bench(server, "--concurrency", "1,2", "--warmup", "0.2", protocol=protocol)
-    if protocol == "grpc":
-        (results / "bench-resnet-serve.json").write_text(json.dumps(bench_result))
-    assert bench_result["engine"] == "resnet-serve" and bench_result["client"] == "threads"
-    for row in bench_result["results"]:
+def test_our_engine_measures_client_and_server_time(server, our_run, tmp_path, protocol):
+    run = our_run if protocol == "grpc" else run_bench(
+        server, tmp_path / "http.json", "--concurrency", "1,2", "--warmup", "0.2", protocol="http")
+    assert run.result["engine"] == "resnet-serve" and run.result["client"] == "threads"
+    for row in run.result["results"]:
         check_row(row, 1)
         # gRPC writes the prepared bytes inside the call: no send work of ours to time.
         assert (row["client_send_us"] > 0) == (protocol == "http")
-    assert served_requests(server) - before >= sum(r["requests"] for r in bench_result["results"])
+    assert run.served >= sum(r["requests"] for r in run.result["results"])
 
 
 def test_asyncio_client_measures_the_same_model(server):
@@ -123,23 +143,23 @@ def test_request_rate_mode_keeps_its_schedule_and_counts_drops(server, tmp_path)
 
 
 def test_bad_options_are_one_line(server):
-    for args in (["--engine", "ab"], ["--client", "fibers"], ["--request-rate", "0"], ["--stability-percentage", "0"]):
+    for args in (["--engine", "ab"], ["--client", "fibers"], ["--request-rate", "0"], ["--stability-percentage", "0"], ["--batch-size", "1000"]):
         result = runner.invoke(app, ["bench", "--url", server.urls.grpc, *args])
         assert result.exit_code != 0 and "Traceback" not in result.output, args
         assert len(result.output.strip().splitlines()) == 1, result.output
 
 
-def test_report_renders_in_chromium_with_its_images_and_numbers(server, results, trained_resnet20, tmp_path):
-    if not (results / "bench-perf_analyzer.json").exists() or not (results / "bench-resnet-serve.json").exists():
-        pytest.skip("needs the two engines' runs above")
+def test_report_renders_in_chromium_with_its_images_and_numbers(
+    server, results, perf_analyzer_run, our_run, trained_resnet20, tmp_path
+):
     evaluation = results / "evaluate.json"
     evaluated = runner.invoke(app, ["evaluate", "--url", server.urls.grpc, "--limit", "200", "--checkpoint",
                                     str(trained_resnet20), "--json", str(evaluation)])
     assert evaluated.exit_code == 0, evaluated.output
     out = tmp_path / "report"
     made = runner.invoke(app, ["report", "-o", str(out), "--export", str(results / "export.json"),
-                               "--evaluate", str(evaluation), "--bench", str(results / "bench-resnet-serve.json"),
-                               "--bench", str(results / "bench-perf_analyzer.json")])
+                               "--evaluate", str(evaluation), "--bench", str(our_run.path),
+                               "--bench", str(perf_analyzer_run.path)])
     assert made.exit_code == 0, made.output
     page = (out / "report.html").read_text()
     assert "http://" not in page.replace(server.urls.grpc, "") and "src='data:image/png;base64," in page
@@ -152,8 +172,7 @@ def test_report_renders_in_chromium_with_its_images_and_numbers(server, results,
     # Each image's onload wrote its decoded width: a broken image never fires onload.
     assert all(int(re.search(r'data-decoded="(\d+)"', img).group(1)) > 100 for img in images), images
     top1 = f"{json.loads(evaluation.read_text())['top1']:.2%}"
-    fastest = max(json.loads((results / "bench-perf_analyzer.json").read_text())["results"],
-                  key=lambda r: r["inferences_per_second"])
+    fastest = max(perf_analyzer_run.result["results"], key=lambda r: r["inferences_per_second"])
     for number in (top1, f"{fastest['inferences_per_second']:.1f}", f"{fastest['p99_ms']:.2f}", "perf_analyzer"):
         assert number in dom, number
     markdown = (out / "report.md").read_text()

@@ -27,7 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.client.bench import REQUEST_RATE_COLUMN, BenchmarkResult, ConcurrencyResult, describe_machine
+from resnet_serve.client.bench import (
+    PERF_ANALYZER_COLUMNS,
+    REQUEST_RATE_COLUMN,
+    BenchmarkResult,
+    ConcurrencyResult,
+    describe_machine,
+)
 from resnet_serve.client.inference import Protocol, ServedModel
 from resnet_serve.client.load import Distribution
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
@@ -105,9 +111,8 @@ def read_perf_analyzer_csv(
         try:
             values = {key: float(value) for key, value in entry.items() if key and value not in (None, "")}
             request_rate = values.get(REQUEST_RATE_COLUMN)
-            parts = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input",
-                     "Server Compute Infer", "Server Compute Output", "Client Recv")
-            mean_us = values.get("Avg latency", sum(values[part] for part in parts))
+            # Client Send … Client Recv: the parts perf_analyzer splits the mean latency into.
+            mean_us = values.get("Avg latency", sum(values[part] for part in PERF_ANALYZER_COLUMNS[2:9]))
             rows.append(ConcurrencyResult(
                 concurrency=int(values.get("Concurrency", 0)),
                 batch_size=batch_size,

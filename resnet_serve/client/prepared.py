@@ -143,9 +143,10 @@ def read_grpc_answer(request: PreparedRequest, answer: bytes) -> np.ndarray:
     return logits
 
 
-def grpc_reason(exc: Exception) -> str:
-    details = getattr(exc, "details", None)
-    return first_line(Exception(details())) if callable(details) and details() else first_line(exc)
+def grpc_reason(exc: grpc.RpcError) -> str:
+    # An RpcError's str() is a multi-line debug dump; details() is gRPC's one message.
+    details = exc.details() if isinstance(exc, grpc.Call) else None
+    return first_line(ClientError(details)) if details else first_line(exc)
 
 
 class HttpSender:
@@ -179,7 +180,7 @@ class HttpSender:
         if response.status != 200:
             raise ClientError(
                 f"inference on {request.model!r} failed: HTTP {response.status} "
-                f"{first_line(Exception(answer.decode(errors='replace')))}"
+                f"{first_line(ClientError(answer.decode(errors='replace')))}"
             )
         header_length = response.getheader("Inference-Header-Content-Length")
         result = self._parse(answer, header_length=None if header_length is None else int(header_length))

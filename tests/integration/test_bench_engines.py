@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from resnet_serve.cli import app
@@ -92,7 +93,8 @@ def perf_analyzer_run(server, results) -> Run:
 
 @pytest.fixture(scope="module")
 def our_run(server, results) -> Run:
-    return run_bench(server, results / "bench-resnet-serve.json", "--concurrency", "1,2", "--warmup", "0.2")
+    return run_bench(server, results / "bench-resnet-serve.json", "--concurrency", "1,2", "--warmup", "0.2",
+                     "--plot", str(results / "ours.png"))
 
 
 def test_perf_analyzer_engine_reads_the_real_binarys_csv(perf_analyzer_run, results):
@@ -117,6 +119,9 @@ def test_our_engine_measures_client_and_server_time(server, our_run, tmp_path, p
         # gRPC writes the prepared bytes inside the call: no send work of ours to time.
         assert (row["client_send_us"] > 0) == (protocol == "http")
     assert run.served >= sum(r["requests"] for r in run.result["results"])
+    if protocol == "grpc":
+        with Image.open(run.path.with_name("ours.png")) as plot:
+            assert plot.format == "PNG" and plot.width > 400
 
 
 def test_asyncio_client_measures_the_same_model(server):

@@ -51,3 +51,15 @@ def test_a_broken_input_is_one_line_and_writes_nothing(tmp_path, content):
     result = runner.invoke(app, ["report", "-o", str(tmp_path / "out"), "--bench", str(tmp_path / "bad.json")])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
     assert runner.invoke(app, ["report", "-o", str(tmp_path / "out")]).exit_code == 1
+
+
+def test_an_evaluation_with_a_confusion_matrix_gets_its_plot_and_per_class_table(tmp_path):
+    names = ["T-shirt/top", "Trouser", "Pullover"]
+    (tmp_path / "eval.json").write_text(json.dumps({
+        "model": "r20", "protocol": "grpc", "top1": 0.8, "images": 30, "class_names": names,
+        "confusion_matrix": [[9, 0, 1], [0, 10, 0], [4, 1, 5]], "per_class_accuracy": [0.9, 1.0, 0.5],
+    }))
+    result = build_report(output_dir=tmp_path / "out", evaluate=tmp_path / "eval.json")
+    assert [p.name for p in result.images] == ["confusion-matrix.png"]
+    markdown = result.markdown.read_text()
+    assert "| T-shirt/top | 90.00% |" in markdown and "| Pullover | 50.00% |" in markdown

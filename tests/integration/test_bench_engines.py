@@ -8,7 +8,6 @@ import csv
 import json
 import re
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +51,8 @@ def served_requests(server: TritonServer) -> int:
         return client.statistics().success_count
 
 
-def bench(server: TritonServer, *args: str, protocol: str = "grpc") -> dict:
-    report = Path(tempfile.mkdtemp()) / "bench.json"
+def bench(server: TritonServer, report: Path, *args: str, protocol: str = "grpc") -> dict:
+    """`bench --json report ARGS` with QUICK windows; the result it wrote."""
     result = runner.invoke(app, ["bench", "--url", getattr(server.urls, protocol), "--protocol", protocol, *QUICK,
                                  *args, "--json", str(report)])
     assert result.exit_code == 0, result.output
@@ -80,8 +79,7 @@ class Run:
 
 def run_bench(server: TritonServer, path: Path, *args: str, protocol: str = "grpc") -> Run:
     before = served_requests(server)
-    result = bench(server, *args, protocol=protocol)
-    path.write_text(json.dumps(result))
+    result = bench(server, path, *args, protocol=protocol)
     return Run(path=path, result=result, served=served_requests(server) - before)
 
 
@@ -124,15 +122,15 @@ def test_our_engine_measures_client_and_server_time(server, our_run, tmp_path, p
             assert plot.format == "PNG" and plot.width > 400
 
 
-def test_asyncio_client_measures_the_same_model(server):
-    bench_result = bench(server, "--client", "asyncio", "--concurrency", "2", "--warmup", "0.2")
+def test_asyncio_client_measures_the_same_model(server, tmp_path):
+    bench_result = bench(server, tmp_path / "asyncio.json", "--client", "asyncio", "--concurrency", "2", "--warmup", "0.2")
     assert bench_result["client"] == "asyncio"
     check_row(bench_result["results"][0], 1)
 
 
 def test_request_rate_mode_keeps_its_schedule_and_counts_drops(server, tmp_path):
     table = tmp_path / "rate.csv"
-    steady = bench(server, "--request-rate", "40", "--distribution", "poisson", "--warmup", "0.2",
+    steady = bench(server, tmp_path / "steady.json", "--request-rate", "40", "--distribution", "poisson", "--warmup", "0.2",
                    "--measurement-interval", "1000", "--csv", str(table))
     row = steady["results"][0]
     assert steady["mode"] == "request-rate" and steady["distribution"] == "poisson"
@@ -141,7 +139,7 @@ def test_request_rate_mode_keeps_its_schedule_and_counts_drops(server, tmp_path)
     assert 85 <= row["requests"] <= 160
     assert list(csv.reader(table.open()))[0][0] == "Request Rate"
     # One slot and far more requests than the server can answer: the schedule does not wait.
-    overloaded = bench(server, "--request-rate", "20000", "--max-outstanding", "1", "--warmup", "0")
+    overloaded = bench(server, tmp_path / "overloaded.json", "--request-rate", "20000", "--max-outstanding", "1", "--warmup", "0")
     row = overloaded["results"][0]
     assert row["dropped_requests"] > row["requests"] > 0
     assert row["requests_per_second"] < 20000 / 4

@@ -67,10 +67,6 @@ class ReportResult:
     images: list[Path]
     sections: list[str]
 
-    def to_dict(self) -> dict:
-        return {"html": str(self.html), "markdown": str(self.markdown),
-                "images": [str(p) for p in self.images], "sections": self.sections}
-
 
 def read_result(path: Path) -> dict[str, Any]:
     """A JSON object written by one of our commands; one clear line if it is not one."""
@@ -111,14 +107,13 @@ def run_label(run: BenchmarkResult) -> str:
     return f"{run.model} b{run.batch_size} {run.protocol} ({run.engine}{mode})"
 
 
-def latency_throughput_png(runs: Sequence[BenchmarkResult], *, labels: Sequence[str] | None = None) -> bytes:
+def latency_throughput_png(runs: Sequence[BenchmarkResult]) -> bytes:
     """p50 (solid) and p99 (dashed) latency against throughput, one colour per run, each point
     marked with its concurrency level or request rate."""
     plt = _pyplot()
-    labels = list(labels) if labels is not None else [run_label(run) for run in runs]
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
-    for index, (run, label) in enumerate(zip(runs, labels, strict=True)):
-        colour = f"C{index % 10}"
+    for index, run in enumerate(runs):
+        colour, label = f"C{index % 10}", run_label(run)
         x = [row.inferences_per_second for row in run.results]
         axes.plot(x, [row.p50_ms for row in run.results], "o-", color=colour, label=f"{label} p50")
         axes.plot(x, [row.p99_ms for row in run.results], "s--", color=colour, alpha=0.7, label=f"{label} p99")

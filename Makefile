@@ -1,12 +1,16 @@
 # Every target installs what it needs on a fresh machine: Python packages into .venv,
-# Debian packages (the Fashion-MNIST data, libb64 for perf_analyzer) through apt when missing.
+# Debian packages (the Fashion-MNIST data, prometheus, libb64 for perf_analyzer, chromium) through apt
+# when missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := dataset-fashion-mnist prometheus
+DEBIAN_PACKAGES := dataset-fashion-mnist prometheus libb64-0d chromium
+# The last perf_analyzer shipped inside a PyPI wheel; `resnet-serve bench --engine perf_analyzer` runs it.
+PERF_ANALYZER_WHEEL := tritonclient==2.40.0
+PERF_ANALYZER := $(BIN)/perf_analyzer
 
-.PHONY: demo test test-unit test-integration lint install system-packages clean
+.PHONY: demo test test-unit test-integration lint install system-packages perf-analyzer clean
 
 install: $(STAMP)
 
@@ -18,6 +22,19 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[embedded,openvino,dev]'
 	touch $(STAMP)
+
+# Only the binary is taken from the wheel (its Python modules would replace the newer tritonclient).
+perf-analyzer: $(PERF_ANALYZER)
+
+$(PERF_ANALYZER): | $(STAMP)
+	rm -rf $(VENV)/perf-analyzer-wheel
+	$(BIN)/pip download --quiet --no-deps $(PERF_ANALYZER_WHEEL) -d $(VENV)/perf-analyzer-wheel
+	$(BIN)/python -c "import sys, zipfile; \
+	  wheel = zipfile.ZipFile(sys.argv[1]); \
+	  name = next(n for n in wheel.namelist() if n.endswith('.data/data/bin/perf_analyzer')); \
+	  open(sys.argv[2], 'wb').write(wheel.read(name))" $(VENV)/perf-analyzer-wheel/*.whl $@.tmp
+	chmod +x $@.tmp && mv $@.tmp $@
+	rm -rf $(VENV)/perf-analyzer-wheel
 
 system-packages:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
@@ -33,7 +50,7 @@ demo: install system-packages
 
 # The whole suite: the linter, then the unit tests and the integration tests (a real tritonserver)
 # in one pytest run, so session fixtures such as the trained ResNet-20 are made once.
-test: lint system-packages
+test: lint system-packages perf-analyzer
 	$(BIN)/python -m pytest -q tests/unit tests/integration
 
 lint: install
@@ -42,7 +59,7 @@ lint: install
 test-unit: install system-packages
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: install system-packages
+test-integration: install system-packages perf-analyzer
 	$(BIN)/python -m pytest -q tests/integration
 
 clean:

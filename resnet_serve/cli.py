@@ -424,43 +424,94 @@ def _levels(text: str) -> list[int]:
         raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _rates(text: str | None) -> list[float]:
+    try:
+        return [float(part) for part in (text or "").split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint="--request-rate") from None
+
+
 @app.command()
 @_command
 def bench(
     model: ModelOption = None,
     protocol: ProtocolOption = "grpc",
     url: UrlOption = None,
+    engine: Annotated[str, typer.Option(help="resnet-serve (our load generator) or perf_analyzer (Triton's, installed by `make perf-analyzer`).")] = "resnet-serve",
     batch_size: Annotated[int, typer.Option(help="Images per request.")] = 1,
-    concurrency: Annotated[str, typer.Option(help="Concurrency levels, comma-separated.")] = "1,2,4",
-    warmup: Annotated[float, typer.Option(help="Warm-up seconds per level (not measured).")] = 2.0,
-    seconds: Annotated[float, typer.Option(help="Measurement window per level, in seconds.")] = 5.0,
+    concurrency: Annotated[str, typer.Option(help="Concurrency levels (closed loop), comma-separated.")] = "1,2,4",
+    request_rate: Annotated[str | None, typer.Option(help="Request rates per second (open loop), comma-separated; replaces --concurrency.")] = None,
+    distribution: Annotated[str, typer.Option(help="Request-rate schedule: constant or poisson.")] = "constant",
+    max_outstanding: Annotated[int, typer.Option(help="Request-rate mode: most requests in flight (perf_analyzer: --max-threads).")] = 16,
+    client: Annotated[str, typer.Option(help="resnet-serve engine's closed loop: threads (one gRPC/HTTP connection per slot) or asyncio (gRPC only).")] = "threads",
+    warmup: Annotated[float, typer.Option(help="Warm-up seconds per level, not measured (resnet-serve engine).")] = 2.0,
+    measurement_interval: Annotated[int, typer.Option("--measurement-interval", "-p", help="Measurement window in milliseconds.")] = 5000,
+    stability_percentage: Annotated[float, typer.Option("--stability-percentage", "-s", help="The last 3 windows must agree within this percentage in throughput and p99.")] = 10.0,
+    max_trials: Annotated[int, typer.Option("--max-trials", "-r", help="Windows per level before it is reported unstable.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the input batch and of Poisson arrivals.")] = 0,
     json_path: JsonOption = None,
-    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write perf_analyzer-style CSV here.")] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write perf_analyzer's CSV here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the latency-throughput plot (PNG) here.")] = None,
 ) -> None:
-    """Latency percentiles and throughput per concurrency level, with Triton's server-side split."""
+    """Throughput, latency percentiles and the client/server time split per level, measured until stable."""
     from resnet_serve.client.bench import benchmark_served_model
+    from resnet_serve.client.stability import StabilityRule
+    from resnet_serve.report import write_latency_throughput_plot
 
     result = benchmark_served_model(
-        model=model, protocol=protocol, url=url, batch_size=batch_size,
-        concurrency=_levels(concurrency), warmup_seconds=warmup, measurement_seconds=seconds,
+        model=model, protocol=protocol, url=url, engine=engine, batch_size=batch_size,
+        concurrency=_levels(concurrency), request_rates=_rates(request_rate),
+        distribution=distribution, max_outstanding=max_outstanding, client=client,
+        warmup_seconds=warmup, measurement_seconds=measurement_interval / 1000,
+        stability=StabilityRule(percentage=stability_percentage, max_trials=max_trials), seed=seed,
         reporter=RichReporter(err_console),
     )
+    rate_mode = result.mode == "request-rate"
     table = Table(
-        "concurrency", "infer/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms",
-        "queue µs", "compute in µs", "infer µs", "out µs",
-        title=f"{result.model} over {result.protocol}, batch {result.batch_size}",
+        "rate/s" if rate_mode else "concurrency", "infer/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "std ms",
+        "send µs", "recv µs", "queue µs", "compute µs", *(("late", "dropped") if rate_mode else ()),
+        title=f"{result.model} over {result.protocol}, batch {result.batch_size} ({result.engine})",
     )
     for row in result.results:
         table.add_row(
-            str(row.concurrency), f"{row.inferences_per_second:.1f}", f"{row.p50_ms:.2f}",
-            f"{row.p90_ms:.2f}", f"{row.p95_ms:.2f}", f"{row.p99_ms:.2f}",
-            f"{row.server_queue_us:.0f}", f"{row.server_compute_input_us:.0f}",
-            f"{row.server_compute_infer_us:.0f}", f"{row.server_compute_output_us:.0f}",
+            f"{row.request_rate:g}" if rate_mode else str(row.concurrency), f"{row.inferences_per_second:.1f}",
+            f"{row.p50_ms:.2f}", f"{row.p90_ms:.2f}", f"{row.p95_ms:.2f}", f"{row.p99_ms:.2f}",
+            "–" if row.std_ms is None else f"{row.std_ms:.2f}", f"{row.client_send_us:.0f}", f"{row.client_recv_us:.0f}",
+            f"{row.server_queue_us:.0f}",
+            f"{row.server_compute_input_us + row.server_compute_infer_us + row.server_compute_output_us:.0f}",
+            *((str(row.late_requests if row.late_requests is not None else "–"),
+               str(row.dropped_requests if row.dropped_requests is not None else "–")) if rate_mode else ()),
         )
     console.print(table)
     _write_json(json_path, result)
     if csv_path is not None:
         result.write_csv(csv_path)
+    if plot is not None:
+        write_latency_throughput_plot([result], plot)
+
+
+@app.command()
+@_command
+def report(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for report.html, report.md and the PNGs.")] = Path("report"),
+    export_json: Annotated[Path | None, typer.Option("--export", help="JSON written by `export --json`.")] = None,
+    verify_json: Annotated[Path | None, typer.Option("--verify", help="JSON written by `verify --json`.")] = None,
+    evaluate_json: Annotated[Path | None, typer.Option("--evaluate", help="JSON written by `evaluate --json`.")] = None,
+    bench_json: Annotated[list[Path] | None, typer.Option("--bench", help="JSON written by `bench --json`; repeat it to overlay several runs.")] = None,
+    title: Annotated[str, typer.Option(help="The page's title.")] = "resnet-serve report",
+    screenshot: Annotated[Path | None, typer.Option(help="Also render the page with headless Chromium into this PNG.")] = None,
+) -> None:
+    """One self-contained HTML page (and a markdown twin) from the export, verify, evaluate and bench results."""
+    from resnet_serve.report import build_report
+    from resnet_serve.report import screenshot as take_screenshot
+
+    result = build_report(
+        output_dir=output, export=export_json, verify=verify_json, evaluate=evaluate_json, bench=bench_json or [],
+        title=title,
+    )
+    console.print(f"[green]✓[/] {result.html} and {result.markdown} ({len(result.images)} images): {', '.join(result.sections)}")
+    if screenshot is not None:
+        console.print(f"[green]✓[/] {take_screenshot(result.html, screenshot)}")
 
 
 @app.command()

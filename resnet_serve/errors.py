@@ -63,3 +63,7 @@ class ImageError(ClientError):
 
 class MissingDependencyError(ResnetServeError):
     """An optional dependency (tensorrt, openvino, the embedded server) is not installed."""
+
+
+class ReportError(ResnetServeError):
+    """A result file a report is built from that is missing or not what it claims to be."""

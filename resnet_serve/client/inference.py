@@ -36,6 +36,17 @@ class ServedModel:
     preprocessing: Preprocessing
     parameters: dict[str, str]
 
+    def check_batch(self, batch: np.ndarray) -> None:
+        """Raise ClientError unless ``batch`` is [N, C, H, W] of this model's shape and size."""
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
+            raise ClientError(
+                f"model {self.name!r} takes batches of {list(self.input_shape)}, got {list(batch.shape)}"
+            )
+        if self.max_batch_size and batch.shape[0] > self.max_batch_size:
+            raise ClientError(
+                f"batch of {batch.shape[0]} exceeds model {self.name!r}'s max_batch_size {self.max_batch_size}"
+            )
+
 
 @dataclass(frozen=True)
 class ModelStatistics:
@@ -188,16 +199,7 @@ class InferenceClient:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed float32 batch of shape [N, C, H, W]."""
         model = self.model
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != model.input_shape:
-            raise ClientError(
-                f"model {model.name!r} takes batches of {list(model.input_shape)}, "
-                f"got {list(batch.shape)}"
-            )
-        if model.max_batch_size and batch.shape[0] > model.max_batch_size:
-            raise ClientError(
-                f"batch of {batch.shape[0]} exceeds model {model.name!r}'s max_batch_size "
-                f"{model.max_batch_size}"
-            )
+        model.check_batch(batch)
         request = self._tc.InferInput(model.input_name, list(batch.shape), "FP32")
         request.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         output = self._tc.InferRequestedOutput(model.output_name)

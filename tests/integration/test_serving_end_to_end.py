@@ -188,7 +188,7 @@ def test_bench_reports_latency_throughput_and_the_server_split(server, tmp_path)
     result = runner.invoke(
         app,
         ["bench", "--url", url(server, "http"), "--protocol", "http", "--concurrency", "1,2",
-         "--warmup", "0.3", "--seconds", "1", "--batch-size", "4", "--json", str(report), "--csv", str(table)],
+         "--warmup", "0.3", "--measurement-interval", "300", "--stability-percentage", "1000", "--batch-size", "4", "--json", str(report), "--csv", str(table)],
     )
     assert result.exit_code == 0, result.output
     bench = json.loads(report.read_text())

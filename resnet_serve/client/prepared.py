@@ -1,0 +1,191 @@
+"""Requests serialised once and sent many times: the client half of a load generator.
+
+A benchmark that builds every request in Python measures Python: building `InferInput`s,
+copying the batch into them and serialising the protobuf cost about as much as the server's
+work on a small model. Like perf_analyzer, which prepares its inputs once, a `PreparedRequest`
+holds the request already in its wire format; a sender puts those same bytes on its own
+connection for every request. What is left per request is what any client must do: wait for
+the answer and turn it into an array of logits, which is timed as the client's receive time.
+
+- gRPC: the `ModelInferRequest` protobuf is serialised once and sent through a unary call
+  without a serializer (bytes in, bytes out) on a channel of the sender's own, so that each
+  concurrency slot has its own connection, as perf_analyzer's threads have. gRPC writes the
+  bytes inside the call, so its send time cannot be told apart from the wire: a gRPC sender's
+  client send time is the zero work it does before the call.
+- HTTP: tritonclient builds the binary-tensor body once; the sender posts it over one
+  keep-alive connection. Its client send time is the time to write the request to the socket.
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+from dataclasses import dataclass
+from typing import Protocol as TypingProtocol
+
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2
+
+from resnet_serve.client.inference import Protocol, ServedModel
+from resnet_serve.errors import ClientError, first_line
+
+# The unary method every Triton server offers over gRPC (inference.GRPCInferenceService).
+MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    # A channel of its own per slot, not a connection shared through gRPC's global pool.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+# (began, sent, answered, ended) in time.perf_counter_ns() of one request: the client's send
+# time is sent - began, its receive time ended - answered, the latency ended - began.
+RequestTimes = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """One inference request of ``batch_size`` images in the wire format of ``protocol``."""
+
+    protocol: Protocol
+    url: str
+    model: str
+    output_name: str
+    batch_size: int
+    num_classes: int
+    body: bytes
+    # HTTP only: the length of the JSON header at the start of ``body``.
+    json_size: int | None = None
+    timeout_s: float = 60.0
+
+    def open(self) -> RequestSender:
+        """A sender with its own connection (not thread-safe: one per thread)."""
+        return GrpcSender(self) if self.protocol == "grpc" else HttpSender(self)
+
+
+class RequestSender(TypingProtocol):
+    def send(self) -> RequestTimes:
+        """Send the prepared request once and check the answer; raises ClientError."""
+
+    def close(self) -> None: ...
+
+
+def prepare_request(
+    *, served: ServedModel, batch: np.ndarray, protocol: Protocol, url: str, timeout_s: float = 60.0
+) -> PreparedRequest:
+    """Serialise ``batch`` ([N, C, H, W], float32) as an inference request for ``served``."""
+    served.check_batch(batch)
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    json_size = None
+    if protocol == "grpc":
+        request = service_pb2.ModelInferRequest(model_name=served.name)
+        tensor = request.inputs.add()
+        tensor.name, tensor.datatype = served.input_name, "FP32"
+        tensor.shape.extend(batch.shape)
+        request.outputs.add().name = served.output_name
+        request.raw_input_contents.append(batch.tobytes())
+        body = request.SerializeToString()
+    elif protocol == "http":
+        import tritonclient.http as httpclient
+
+        tensor = httpclient.InferInput(served.input_name, list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        output = httpclient.InferRequestedOutput(served.output_name, binary_data=True)
+        body, json_size = httpclient.InferenceServerClient.generate_request_body([tensor], outputs=[output])
+    else:
+        raise ClientError(f"unknown protocol {protocol!r}; choose http or grpc")
+    return PreparedRequest(
+        protocol=protocol, url=url, model=served.name, output_name=served.output_name,
+        batch_size=int(batch.shape[0]), num_classes=served.num_classes, body=bytes(body),
+        json_size=json_size, timeout_s=timeout_s,
+    )
+
+
+def check_logits(request: PreparedRequest, logits: np.ndarray | None) -> None:
+    expected = (request.batch_size, request.num_classes)
+    if logits is None or logits.shape != expected:
+        raise ClientError(
+            f"model {request.model!r} answered {None if logits is None else list(logits.shape)}, "
+            f"expected {list(expected)}"
+        )
+
+
+class GrpcSender:
+    """Sends one prepared request over a gRPC channel of its own."""
+
+    def __init__(self, request: PreparedRequest) -> None:
+        self._request = request
+        self._channel = grpc.insecure_channel(request.url, options=GRPC_OPTIONS)
+        # No serializers: the body is already the serialised protobuf, the answer stays bytes.
+        self._call = self._channel.unary_unary(MODEL_INFER_METHOD)
+
+    def send(self) -> RequestTimes:
+        request = self._request
+        began = time.perf_counter_ns()
+        try:
+            answer = self._call(request.body, timeout=request.timeout_s)
+        except grpc.RpcError as exc:
+            raise ClientError(f"inference on {request.model!r} failed: {grpc_reason(exc)}") from None
+        answered = time.perf_counter_ns()
+        read_grpc_answer(request, answer)
+        return began, began, answered, time.perf_counter_ns()
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def read_grpc_answer(request: PreparedRequest, answer: bytes) -> np.ndarray:
+    """The logits in a serialised ModelInferResponse, checked against the request."""
+    logits = grpcclient.InferResult(service_pb2.ModelInferResponse.FromString(answer)).as_numpy(request.output_name)
+    check_logits(request, logits)
+    return logits
+
+
+def grpc_reason(exc: grpc.RpcError) -> str:
+    # An RpcError's str() is a multi-line debug dump; details() is gRPC's one message.
+    details = exc.details() if isinstance(exc, grpc.Call) else None
+    return first_line(ClientError(details)) if details else first_line(exc)
+
+
+class HttpSender:
+    """Posts one prepared request over a keep-alive HTTP connection of its own."""
+
+    def __init__(self, request: PreparedRequest) -> None:
+        import tritonclient.http as httpclient
+
+        host, _, port = request.url.rpartition(":")
+        self._request = request
+        self._connection = http.client.HTTPConnection(host, int(port), timeout=request.timeout_s)
+        self._path = f"/v2/models/{request.model}/infer"
+        self._headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(request.json_size),
+        }
+        self._parse = httpclient.InferenceServerClient.parse_response_body
+
+    def send(self) -> RequestTimes:
+        request = self._request
+        began = time.perf_counter_ns()
+        try:
+            self._connection.request("POST", self._path, request.body, self._headers)
+            sent = time.perf_counter_ns()
+            response = self._connection.getresponse()
+            answer = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._connection.close()
+            raise ClientError(f"inference on {request.model!r} failed: {first_line(exc)}") from None
+        answered = time.perf_counter_ns()
+        if response.status != 200:
+            raise ClientError(
+                f"inference on {request.model!r} failed: HTTP {response.status} "
+                f"{first_line(ClientError(answer.decode(errors='replace')))}"
+            )
+        header_length = response.getheader("Inference-Header-Content-Length")
+        result = self._parse(answer, header_length=None if header_length is None else int(header_length))
+        check_logits(request, result.as_numpy(request.output_name))
+        return began, sent, answered, time.perf_counter_ns()
+
+    def close(self) -> None:
+        self._connection.close()

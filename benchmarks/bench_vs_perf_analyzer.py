@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resnet_serve.client.bench import benchmark_served_model, describe_machine  # noqa: E402
+from resnet_serve.client.bench import benchmark_served_model  # noqa: E402
+from resnet_serve.client.results import describe_machine  # noqa: E402
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError  # noqa: E402
 from resnet_serve.data import Preprocessing  # noqa: E402
 from resnet_serve.export.onnx import export_onnx  # noqa: E402
@@ -62,8 +63,8 @@ def write_entry(repository: Path, name: str) -> None:
         preprocessing = Preprocessing(channels=shape[0], height=shape[1], width=shape[2],
                                       mean=(0.5,) * shape[0], std=(0.25,) * shape[0])
         write_model_entry(repository=repository, name=name, onnx_path=onnx_path,
-                          class_names=[f"class_{i}" for i in range(classes)], preprocessing=preprocessing.to_dict(),
-                          input_shape=shape, metadata={"architecture": architecture})
+                          class_names=[f"class_{i}" for i in range(classes)], preprocessing=preprocessing,
+                          metadata={"architecture": architecture})
 
 
 def engines(name: str) -> list[tuple[str, str | None]]:

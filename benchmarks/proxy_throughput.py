@@ -72,7 +72,7 @@ def write_repository(repository: Path) -> None:
     for name, target in ENTRIES.items():
         write_model_entry(
             repository=repository, name=name, onnx_path=onnx_path, class_names=[str(i) for i in range(10)],
-            preprocessing=PREPROCESSING.to_dict(), input_shape=PREPROCESSING.input_shape, target=target,
+            preprocessing=PREPROCESSING, target=target,
         )
 
 

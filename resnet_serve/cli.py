@@ -29,6 +29,7 @@ from resnet_serve.parity import DEFAULT_MIN_AGREEMENT, DEFAULT_RTOL, ParityResul
 from resnet_serve.reporting import RichReporter
 from resnet_serve.runtimes import RUNTIMES
 from resnet_serve.selection import ImageSelection
+from resnet_serve.triton.config import SERVING_TARGETS, TENSORRT_PLAN, InstanceKind
 
 app = typer.Typer(
     name="resnet-serve",
@@ -58,6 +59,8 @@ CalibrationImagesOption = Annotated[int, typer.Option(help="int8: real training 
 RtolOption = Annotated[float, typer.Option(help="Largest logit difference allowed from the original model, as a fraction of its largest logit; top-1 classes must agree, up to near-ties within it.")]
 # The choices of `verify --reference/--candidate`, from the one runtime registry.
 RuntimeName = Literal[tuple(RUNTIMES)]  # built from the registry when the CLI is imported
+# The targets an ONNX file can be served by; an engine is always served by tensorrt-plan.
+OnnxTargetName = Literal[tuple(name for name in SERVING_TARGETS if name != TENSORRT_PLAN.name)]
 _RUNTIME_HELP = "; ".join(f"{name}: {kind.help}" for name, kind in RUNTIMES.items())
 
 
@@ -235,9 +238,18 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `resnet-serve train`.")],
     repository: Annotated[Path, typer.Option(help="Triton model repository to write into.")] = DEFAULT_REPOSITORY,
     name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the checkpoint's file name).")] = None,
-    target: Annotated[str, typer.Option(help="python-onnxruntime (embedded server) or onnxruntime (official container).")] = "python-onnxruntime",
+    target: Annotated[OnnxTargetName, typer.Option(help="onnxruntime (Triton's onnxruntime backend, CPU or GPU), openvino (Triton's OpenVINO backend: CPU, INT8, BF16) or python-onnxruntime (Triton's python backend running onnxruntime, only where it is installed). An engine (--format tensorrt) is served by tensorrt-plan.")] = "onnxruntime",
+    version: Annotated[int | None, typer.Option(help="Version folder to write (default: the next number); earlier versions stay.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace the whole entry, all its versions, instead of adding a version.")] = False,
     max_batch_size: Annotated[int, typer.Option(help="Largest batch the server accepts.")] = 64,
     instances: Annotated[int, typer.Option(help="Model instances in the server.")] = 1,
+    instance_kind: Annotated[InstanceKind, typer.Option(help="auto (the GPU where there is one), cpu or gpu.")] = "auto",
+    preferred_batch_sizes: Annotated[str, typer.Option(help="Dynamic batcher's preferred batch sizes, comma-separated (default: none).")] = "",
+    max_queue_delay_us: Annotated[int, typer.Option(help="Longest a request waits for others to batch with, in µs.")] = 100,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads per instance (default: the backend's).")] = None,
+    bf16: Annotated[bool, typer.Option("--bf16", help="openvino target: compute in bfloat16.")] = False,
+    warmup_images: Annotated[int, typer.Option(help="Real test images written as Triton warm-up requests (0: none).")] = 4,
+    image_pipeline: Annotated[bool, typer.Option("--image-pipeline/--no-image-pipeline", help="Also write <name>-preprocess and the ensemble <name>-image, which take encoded JPEG/PNG files.")] = True,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")] = None,
     exporter: Annotated[Exporter, typer.Option(help="legacy (TorchScript, fast, opset 10-20) or dynamo (torch.export, opset 18+).")] = "legacy",
     dynamic_hw: Annotated[bool, typer.Option("--dynamic-hw", help="Also make the ONNX input's height and width dynamic.")] = False,
@@ -261,11 +273,16 @@ def export(
     """Fold BatchNorm, export ONNX, verify it against PyTorch, and write the Triton repository entry."""
     from resnet_serve.export.onnx import OnnxOptions
     from resnet_serve.export.tensorrt import EngineOptions
-    from resnet_serve.pipeline import ExportOptions, export_to_repository
+    from resnet_serve.pipeline import ExportOptions, ServingOptions, export_to_repository
 
     options = ExportOptions(
-        name=name, target=target, format=export_format, precision=precision,
-        max_batch_size=max_batch_size, instances=instances,
+        name=name, format=export_format, precision=precision,
+        serving=ServingOptions(
+            target=target, version=version, replace=replace, max_batch_size=max_batch_size, instances=instances,
+            instance_kind=instance_kind, preferred_batch_sizes=tuple(_levels(preferred_batch_sizes)),
+            max_queue_delay_us=max_queue_delay_us, threads=threads, bf16=bf16, warmup_images=warmup_images,
+            image_pipeline=image_pipeline,
+        ),
         onnx=OnnxOptions(exporter=exporter, opset=opset, dynamic_hw=dynamic_hw, simplify=simplify),
         tolerance=Tolerance(rtol=rtol),
         selection=ImageSelection(data_dir=data, verify_images=verify_images, calibration_images=calibration_images),
@@ -295,7 +312,9 @@ def export(
             f"[green]✓[/] built a {report.precision} TensorRT engine ({report.engine.size_bytes:,} bytes) "
             f"in {report.engine.build_seconds:.0f} s"
         )
-    console.print(f"[green]✓[/] wrote {report.entry} ({report.target})")
+    console.print(f"[green]✓[/] wrote {report.entry} version {report.version} ({report.target})")
+    if report.image_pipeline is not None:
+        console.print(f"[green]✓[/] wrote {', '.join(str(path) for path in report.image_pipeline)} (encoded images in)")
     _write_json(json_path, report)
 
 

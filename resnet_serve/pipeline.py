@@ -31,11 +31,18 @@ from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.runtimes import RUNTIMES, compare_runtimes
 from resnet_serve.selection import ImageSelection, calibration_images, verification_images
-from resnet_serve.triton.config import TENSORRT_PLAN, ServingTarget, get_serving_target
-from resnet_serve.triton.repository import write_model_entry
+from resnet_serve.triton.config import (
+    TENSORRT_PLAN,
+    TRITON_INSTANCE_KINDS,
+    InstanceKind,
+    ServingTarget,
+    get_serving_target,
+)
+from resnet_serve.triton.repository import write_image_pipeline, write_model_entry
 
 __all__ = [
     "ExportOptions",
+    "ServingOptions",
     "ExportReport",
     "FoldFileReport",
     "VerifiedOnnx",
@@ -52,17 +59,79 @@ _LOWER_PRECISION_KINDS = {"int8": "onnx-int8", "fp16": "onnx-fp16"}
 
 
 @dataclass(frozen=True)
+class ServingOptions:
+    """How the repository entry serves the model, checked once, on construction.
+
+    Attributes:
+        target: the serving target of an ONNX file: ``onnxruntime`` (the default) or
+            ``openvino`` for the official container, ``python-onnxruntime`` for Triton's python
+            backend; a TensorRT engine is always served by ``tensorrt-plan``.
+        version: the version folder to write; None takes the next number. Earlier versions
+            stay on disk.
+        replace: replace the whole entry (all its versions) instead of adding a version.
+        max_batch_size / instances / instance_kind: Triton's batching limit and instance group.
+        preferred_batch_sizes / max_queue_delay_us: the dynamic batcher's settings.
+        threads: intra-op threads per instance (the key the target's backend reads).
+        bf16: OpenVINO computes in bfloat16 (openvino target only).
+        warmup_images: real test images written as Triton warm-up requests (0 for none).
+        image_pipeline: also write ``<name>-preprocess`` and the ensemble ``<name>-image``,
+            which take encoded JPEG/PNG bytes.
+
+    Raises:
+        ExportError: a value out of range.
+    """
+
+    target: str = "onnxruntime"
+    version: int | None = None
+    replace: bool = False
+    max_batch_size: int = 64
+    instances: int = 1
+    instance_kind: InstanceKind = "auto"
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 100
+    threads: int | None = None
+    bf16: bool = False
+    warmup_images: int = 4
+    image_pipeline: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "preferred_batch_sizes", tuple(self.preferred_batch_sizes))
+        get_serving_target(self.target)
+        if self.instance_kind not in TRITON_INSTANCE_KINDS:
+            raise ExportError(
+                f"unknown instance kind {self.instance_kind!r}; choose one of {', '.join(TRITON_INSTANCE_KINDS)}"
+            )
+        for option in ("max_batch_size", "instances"):
+            if getattr(self, option) < 1:
+                raise ExportError(f"{option} must be ≥ 1, got {getattr(self, option)}")
+        if self.version is not None and self.version < 1:
+            raise ExportError(f"model versions start at 1, got {self.version}")
+        if self.replace and self.version is not None:
+            raise ExportError("--replace writes a new entry from version 1; it takes no --version")
+        too_big = [size for size in self.preferred_batch_sizes if not 1 <= size <= self.max_batch_size]
+        if too_big:
+            raise ExportError(
+                f"preferred batch sizes {too_big} are not within 1..{self.max_batch_size} (the max batch size)"
+            )
+        if self.max_queue_delay_us < 0 or self.warmup_images < 0:
+            raise ExportError("the queue delay and the warm-up image count must be ≥ 0")
+        if self.threads is not None and self.threads < 1:
+            raise ExportError(f"threads must be ≥ 1, got {self.threads}")
+
+    @property
+    def triton_instance_kind(self) -> str | None:
+        return TRITON_INSTANCE_KINDS[self.instance_kind]
+
+
+@dataclass(frozen=True)
 class ExportOptions:
     """Everything ``export_to_repository`` is told, checked once, on construction.
 
     Attributes:
         name: the model's name in the repository; None takes the checkpoint's file name.
-        target: the serving target of an ONNX file (``python-onnxruntime`` for the embedded
-            server, ``onnxruntime`` for the official container); a TensorRT engine is always
-            served by ``tensorrt-plan``.
         format: ``onnx``, or ``tensorrt`` to build the verified ONNX into an engine.
         precision: what the served model computes in; None is fp32 for onnx, fp16 for tensorrt.
-        max_batch_size / instances: the served model's dynamic batching and instance count.
+        serving: how the repository entry serves it (target, version, batching, warm-up, ...).
         onnx: exporter, opset, dynamic height/width and simplification.
         tolerance: what the folded model, the ONNX file and its simplification must meet
             against the original model.
@@ -77,11 +146,9 @@ class ExportOptions:
     """
 
     name: str | None = None
-    target: str = "python-onnxruntime"
     format: ExportFormat = "onnx"
     precision: Precision | None = None
-    max_batch_size: int = 64
-    instances: int = 1
+    serving: ServingOptions = ServingOptions()
     onnx: OnnxOptions = OnnxOptions()
     tolerance: Tolerance = Tolerance()
     selection: ImageSelection = ImageSelection()
@@ -107,20 +174,19 @@ class ExportOptions:
             )
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ExportError(f"the minimum top-1 agreement is a fraction from 0 to 1, got {self.min_agreement}")
-        for option in ("max_batch_size", "instances", "verify_batch_size"):
-            if getattr(self, option) < 1:
-                raise ExportError(f"{option} must be ≥ 1, got {getattr(self, option)}")
+        if self.verify_batch_size < 1:
+            raise ExportError(f"verify_batch_size must be ≥ 1, got {self.verify_batch_size}")
         if self.format == "tensorrt":
             if self.engine is None:
                 object.__setattr__(self, "engine", EngineOptions())
         elif self.engine is not None:
             raise ExportError("engine options apply only to the tensorrt format")
-        elif get_serving_target(self.target) is TENSORRT_PLAN:
+        elif get_serving_target(self.serving.target) is TENSORRT_PLAN:
             raise ExportError(f"the {TENSORRT_PLAN.name} target serves an engine: export with the tensorrt format")
 
     @property
     def serving_target(self) -> ServingTarget:
-        return TENSORRT_PLAN if self.format == "tensorrt" else get_serving_target(self.target)
+        return TENSORRT_PLAN if self.format == "tensorrt" else get_serving_target(self.serving.target)
 
     @property
     def lower_precision_tolerance(self) -> Tolerance:
@@ -141,7 +207,9 @@ class ExportReport:
     name: str
     target: str
     entry: Path
+    version: int
     model_file: Path
+    image_pipeline: tuple[Path, ...] | None
     input_shape: tuple[int, int, int]
     precision: Precision
     options: ExportOptions
@@ -265,37 +333,57 @@ def export_to_repository(
                 artifacts.onnx_fp32,
                 Path(scratch) / TENSORRT_PLAN.model_filename,
                 precision=options.precision,
-                profile=options.engine.profile(input_shape=meta.input_shape, max_batch_size=options.max_batch_size),
+                profile=options.engine.profile(
+                    input_shape=meta.input_shape, max_batch_size=options.serving.max_batch_size
+                ),
                 workspace_bytes=options.engine.workspace_bytes,
                 timing_cache_path=options.engine.timing_cache_path,
                 calibration_images=artifacts.calibration() if options.precision == "int8" else None,
                 calibration_cache_path=options.engine.calibration_cache_path,
             )
             model_file = engine.plan_path
+        serving = options.serving
         entry = write_model_entry(
             repository=repository,
             name=name,
             onnx_path=model_file,
             class_names=meta.class_names,
-            # The repository writer takes the preprocessing as a mapping, ready for JSON.
-            preprocessing=meta.preprocessing.to_dict(),
-            input_shape=meta.input_shape,
+            preprocessing=meta.preprocessing,
             target=options.serving_target,
-            max_batch_size=options.max_batch_size,
-            instances=options.instances,
+            version=serving.version,
+            replace_entry=serving.replace,
+            max_batch_size=serving.max_batch_size,
+            instances=serving.instances,
+            instance_kind=serving.triton_instance_kind,
+            preferred_batch_sizes=serving.preferred_batch_sizes,
+            max_queue_delay_us=serving.max_queue_delay_us,
+            intra_op_threads=serving.threads,
+            bf16=serving.bf16,
+            warmup_images=images[: serving.warmup_images] if serving.warmup_images else None,
             metadata={
                 "architecture": meta.architecture,
                 "class_names": json.dumps(meta.class_names),
                 "test_accuracy": json.dumps(meta.metrics.get("test_accuracy")),
             },
         )
+        image_pipeline = None
+        if serving.image_pipeline:
+            reporter.message(f"writing {name}-preprocess and the ensemble {name}-image, which take encoded images")
+            image_pipeline = tuple(
+                e.path for e in write_image_pipeline(
+                    repository=repository, classifier=name, instances=serving.instances,
+                    max_queue_delay_us=serving.max_queue_delay_us,
+                )
+            )
     return ExportReport(
         checkpoint=checkpoint,
         architecture=meta.architecture,
         name=name,
         target=options.serving_target.name,
         entry=entry.path,
+        version=entry.version,
         model_file=entry.model_path,
+        image_pipeline=image_pipeline,
         input_shape=meta.input_shape,
         precision=options.precision,
         options=options,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnet_serve.client.bench import BenchmarkResult
+from resnet_serve.client.results import BenchmarkResult
 from resnet_serve.errors import MissingDependencyError, ReportError, first_line
 from resnet_serve.files import replacing_atomically
 

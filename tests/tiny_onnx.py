@@ -15,7 +15,7 @@ from torch import nn
 
 INPUT_SHAPE = (1, 28, 28)
 CLASS_NAMES = [f"class_{i}" for i in range(10)]
-PREPROCESSING = FASHION_PREPROCESSING.to_dict()
+PREPROCESSING = FASHION_PREPROCESSING
 
 
 class TinyClassifier(nn.Module):

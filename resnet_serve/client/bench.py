@@ -14,12 +14,7 @@ row and plotted by the same tools.
 
 from __future__ import annotations
 
-import csv
-import os
-import platform
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -34,157 +29,16 @@ from resnet_serve.client.load import (
     Window,
     measure_load,
 )
+from resnet_serve.client.perf_analyzer import run_perf_analyzer
 from resnet_serve.client.prepared import prepare_request
+from resnet_serve.client.results import BenchmarkResult, ConcurrencyResult, describe_machine
 from resnet_serve.client.stability import StabilityRule
 from resnet_serve.errors import ClientError
-from resnet_serve.files import replacing_atomically
 from resnet_serve.progress import Reporter, SilentReporter
 
 Engine = Literal["resnet-serve", "perf_analyzer"]
 ENGINES: tuple[str, ...] = ("resnet-serve", "perf_analyzer")
 ClientKind = Literal["threads", "asyncio"]
-
-# perf_analyzer's CSV header after its first column ("Concurrency", or "Request Rate" in
-# request-rate mode), so tools that plot its output read ours. Values in µs.
-PERF_ANALYZER_COLUMNS = (
-    "Concurrency",
-    "Inferences/Second",
-    "Client Send",
-    "Network+Server Send/Recv",
-    "Server Queue",
-    "Server Compute Input",
-    "Server Compute Infer",
-    "Server Compute Output",
-    "Client Recv",
-    "p50 latency",
-    "p90 latency",
-    "p95 latency",
-    "p99 latency",
-)
-REQUEST_RATE_COLUMN = "Request Rate"
-# The CPU features that decide how fast a CPU runs a ResNet; recorded with every benchmark.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-
-
-@dataclass(frozen=True)
-class ConcurrencyResult:
-    """One point of a sweep. Latencies are per request, in milliseconds; client and server
-    figures are averages per request, in microseconds.
-
-    In request-rate mode ``request_rate`` is the rate asked for, ``requests_per_second`` the rate
-    achieved, and ``concurrency`` the bound on requests in flight.
-    """
-
-    concurrency: int
-    batch_size: int
-    requests: int
-    inferences_per_second: float
-    requests_per_second: float
-    p50_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
-    mean_ms: float
-    server_queue_us: float
-    server_compute_input_us: float
-    server_compute_infer_us: float
-    server_compute_output_us: float
-    std_ms: float | None = None
-    client_send_us: float = 0.0
-    client_recv_us: float = 0.0
-    request_rate: float | None = None
-    # Open loop only (None otherwise): requests sent over 1 ms after their time, and not sent.
-    late_requests: int | None = None
-    dropped_requests: int | None = None
-    windows: int = 1
-
-    @property
-    def server_us(self) -> float:
-        return (
-            self.server_queue_us
-            + self.server_compute_input_us
-            + self.server_compute_infer_us
-            + self.server_compute_output_us
-        )
-
-    @property
-    def network_us(self) -> float:
-        """perf_analyzer's "Network+Server Send/Recv": what the mean latency leaves after the
-        client's send and receive and the server's queue and compute."""
-        return max(self.mean_ms * 1000 - self.client_send_us - self.client_recv_us - self.server_us, 0.0)
-
-    def perf_analyzer_row(self) -> list[float]:
-        return [
-            self.concurrency if self.request_rate is None else round(self.request_rate, 2),
-            round(self.inferences_per_second, 2),
-            round(self.client_send_us),
-            round(self.network_us),
-            round(self.server_queue_us),
-            round(self.server_compute_input_us),
-            round(self.server_compute_infer_us),
-            round(self.server_compute_output_us),
-            round(self.client_recv_us),
-            round(self.p50_ms * 1000),
-            round(self.p90_ms * 1000),
-            round(self.p95_ms * 1000),
-            round(self.p99_ms * 1000),
-        ]
-
-
-@dataclass(frozen=True)
-class BenchmarkResult:
-    model: str
-    protocol: str
-    url: str
-    batch_size: int
-    warmup_seconds: float
-    measurement_seconds: float
-    results: list[ConcurrencyResult] = field(default_factory=list)
-    engine: str = "resnet-serve"
-    mode: Literal["concurrency", "request-rate"] = "concurrency"
-    distribution: str | None = None
-    client: str | None = "threads"
-    stability_percentage: float = 10.0
-    max_trials: int = 10
-    machine: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BenchmarkResult:
-        """Read a result written by any version: unknown keys are ignored, missing ones default."""
-        row_keys = {f.name for f in fields(ConcurrencyResult)}
-        rows = [ConcurrencyResult(**{k: v for k, v in row.items() if k in row_keys}) for row in data["results"]]
-        keys = {f.name for f in fields(cls)} - {"results"}
-        return cls(**{k: v for k, v in data.items() if k in keys}, results=rows)
-
-    def write_csv(self, path: Path) -> None:
-        """perf_analyzer's CSV: its columns in its order, values in µs."""
-        header = list(PERF_ANALYZER_COLUMNS)
-        if self.mode == "request-rate":
-            header[0] = REQUEST_RATE_COLUMN
-        with replacing_atomically(path) as temporary, temporary.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(row.perf_analyzer_row() for row in self.results)
-
-
-def describe_machine() -> str:
-    """The CPU model, its core count and the features that matter for a ResNet (from
-    /proc/cpuinfo), so that a measured speed says where it was measured."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    present = [flag for flag in CPU_FLAGS if flag in flags]
-    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(present) or 'none of ' + '/'.join(CPU_FLAGS)}"
 
 
 def summarize_windows(windows: Sequence[Window], *, concurrency: int, request_rate: float | None) -> ConcurrencyResult:
@@ -330,7 +184,6 @@ def benchmark_served_model(
     stability = stability or StabilityRule()
     with InferenceClient(model=model, protocol=protocol, url=url) as probe:
         if engine == "perf_analyzer":
-            from resnet_serve.client.perf_analyzer import run_perf_analyzer
 
             return run_perf_analyzer(
                 served=probe.model, protocol=protocol, url=probe.url, batch_size=batch_size,

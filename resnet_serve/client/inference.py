@@ -120,13 +120,22 @@ class InferenceClient:
         self.model = self._describe(model or self._only_model())
 
     def _only_model(self) -> str:
+        # An export also serves <name>-preprocess and <name>-image, which take encoded files:
+        # only models that take a float image count here.
         ready = self.ready_models()
-        if len(ready) != 1:
+        classifiers = [name for name in ready if self._takes_float_images(name)]
+        if len(classifiers) != 1:
             raise ClientError(
                 f"name the model to use (--model): the server at {self.url} has "
-                f"{len(ready)} ready models{': ' + ', '.join(ready) if ready else ''}"
+                f"{len(classifiers)} ready models that take float images"
+                f"{': ' + ', '.join(classifiers) if classifiers else ''} (ready: {', '.join(ready) or 'none'})"
             )
-        return ready[0]
+        return classifiers[0]
+
+    def _takes_float_images(self, name: str) -> bool:
+        config = self._json(self._client.get_model_config, name)
+        inputs = config.get("config", config).get("input", [])
+        return len(inputs) == 1 and inputs[0].get("data_type") == "TYPE_FP32" and len(inputs[0].get("dims", [])) == 3
 
     def _describe(self, name: str) -> ServedModel:
         try:

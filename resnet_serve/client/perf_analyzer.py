@@ -27,15 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.client.bench import (
+from resnet_serve.client.inference import Protocol, ServedModel
+from resnet_serve.client.load import Distribution
+from resnet_serve.client.results import (
     PERF_ANALYZER_COLUMNS,
     REQUEST_RATE_COLUMN,
     BenchmarkResult,
     ConcurrencyResult,
     describe_machine,
 )
-from resnet_serve.client.inference import Protocol, ServedModel
-from resnet_serve.client.load import Distribution
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
 from resnet_serve.errors import ClientError, MissingDependencyError
 from resnet_serve.progress import Reporter, SilentReporter

@@ -30,9 +30,11 @@ __all__ = [
     "PYTHON_ONNXRUNTIME",
     "SERVING_TARGETS",
     "TENSORRT_PLAN",
+    "TRITON_INSTANCE_KINDS",
     "DynamicBatching",
     "EnsembleStep",
     "InstanceGroup",
+    "InstanceKind",
     "ModelConfig",
     "ModelWarmup",
     "ResponseCache",
@@ -48,6 +50,11 @@ DATA_TYPES: frozenset[str] = frozenset(
     name for name in model_config_pb2.DataType.keys() if name != "TYPE_INVALID"
 )
 INSTANCE_KINDS: frozenset[str] = frozenset(model_config_pb2.ModelInstanceGroup.Kind.keys())
+# What an export asks for, and Triton's kind for it. "auto" leaves the kind to the target
+# (KIND_AUTO for onnxruntime: the GPU where there is one, so one repository serves on a GPU box
+# and in compose's CPU profile).
+InstanceKind = Literal["auto", "cpu", "gpu"]
+TRITON_INSTANCE_KINDS: dict[str, str | None] = {"auto": None, "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 ENSEMBLE_PLATFORM = "ensemble"
 
 

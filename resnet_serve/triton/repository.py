@@ -259,12 +259,10 @@ def _check_arguments(
     name: str,
     model_file: Path,
     class_names: Sequence[str],
-    preprocessing: Mapping[str, Any],
-    input_shape: tuple[int, int, int],
     version: int | None,
     metadata: Mapping[str, str],
-) -> str:
-    """Validate what can be checked before touching the disk; return the preprocessing JSON."""
+) -> None:
+    """Validate what can be checked before touching the disk."""
     _check_name(name)
     if not model_file.is_file():
         raise RepositoryError(f"model file {model_file} does not exist")
@@ -273,8 +271,6 @@ def _check_arguments(
     bad = [c for c in class_names if not c.strip() or "\n" in c or "\r" in c]
     if bad:
         raise RepositoryError(f"class names must be non-empty single lines, got {bad!r}")
-    if len(input_shape) != 3 or any(int(d) <= 0 for d in input_shape):
-        raise RepositoryError(f"input_shape must be (channels, height, width), got {input_shape}")
     if version is not None and version < 1:
         # Triton ignores version folders named 0.
         raise RepositoryError(f"model version must be >= 1, got {version}")
@@ -282,10 +278,6 @@ def _check_arguments(
         raise RepositoryError(
             f"metadata keys {PREPROCESSING_PARAMETER!r} and {TARGET_PARAMETER!r} are reserved"
         )
-    try:
-        return json.dumps(dict(preprocessing), sort_keys=True)
-    except (TypeError, ValueError) as error:
-        raise RepositoryError(f"preprocessing is not JSON-serialisable: {error}") from None
 
 
 def _warmup_samples(images: np.ndarray | None, input_shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -390,8 +382,7 @@ def write_model_entry(
     name: str,
     onnx_path: Path,
     class_names: Sequence[str],
-    preprocessing: Mapping[str, Any],
-    input_shape: tuple[int, int, int],
+    preprocessing: Preprocessing,
     target: ServingTarget = ONNXRUNTIME,
     max_batch_size: int = 64,
     version: int | None = None,
@@ -419,10 +410,11 @@ def write_model_entry(
     may briefly miss the entry between the two renames of the swap.
     """
     metadata = dict(metadata or {})
-    preprocessing_json = _check_arguments(
-        name=name, model_file=onnx_path, class_names=class_names, preprocessing=preprocessing,
-        input_shape=input_shape, version=version, metadata=metadata,
+    input_shape = preprocessing.input_shape
+    _check_arguments(
+        name=name, model_file=onnx_path, class_names=class_names, version=version, metadata=metadata,
     )
+    preprocessing_json = json.dumps(preprocessing.to_dict(), sort_keys=True)
     warmups = _warmup_samples(warmup_images, input_shape)
     parameters = {
         **metadata,

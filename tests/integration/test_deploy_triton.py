@@ -47,7 +47,8 @@ from deploy_files import (
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.errors import ServerError
-from resnet_serve.pipeline import export_to_repository
+from resnet_serve.pipeline import ExportOptions, export_to_repository
+from resnet_serve.selection import ImageSelection
 from resnet_serve.triton.server import TritonInstallation, TritonServer, find_free_port, find_free_ports
 
 pytestmark = pytest.mark.triton
@@ -107,12 +108,13 @@ def inferenceservice_arguments() -> list[str]:
 def repository(trained_resnet20: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every model the deploy files load, and one broken entry they do not."""
     repository = tmp_path_factory.mktemp("deploy-repository")
-    for name in loaded_models(compose_arguments()):
-        # The first name is the classifier. Where its export does not write the image-pipeline
-        # entries (yet), the classifier stands in under their names, so that every entry the
-        # files name exists.
-        if not (repository / name).is_dir():
-            export_to_repository(checkpoint=trained_resnet20, repository=repository, name=name, verify_images=16)
+    classifier, *image_pipeline = loaded_models(compose_arguments())
+    # The classifier's export writes the image-pipeline entries the deploy files load beside it.
+    report = export_to_repository(
+        checkpoint=trained_resnet20, repository=repository,
+        options=ExportOptions(name=classifier, selection=ImageSelection(verify_images=16)),
+    )
+    assert [path.name for path in report.image_pipeline] == image_pipeline
     (repository / "broken").mkdir()
     (repository / "broken" / "config.pbtxt").write_text("this is not a model configuration\n")
     return repository

@@ -25,7 +25,7 @@ import torch
 import tritonclient.grpc as grpcclient
 from PIL import Image
 from samples import FASHION_PREPROCESSING, fashion_test_set
-from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
 from torch import nn
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
@@ -90,12 +90,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, photos: list[Path]) -> Iter
     export_photo_classifier(scratch / "photo.onnx")
     write_model_entry(
         repository=repository, name="tiny", onnx_path=scratch / "tiny.onnx", class_names=CLASS_NAMES,
-        preprocessing=PREPROCESSING, input_shape=INPUT_SHAPE, target=PYTHON_ONNXRUNTIME,
+        preprocessing=PREPROCESSING, target=PYTHON_ONNXRUNTIME,
         warmup_images=FASHION_PREPROCESSING.normalize(fashion_test_set().images[:2]),
     )
     write_model_entry(
         repository=repository, name="photo", onnx_path=scratch / "photo.onnx", class_names=PHOTO_CLASSES,
-        preprocessing=PHOTO_PREPROCESSING.to_dict(), input_shape=PHOTO_PREPROCESSING.input_shape,
+        preprocessing=PHOTO_PREPROCESSING,
         target=PYTHON_ONNXRUNTIME, warmup_images=PHOTO_PREPROCESSING.load_image(photos[0])[None],
     )
     for classifier in ("tiny", "photo"):

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from resnet_serve.checkpoints import load_checkpoint
 from resnet_serve.cli import app
-from resnet_serve.client.bench import PERF_ANALYZER_COLUMNS
 from resnet_serve.client.inference import InferenceClient
+from resnet_serve.client.results import PERF_ANALYZER_COLUMNS
 from resnet_serve.datasets import load_default_dataset
 from resnet_serve.runtimes import TorchRuntime
 from resnet_serve.train import train_on_folder

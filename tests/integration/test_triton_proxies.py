@@ -66,7 +66,7 @@ def write_entry(repository: Path, name: str, model_file: Path, checkpoint: Check
     meta = checkpoint.meta
     write_model_entry(
         repository=repository, name=name, onnx_path=model_file, class_names=meta.class_names,
-        preprocessing=meta.preprocessing.to_dict(), input_shape=meta.preprocessing.input_shape,
+        preprocessing=meta.preprocessing,
         **options,  # type: ignore[arg-type]
     )
     return repository / name

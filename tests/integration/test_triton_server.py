@@ -69,7 +69,7 @@ def export_fragile(path: Path) -> None:
 def write_entry(repository: Path, name: str, onnx_path: Path, **options: object) -> None:
     write_model_entry(
         repository=repository, name=name, onnx_path=onnx_path, class_names=CLASS_NAMES,
-        preprocessing=PREPROCESSING, input_shape=INPUT_SHAPE,
+        preprocessing=PREPROCESSING,
         metadata={"architecture": "tiny-cnn"}, **{"target": ONNXRUNTIME, **options},  # type: ignore[arg-type]
     )
 
@@ -185,7 +185,7 @@ def test_server_model_config_carries_preprocessing(server: TritonServer) -> None
     )["config"]
 
     for config in (over_http, over_grpc):
-        assert json.loads(config["parameters"]["preprocessing"]["string_value"]) == PREPROCESSING
+        assert json.loads(config["parameters"]["preprocessing"]["string_value"]) == PREPROCESSING.to_dict()
         assert config["parameters"]["architecture"]["string_value"] == "tiny-cnn"
         assert config["output"][0]["label_filename"] == "labels.txt"
 

@@ -10,16 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_serve.client.bench import (
-    PERF_ANALYZER_COLUMNS,
-    BenchmarkResult,
-    ConcurrencyResult,
-    describe_machine,
-    summarize_windows,
-)
+from resnet_serve.client.bench import summarize_windows
 from resnet_serve.client.inference import ModelStatistics
 from resnet_serve.client.load import Schedule, Window
 from resnet_serve.client.perf_analyzer import find_perf_analyzer, read_perf_analyzer_csv
+from resnet_serve.client.results import PERF_ANALYZER_COLUMNS, BenchmarkResult, ConcurrencyResult, describe_machine
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError, measure_until_stable
 from resnet_serve.errors import ClientError, MissingDependencyError
 

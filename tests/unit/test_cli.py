@@ -157,7 +157,9 @@ def test_export_serves_a_lower_precision_file_checked_against_fp32(
         (["--rtol", "-1"], "rtol must be a finite number ≥ 0"),
         (["--verify-images", "0"], "image counts must be ≥ 1"),
         (["--opset", "9"], "opset 9 is not supported by the legacy exporter"),
-        (["--target", "tensorrt-plan"], "export with the tensorrt format"),
+        (["--preferred-batch-sizes", "8,128"], "preferred batch sizes [128] are not within 1..64"),
+        (["--replace", "--version", "3"], "it takes no --version"),
+        (["--threads", "0"], "threads must be ≥ 1"),
     ],
 )
 def test_bad_export_options_are_one_line_before_any_work(tmp_path: Path, options: list[str], message: str):
@@ -173,6 +175,8 @@ def test_bad_export_options_are_one_line_before_any_work(tmp_path: Path, options
         (["--precision", "int4"], "'int4' is not one of 'fp32', 'fp16', 'int8'"),
         (["--precision", "int8", "--calibration-method", "kl"], "'kl' is not one of 'minmax', 'entropy', 'percentile'"),
         (["--exporter", "jit"], "'jit' is not one of 'legacy', 'dynamo'"),
+        (["--target", "tensorrt-plan"], "'tensorrt-plan' is not one of 'onnxruntime', 'openvino', 'python-onnxruntime'"),
+        (["--instance-kind", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'gpu'"),
     ],
 )
 def test_export_choices_come_from_the_exporters_vocabulary(tmp_path: Path, options: list[str], message: str):

@@ -17,14 +17,14 @@ from resnet_serve.errors import ExportError, RepositoryError
 from resnet_serve.export.tensorrt import EngineOptions
 from resnet_serve.models import create_model
 from resnet_serve.parity import DEFAULT_RTOL
-from resnet_serve.pipeline import ExportOptions
+from resnet_serve.pipeline import ExportOptions, ServingOptions
 
 runner = CliRunner()
 
 
 def test_export_options_resolve_their_defaults_once() -> None:
     onnx, tensorrt = ExportOptions(), ExportOptions(format="tensorrt")
-    assert (onnx.precision, onnx.engine, onnx.serving_target.name) == ("fp32", None, "python-onnxruntime")
+    assert (onnx.precision, onnx.engine, onnx.serving_target.name) == ("fp32", None, "onnxruntime")
     assert (tensorrt.precision, tensorrt.engine, tensorrt.serving_target.name) == ("fp16", EngineOptions(), "tensorrt-plan")
     assert onnx.lower_precision_tolerance.rtol is None
     assert onnx.lower_precision_tolerance.min_top1_agreement == 0.99
@@ -36,13 +36,18 @@ def test_export_options_resolve_their_defaults_once() -> None:
         ({"precision": "int4"}, ExportError, "unknown ONNX precision 'int4'"),
         ({"format": "tflite"}, ExportError, "unknown export format 'tflite'"),
         ({"calibration_method": "kl"}, ExportError, "unknown calibration method 'kl'"),
-        ({"max_batch_size": 0}, ExportError, "max_batch_size must be ≥ 1"),
+        ({"serving": {"max_batch_size": 0}}, ExportError, "max_batch_size must be ≥ 1"),
+        ({"serving": {"instance_kind": "tpu"}}, ExportError, "unknown instance kind 'tpu'"),
+        ({"serving": {"version": 0}}, ExportError, "model versions start at 1"),
         ({"engine": EngineOptions()}, ExportError, "engine options apply only to the tensorrt format"),
-        ({"target": "tflite-serving"}, RepositoryError, "unknown serving target 'tflite-serving'"),
+        ({"serving": {"target": "tflite-serving"}}, RepositoryError, "unknown serving target 'tflite-serving'"),
+        ({"serving": {"target": "tensorrt-plan"}}, ExportError, "export with the tensorrt format"),
     ],
 )
 def test_export_options_refuse_what_cannot_work(options: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
+        if "serving" in options:
+            options = {**options, "serving": ServingOptions(**options["serving"])}
         ExportOptions(**options)
 
 

@@ -31,7 +31,7 @@ def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write(repository: Path, model_file: Path, *, name: str = "tiny", target: ServingTarget = ONNXRUNTIME) -> Path:
     return write_model_entry(
         repository=repository, name=name, onnx_path=model_file, class_names=CLASS_NAMES,
-        preprocessing=PREPROCESSING, input_shape=INPUT_SHAPE, target=target,
+        preprocessing=PREPROCESSING, target=target,
     ).path
 
 

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from resnet_serve.cli import app
-from resnet_serve.client.bench import BenchmarkResult, ConcurrencyResult
+from resnet_serve.client.results import BenchmarkResult, ConcurrencyResult
 from resnet_serve.errors import ReportError
 from resnet_serve.report import build_report
 

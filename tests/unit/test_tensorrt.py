@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from samples import FASHION_PREPROCESSING
 from typer.testing import CliRunner
 
 from resnet_serve.cli import app
@@ -196,8 +197,7 @@ def test_repository_entry_carries_a_plan_and_its_sidecar(tmp_path):
     plan.write_bytes(b"serialized engine")
     arguments = dict(
         repository=tmp_path / "repository", name="r20-trt", onnx_path=plan,
-        class_names=[f"class_{i}" for i in range(10)], preprocessing={"mean": [0.5]},
-        input_shape=(1, 28, 28), target=TENSORRT_PLAN,
+        class_names=[f"class_{i}" for i in range(10)], preprocessing=FASHION_PREPROCESSING, target=TENSORRT_PLAN,
     )
     with pytest.raises(RepositoryError, match="no sidecar"):
         write_model_entry(**arguments)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 from openvino_entry import convert_to_openvino_entry
-from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
 from tritonclient.grpc import model_config_pb2
 
 from resnet_serve.errors import RepositoryError
@@ -49,7 +49,7 @@ def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write(repository: Path, name: str, onnx_path: Path, **options: object) -> Path:
     write_model_entry(
         repository=repository, name=name, onnx_path=onnx_path, class_names=CLASS_NAMES,
-        preprocessing=PREPROCESSING, input_shape=INPUT_SHAPE, **options,  # type: ignore[arg-type]
+        preprocessing=PREPROCESSING, **options,  # type: ignore[arg-type]
     )
     return repository / name
 

@@ -3,6 +3,7 @@ pipeline entries, atomic writes and failed writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
 from PIL import Image
 from samples import FASHION_PREPROCESSING, fashion_mnist, fashion_test_set
 from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier
 
 from resnet_serve.errors import RepositoryError
-from resnet_serve.triton.config import ONNXRUNTIME, OPENVINO, PYTHON_ONNXRUNTIME, ModelConfig
+from resnet_serve.triton.config import ONNXRUNTIME, OPENVINO, PYTHON_ONNXRUNTIME, ModelConfig, parse_model_config
 from resnet_serve.triton.repository import (
     ModelEntry,
     list_model_entries,
@@ -43,7 +45,6 @@ def write(repository: Path, onnx_path: Path, **overrides: object) -> ModelEntry:
         onnx_path=onnx_path,
         class_names=CLASS_NAMES,
         preprocessing=PREPROCESSING,
-        input_shape=INPUT_SHAPE,
         target=ONNXRUNTIME,
         metadata={"architecture": "tiny-cnn"},
     )
@@ -87,8 +88,8 @@ def test_parameters_carry_preprocessing_and_metadata(tmp_path: Path, onnx_path: 
 
     on_disk = ModelConfig.parse(entry.config_path.read_text())
     assert on_disk == entry.config
-    assert json.loads(on_disk.parameters["preprocessing"]) == PREPROCESSING
-    assert entry.preprocessing == PREPROCESSING
+    assert json.loads(on_disk.parameters["preprocessing"]) == PREPROCESSING.to_dict()
+    assert entry.preprocessing == PREPROCESSING.to_dict()
     assert on_disk.parameters["architecture"] == "tiny-cnn"
     assert on_disk.parameters["serving_target"] == "onnxruntime"
     assert on_disk.parameters["intra_op_thread_count"] == "2"
@@ -162,7 +163,7 @@ def test_each_write_adds_the_next_version_and_keeps_the_earlier_ones(tmp_path: P
     ("overrides", "message"),
     [
         ({"class_names": [f"new_{i}" for i in range(10)]}, "with other class names"),
-        ({"preprocessing": {**PREPROCESSING, "mean": [0.5]}}, "with other preprocessing"),
+        ({"preprocessing": dataclasses.replace(PREPROCESSING, mean=(0.5,))}, "with other preprocessing"),
         ({"target": OPENVINO}, "with other target"),
         ({"version": 1}, "already has version 1"),
     ],
@@ -214,13 +215,13 @@ def test_warmup_images_become_triton_warmup_requests_from_raw_fp32_files(tmp_pat
     ("overrides", "message"),
     [
         ({"class_names": CLASS_NAMES[:5]}, r"output 'logits' of model.onnx has shape \[None, 10\], config says \[batch, 5\]"),
-        ({"input_shape": (3, 28, 28)}, r"config says \[batch, 3, 28, 28\]"),
+        ({"preprocessing": dataclasses.replace(PREPROCESSING, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)},
+         r"config says \[batch, 3, 28, 28\]"),
         ({"preferred_batch_sizes": [128]}, r"preferred batch sizes \[128\] exceed"),
         ({"name": "../escape"}, "invalid model name"),
         ({"name": "a/b"}, "invalid model name"),
         ({"name": ".hidden"}, "invalid model name"),
         ({"class_names": ["ok", "two\nlines"] + CLASS_NAMES[2:]}, "single lines"),
-        ({"preprocessing": {"mean": object()}}, "not JSON-serialisable"),
         ({"metadata": {"preprocessing": "x"}}, "reserved"),
         ({"version": 0}, "version must be >= 1"),
         ({"intra_op_threads": 0}, "intra_op_threads must be >= 1"),
@@ -298,7 +299,7 @@ def test_image_pipeline_entries_sit_beside_the_classifier(tmp_path: Path, onnx_p
     assert config.backend == "python" and config.max_batch_size == 64
     assert [(t.name, t.data_type, t.dims) for t in config.inputs] == [("image", "TYPE_STRING", (1,))]
     assert [(t.name, t.data_type, t.dims) for t in config.outputs] == [("input", "TYPE_FP32", INPUT_SHAPE)]
-    assert json.loads(config.parameters["preprocessing"]) == PREPROCESSING
+    assert json.loads(config.parameters["preprocessing"]) == PREPROCESSING.to_dict()
     ensemble = image.config
     assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 64
     assert [s.model_name for s in ensemble.ensemble_steps] == ["tiny-preprocess", "tiny"]
@@ -339,7 +340,7 @@ def test_the_copied_preprocessing_code_runs_on_its_own_and_prepares_like_the_cli
         "print(resnet_serve.__file__); np.save(sys.argv[4], x)"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, str(preprocess.path / "1"), json.dumps(PREPROCESSING),
+        [sys.executable, "-c", script, str(preprocess.path / "1"), json.dumps(PREPROCESSING.to_dict()),
          str(tmp_path / "shirt.png"), str(tmp_path / "x.npy")],
         capture_output=True, text=True, timeout=60, check=True,
     )
@@ -349,7 +350,11 @@ def test_the_copied_preprocessing_code_runs_on_its_own_and_prepares_like_the_cli
 
 
 def test_the_image_pipeline_needs_a_resnet_serve_classifier(tmp_path: Path, onnx_path: Path) -> None:
-    write(tmp_path, onnx_path, preprocessing={"mean": [0.5]})
+    write(tmp_path, onnx_path)
+    config_path = tmp_path / "tiny" / "config.pbtxt"
+    config = parse_model_config(config_path.read_text())
+    config.parameters["preprocessing"].string_value = '{"mean": [0.5]}'
+    config_path.write_text(text_format.MessageToString(config))
 
     with pytest.raises(RepositoryError, match="model 'tiny' has unusable preprocessing"):
         write_image_pipeline(repository=tmp_path, classifier="tiny")

@@ -81,6 +81,7 @@ __all__ = [
     "model_filename",
     "onnx_config_mismatches",
     "read_model_entry",
+    "read_warmup_images",
     "summarize_repository",
     "write_image_pipeline",
     "write_model_entry",
@@ -357,15 +358,20 @@ def _runtime_parameters(target: ServingTarget, *, intra_op_threads: int | None, 
     return parameters
 
 
-def _refuse_incompatible_version(existing: ModelEntry, config: ModelConfig, class_names: Sequence[str]) -> None:
+def _refuse_incompatible_version(
+    existing: ModelEntry, config: ModelConfig, class_names: Sequence[str], *, retarget: bool
+) -> None:
     old = existing.config
+    # A new target can still serve the earlier versions if Triton loads the same file from each.
+    retargetable = retarget and bool(old.default_model_filename) \
+        and old.default_model_filename == config.default_model_filename
     differences = [
         what for what, differs in (
             ("class names", tuple(existing.class_names) != tuple(class_names)),
             ("input shape", old.inputs[0].dims != config.inputs[0].dims),
             ("preprocessing", old.parameters.get(PREPROCESSING_PARAMETER)
              != config.parameters.get(PREPROCESSING_PARAMETER)),
-            ("target", (old.backend, old.platform) != (config.backend, config.platform)),
+            ("target", (old.backend, old.platform) != (config.backend, config.platform) and not retargetable),
         ) if differs
     ]
     if differences:
@@ -395,6 +401,7 @@ def write_model_entry(
     warmup_images: np.ndarray | None = None,
     version_policy: VersionPolicy | None = None,
     replace_entry: bool = False,
+    retarget: bool = False,
     metadata: Mapping[str, str] | None = None,
 ) -> ModelEntry:
     """Add a version to a classifier entry (or create it) atomically and return it.
@@ -402,9 +409,12 @@ def write_model_entry(
     ``onnx_path`` is the model file the target serves: ONNX, or for ``TENSORRT_PLAN`` an
     engine with its ``<plan>.json`` sidecar beside it. ``version`` defaults to the next number;
     earlier versions stay on disk, and must agree with this one on class names, input shape,
-    preprocessing and target, unless ``replace_entry`` removes them. ``warmup_images`` (a few
-    real preprocessed images, N×C×H×W) become Triton warm-up requests. ``instance_kind``
-    defaults to the target's (KIND_AUTO for onnxruntime: the GPU where there is one).
+    preprocessing and target, unless ``replace_entry`` removes them; ``retarget`` lets this
+    version change the target when Triton loads the same file from every version under both
+    (``model.onnx`` for onnxruntime and openvino): the new target then serves them all.
+    ``warmup_images`` (a few real preprocessed images, N×C×H×W) become Triton warm-up
+    requests. ``instance_kind`` defaults to the target's (KIND_AUTO for onnxruntime: the GPU
+    where there is one).
 
     A failed write leaves the repository exactly as it was. A server polling the repository
     may briefly miss the entry between the two renames of the swap.
@@ -431,7 +441,7 @@ def write_model_entry(
     existing = None if replace_entry else _existing_entry(repository, name)
     kept = existing.versions if existing else ()
     if existing is not None:
-        _refuse_incompatible_version(existing, config, class_names)
+        _refuse_incompatible_version(existing, config, class_names, retarget=retarget)
     if version is None:
         version = max(kept, default=0) + 1
     elif version in kept:
@@ -637,19 +647,31 @@ def write_image_pipeline(
             read_model_entry(repository=repository, name=image_name))
 
 
-def _first_warmup_png(entry: ModelEntry, preprocessing: Preprocessing) -> bytes | None:
-    """The classifier's first warm-up image back in pixels (the inverse of its normalization),
-    PNG-encoded: a real image for the preprocessing model to warm up with."""
+def read_warmup_images(entry: ModelEntry) -> np.ndarray | None:
+    """A classifier's warm-up images as written by ``write_model_entry``: one N×C×H×W float32
+    batch, or None when it has none."""
     files = [w.inputs[INPUT_NAME].input_data_file for w in entry.config.model_warmup
              if INPUT_NAME in w.inputs and w.inputs[INPUT_NAME].input_data_file]
     if not files:
         return None
-    path = entry.path / WARMUP_FOLDER / files[0]
-    try:
-        raw = np.fromfile(path, dtype="<f4").reshape(preprocessing.input_shape)
-    except (OSError, ValueError) as error:
-        shape = list(preprocessing.input_shape)
-        raise RepositoryError(f"{path} is not a {shape} FP32 warm-up image: {error}") from None
+    shape = entry.config.inputs[0].dims
+    images = []
+    for name in files:
+        path = entry.path / WARMUP_FOLDER / name
+        try:
+            images.append(np.fromfile(path, dtype="<f4").reshape(shape))
+        except (OSError, ValueError) as error:
+            raise RepositoryError(f"{path} is not a {list(shape)} FP32 warm-up image: {error}") from None
+    return np.stack(images)
+
+
+def _first_warmup_png(entry: ModelEntry, preprocessing: Preprocessing) -> bytes | None:
+    """The classifier's first warm-up image back in pixels (the inverse of its normalization),
+    PNG-encoded: a real image for the preprocessing model to warm up with."""
+    images = read_warmup_images(entry)
+    if images is None:
+        return None
+    raw = images[0]
     mean = np.asarray(preprocessing.mean, np.float32)[:, None, None]
     std = np.asarray(preprocessing.std, np.float32)[:, None, None]
     pixels = np.clip(np.rint((raw * std + mean) * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)

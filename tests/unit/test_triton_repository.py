@@ -25,6 +25,7 @@ from resnet_serve.triton.repository import (
     ModelEntry,
     list_model_entries,
     read_model_entry,
+    read_warmup_images,
     summarize_repository,
     write_image_pipeline,
     write_model_entry,
@@ -178,6 +179,31 @@ def test_a_version_that_does_not_fit_the_entry_is_refused(
         write(tmp_path, onnx_path, **overrides)
 
     assert snapshot(tmp_path) == before
+
+
+def test_retargeting_keeps_the_versions_when_the_new_target_reads_their_file(tmp_path: Path, onnx_path: Path) -> None:
+    write(tmp_path, onnx_path)
+    first = (tmp_path / "tiny" / "1" / "model.onnx").read_bytes()
+
+    entry = write(tmp_path, onnx_path, target=OPENVINO, retarget=True)
+
+    assert entry.versions == (1, 2) and entry.config.backend == "openvino"
+    assert entry.config.default_model_filename == "model.onnx"
+    assert (tmp_path / "tiny" / "1" / "model.onnx").read_bytes() == first
+    before = snapshot(tmp_path)
+    with pytest.raises(RepositoryError, match="with other target"):
+        write(tmp_path, onnx_path, target=PYTHON_ONNXRUNTIME, retarget=True)  # it loads model.py
+    assert snapshot(tmp_path) == before
+
+
+def test_warmup_images_read_back_as_written(tmp_path: Path, onnx_path: Path) -> None:
+    images = fashion_mnist(3)
+    assert read_warmup_images(write(tmp_path / "none", onnx_path)) is None
+
+    read = read_warmup_images(write(tmp_path / "three", onnx_path, warmup_images=images))
+
+    assert read.dtype == np.float32
+    np.testing.assert_array_equal(read, images)
 
 
 def test_replacing_an_entry_swaps_it_whole(tmp_path: Path, onnx_path: Path) -> None:

@@ -133,7 +133,9 @@ class OpenVinoRuntime:
     ``precision`` is the inference precision asked for (OpenVINO's
     ``INFERENCE_PRECISION_HINT``); on a CPU without BF16 instructions OpenVINO quietly computes
     in FP32, so ``inference_precision`` records what the compiled model really uses and
-    ``note`` says so when it differs. An INT8 (QDQ) file runs as INT8 whatever the hint.
+    ``note`` says so when it differs. None asks for nothing, as Triton's OpenVINO backend does
+    (it has no setting for FP32): OpenVINO's CPU default, which is BF16 wherever the CPU has
+    BF16 instructions. An INT8 (QDQ) file runs as INT8 whatever the hint.
 
     Raises:
         MissingDependencyError: OpenVINO is not installed.
@@ -144,7 +146,7 @@ class OpenVinoRuntime:
         self,
         path: Path,
         *,
-        precision: Literal["fp32", "bf16"] = "fp32",
+        precision: Literal["fp32", "bf16"] | None = "fp32",
         threads: int | None = None,
         name: str | None = None,
     ) -> None:
@@ -154,14 +156,16 @@ class OpenVinoRuntime:
             raise MissingDependencyError(
                 "OpenVINO is not installed; `pip install openvino` adds the openvino runtimes"
             ) from None
-        if precision not in _OPENVINO_HINTS:
-            raise VerificationError(f"OpenVINO precision must be fp32 or bf16, got {precision!r}")
-        self.name = name or f"openvino-{precision}"
+        if precision is not None and precision not in _OPENVINO_HINTS:
+            raise VerificationError(f"OpenVINO precision must be fp32, bf16 or None, got {precision!r}")
+        self.name = name or f"openvino-{precision or 'default'}"
         self.path = Path(path)
         if not self.path.is_file():
             raise VerificationError(f"ONNX model {self.path} does not exist")
-        # Explicit, because OpenVINO's CPU default is BF16 wherever the CPU supports it.
-        config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": _OPENVINO_HINTS[precision]}
+        # Explicit unless None, because OpenVINO's CPU default is BF16 wherever the CPU supports it.
+        config: dict[str, str | int] = (
+            {} if precision is None else {"INFERENCE_PRECISION_HINT": _OPENVINO_HINTS[precision]}
+        )
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
@@ -176,7 +180,7 @@ class OpenVinoRuntime:
     @property
     def note(self) -> str | None:
         """What the compiled model really computes in, when that is not what was asked for."""
-        if self.inference_precision == _OPENVINO_HINTS[self.precision]:
+        if self.precision is None or self.inference_precision == _OPENVINO_HINTS[self.precision]:
             return None
         return f"OpenVINO computes in {self.inference_precision} on this CPU"
 

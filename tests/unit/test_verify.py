@@ -111,6 +111,20 @@ def test_openvino_fp32_matches_onnxruntime_and_bf16_agrees(onnx_path: Path, imag
     assert (bf16.run(images).argmax(1) == expected.argmax(1)).mean() >= 0.97
 
 
+def test_openvino_without_a_hint_computes_in_the_cpus_default_as_tritons_backend_does(
+    onnx_path: Path, images: np.ndarray
+) -> None:
+    import openvino
+
+    default = OpenVinoRuntime(onnx_path, precision=None, threads=1)
+    cpu_default = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    bf16_capable = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert (default.name, default.note) == ("openvino-default", None)
+    assert default.inference_precision == cpu_default == ("bf16" if bf16_capable else "f32")
+    expected = OnnxRuntime(onnx_path).run(images)
+    assert (default.run(images).argmax(1) == expected.argmax(1)).mean() >= 0.97
+
+
 def test_every_registered_kind_builds_from_a_checkpoints_files_and_runs(
     checkpoint: Path, images: np.ndarray, tmp_path: Path
 ) -> None:

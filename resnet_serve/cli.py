@@ -30,6 +30,7 @@ from resnet_serve.reporting import RichReporter
 from resnet_serve.runtimes import RUNTIMES
 from resnet_serve.selection import ImageSelection
 from resnet_serve.triton.config import SERVING_TARGETS, TENSORRT_PLAN, InstanceKind
+from resnet_serve.tuning.space import SearchSpace
 
 app = typer.Typer(
     name="resnet-serve",
@@ -62,6 +63,7 @@ RuntimeName = Literal[tuple(RUNTIMES)]  # built from the registry when the CLI i
 # The targets an ONNX file can be served by; an engine is always served by tensorrt-plan.
 OnnxTargetName = Literal[tuple(name for name in SERVING_TARGETS if name != TENSORRT_PLAN.name)]
 _RUNTIME_HELP = "; ".join(f"{name}: {kind.help}" for name, kind in RUNTIMES.items())
+_TUNING_SPACE = SearchSpace()
 
 
 def _command(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -507,6 +509,107 @@ def bench(
         result.write_csv(csv_path)
     if plot is not None:
         write_latency_throughput_plot([result], plot)
+
+
+def _tuning_space_default(values: tuple) -> str:
+    return ",".join(map(str, values))
+
+
+@app.command()
+@_command
+def tune(
+    name: Annotated[str, typer.Argument(help="The repository entry to tune (onnxruntime or openvino target).")],
+    repository: Annotated[Path, typer.Option(help="Triton model repository holding the entry.")] = DEFAULT_REPOSITORY,
+    p99_ms: Annotated[float | None, typer.Option("--p99-ms", help="Largest p99 latency the chosen configuration may have, in ms (default: no limit).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight while measuring (closed loop).")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Images per request.")] = 1,
+    runtimes: Annotated[str, typer.Option(help="Runtimes to search, comma-separated: onnxruntime (the entry's FP32 ONNX), openvino (the same file in OpenVINO), openvino-int8 (that file quantized as export --precision int8 does, in OpenVINO).")] = _tuning_space_default(_TUNING_SPACE.runtimes),
+    max_batch_sizes: Annotated[str, typer.Option(help="max_batch_size values, comma-separated.")] = _tuning_space_default(_TUNING_SPACE.max_batch_sizes),
+    preferred_batch_sizes: Annotated[str, typer.Option(help="Preferred batch sizes of the dynamic batcher, one per candidate, comma-separated; 0 is none.")] = _tuning_space_default(_TUNING_SPACE.preferred_batch_sizes),
+    queue_delays_us: Annotated[str, typer.Option(help="Max queue delays of the dynamic batcher in µs, comma-separated.")] = _tuning_space_default(_TUNING_SPACE.max_queue_delays_us),
+    instances: Annotated[str, typer.Option(help="Instance counts, comma-separated.")] = _tuning_space_default(_TUNING_SPACE.instances),
+    threads: Annotated[str, typer.Option(help="Intra-op threads per instance, comma-separated; combinations with instances × threads above the CPU cores are left out.")] = _tuning_space_default(_TUNING_SPACE.threads),
+    quick: Annotated[bool, typer.Option("--quick", help="Vary one setting at a time from the current configuration instead of measuring every combination.")] = False,
+    max_candidates: Annotated[int, typer.Option(help="Most configurations measured; a larger grid is refused before measuring (quick mode stops there).")] = 64,
+    warmup: Annotated[float, typer.Option(help="Warm-up seconds per configuration, not measured.")] = 2.0,
+    measurement_interval: Annotated[int, typer.Option("--measurement-interval", "-p", help="Measurement window in milliseconds.")] = 5000,
+    stability_percentage: Annotated[float, typer.Option("--stability-percentage", "-s", help="The last 3 windows must agree within this percentage in throughput and p99.")] = 10.0,
+    max_trials: Annotated[int, typer.Option("--max-trials", "-r", help="Windows per configuration before it is reported unstable.")] = 10,
+    data: DataOption = None,
+    verify_images: Annotated[int, typer.Option(help="Real test images that check the OpenVINO runtimes against onnxruntime FP32.")] = _SELECTION.verify_images,
+    calibration_images: CalibrationImagesOption = _SELECTION.calibration_images,
+    calibration_method: Annotated[CalibrationMethod, typer.Option(help="openvino-int8: minmax, entropy or percentile.")] = "minmax",
+    min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement of an OpenVINO runtime with onnxruntime FP32, a fraction.")] = DEFAULT_MIN_AGREEMENT,
+    write: Annotated[bool, typer.Option("--write/--no-write", help="Write the chosen configuration as the entry's next version.")] = True,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for tune.json (every measurement) and pareto.png.")] = Path("tune-output"),
+) -> None:
+    """Search serving configurations of an entry on the embedded server (Model Analyzer style) and write the fastest within --p99-ms as its next version."""
+    from resnet_serve.client.stability import StabilityRule
+    from resnet_serve.report import write_tuning_plot
+    from resnet_serve.tuning.search import TuneOptions, tune_model_entry
+    from resnet_serve.tuning.space import SearchSpace
+
+    options = TuneOptions(
+        p99_budget_ms=p99_ms, concurrency=concurrency, batch_size=batch_size,
+        space=SearchSpace(
+            runtimes=tuple(part.strip() for part in runtimes.split(",") if part.strip()),
+            max_batch_sizes=tuple(_levels(max_batch_sizes)), preferred_batch_sizes=tuple(_levels(preferred_batch_sizes)),
+            max_queue_delays_us=tuple(_levels(queue_delays_us)), instances=tuple(_levels(instances)),
+            threads=tuple(_levels(threads)),
+        ),
+        quick=quick, max_candidates=max_candidates, warmup_seconds=warmup, measurement_seconds=measurement_interval / 1000,
+        stability=StabilityRule(percentage=stability_percentage, max_trials=max_trials),
+        selection=ImageSelection(data_dir=data, verify_images=verify_images, calibration_images=calibration_images),
+        calibration_method=calibration_method, min_agreement=min_agreement, write=write,
+    )
+    result = tune_model_entry(repository=repository, name=name, options=options, reporter=RichReporter(err_console))
+    for check in result.runtimes:
+        agreement = "" if check.parity is None else f", top-1 agreement with onnxruntime FP32 {check.parity.top1_agreement:.2%}"
+        line = f"{check.runtime}: computes in {check.computes_in or '?'}{agreement}"
+        console.print(line + (f" [yellow]left out[/]: {check.refused}" if check.refused else ""), highlight=False, soft_wrap=True)
+    table = Table(
+        "", "runtime", "batch ≤", "pref.", "delay µs", "inst. × thr.", "infer/s", "p50 ms", "p99 ms", "",
+        title=f"Pareto front of {result.model}: concurrency {concurrency}, batch {batch_size}"
+        + (f", p99 ≤ {p99_ms:g} ms" if p99_ms is not None else ""),
+    )
+    for label in dict.fromkeys([*result.pareto, "current"]):
+        measured = result.measurement(label)
+        candidate, row = measured.candidate, measured.result
+        note = ", ".join(note for note, on in (("chosen", label == result.chosen), ("not on the front", label not in result.pareto)) if on)
+        table.add_row(
+            label, candidate.runtime, str(candidate.max_batch_size), str(candidate.preferred_batch_size or "–"),
+            str(candidate.max_queue_delay_us), f"{candidate.instances} × {candidate.threads or 'default'}",
+            *((f"{row.inferences_per_second:.1f}", f"{row.p50_ms:.1f}", f"{row.p99_ms:.1f}") if row else (measured.status, "", "")),
+            note,
+        )
+    console.print(table)
+    left_out = [m for m in result.measurements if m.point is None]
+    for measured in left_out:
+        err_console.print(f"[yellow]{measured.label} {measured.status}[/]: {measured.candidate.describe()}: {measured.reason}", highlight=False, soft_wrap=True)
+    pruned = "; ".join(f"{count} with {reason}" for reason, count in result.pruned.items())
+    console.print(
+        f"measured {len(result.measurements) - 1} configurations besides the current one"
+        + (f" ({len(left_out)} unstable or failed)" if left_out else "")
+        + (f"; left out {pruned}" if pruned else "")
+        + ("" if result.search_complete else "; quick search stopped at --max-candidates"),
+        highlight=False, soft_wrap=True,
+    )
+    output_json = output / "tune.json"
+    _write_json(output_json, result)
+    plot = write_tuning_plot(result, output / "pareto.png")
+    console.print(f"[green]✓[/] wrote {output_json} and {plot}")
+    if result.chosen is None:
+        missed = "no configuration was measured" if p99_ms is None else f"no configuration met p99 ≤ {p99_ms:g} ms"
+        err_console.print(f"[bold red]error:[/] {missed}; nothing written", highlight=False)
+        raise typer.Exit(1)
+    chosen = result.measurement(result.chosen)
+    speedup = "" if result.speedup is None else f" ({result.speedup:.2f}× the current configuration)"
+    if result.written_version is not None:
+        console.print(f"[green]✓[/] wrote {result.chosen} ({chosen.candidate.describe()}) as version {result.written_version} of {result.model}{speedup}; earlier versions stay on disk", highlight=False, soft_wrap=True)
+    elif result.chosen == "current":
+        console.print(f"[green]✓[/] the current configuration of {result.model} is the fastest within the budget; nothing written", highlight=False)
+    else:
+        console.print(f"best: {result.chosen} ({chosen.candidate.describe()}){speedup}; not written (--no-write)", highlight=False, soft_wrap=True)
 
 
 @app.command()

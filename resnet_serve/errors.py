@@ -65,5 +65,9 @@ class MissingDependencyError(ResnetServeError):
     """An optional dependency (tensorrt, openvino, the embedded server) is not installed."""
 
 
+class TuningError(ResnetServeError):
+    """A tuning run that cannot start: an entry it cannot tune, or a search over its budget."""
+
+
 class ReportError(ResnetServeError):
     """A result file a report is built from that is missing or not what it claims to be."""

@@ -23,11 +23,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resnet_serve.client.results import BenchmarkResult
 from resnet_serve.errors import MissingDependencyError, ReportError, first_line
 from resnet_serve.files import replacing_atomically
+
+if TYPE_CHECKING:
+    from resnet_serve.tuning.search import TuneResult
 
 # The per-request time split, in the order perf_analyzer's CSV lists it, and the colours used.
 SPLIT_PARTS = (
@@ -130,12 +133,15 @@ def latency_throughput_png(runs: Sequence[BenchmarkResult]) -> bytes:
     return _png(figure)
 
 
-def write_latency_throughput_plot(runs: Sequence[BenchmarkResult], path: Path) -> Path:
-    """The latency-throughput PNG of one run, or of several overlaid."""
-    png = latency_throughput_png(runs)
+def _write_png(png: bytes, path: Path) -> Path:
     with replacing_atomically(path) as temporary:
         temporary.write_bytes(png)
     return path
+
+
+def write_latency_throughput_plot(runs: Sequence[BenchmarkResult], path: Path) -> Path:
+    """The latency-throughput PNG of one run, or of several overlaid."""
+    return _write_png(latency_throughput_png(runs), path)
 
 
 def server_split_png(run: BenchmarkResult) -> bytes:
@@ -153,6 +159,44 @@ def server_split_png(run: BenchmarkResult) -> bytes:
     axes.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.1 / len(run.results)))
     axes.set_title(f"where the time goes: {run_label(run)}", fontsize=9)
     return _png(figure)
+
+
+def tuning_png(result: TuneResult) -> bytes:
+    """p99 latency against throughput of every configuration a tuning run measured, one colour
+    per runtime: the Pareto front as a line, the p99 budget, the current configuration ringed
+    and the chosen one starred."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7.5, 4.5))
+    measured = [m for m in result.measurements if m.point is not None]
+    runtimes = list(dict.fromkeys(m.candidate.runtime for m in measured))
+    for index, runtime in enumerate(runtimes):
+        points = [m.point for m in measured if m.candidate.runtime == runtime]
+        axes.scatter([x for x, _ in points], [y for _, y in points], color=f"C{index % 10}", s=22, label=runtime)
+    front = [result.measurement(label).point for label in result.pareto]
+    axes.plot([x for x, _ in front], [y for _, y in front], "-", color="0.3", linewidth=1, label="Pareto front")
+    if result.baseline.point is not None:
+        axes.scatter(*result.baseline.point, s=160, facecolors="none", edgecolors="black", label="current")
+    if result.chosen is not None:
+        axes.scatter(*result.measurement(result.chosen).point, marker="*", s=220, color="gold",
+                     edgecolors="black", zorder=3, label=f"chosen ({result.chosen})")
+    if result.options.p99_budget_ms is not None:
+        axes.axhline(result.options.p99_budget_ms, color="C3", linestyle="--", linewidth=1, label="p99 budget")
+    left_out = len(result.measurements) - len(measured)
+    axes.set_xlabel("throughput (inferences/s)")
+    axes.set_ylabel("p99 latency (ms)")
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    axes.set_title(
+        f"tune {result.model}: concurrency {result.options.concurrency}, batch {result.options.batch_size}, "
+        f"{len(measured)} measured" + (f", {left_out} unstable or failed" if left_out else ""),
+        fontsize=9,
+    )
+    return _png(figure)
+
+
+def write_tuning_plot(result: TuneResult, path: Path) -> Path:
+    return _write_png(tuning_png(result), path)
 
 
 def confusion_matrix_png(matrix: Sequence[Sequence[float]], class_names: Sequence[str]) -> bytes:

@@ -1,0 +1,182 @@
+"""What `resnet-serve tune` searches: the runtimes, and the grid of serving settings.
+
+A candidate is one serving configuration of an entry: the runtime that runs its model file,
+Triton's `max_batch_size`, one preferred batch size (or none), the dynamic batcher's queue
+delay, the instance count and each instance's intra-op threads. The space is a few explicit
+value lists per setting, as in Model Analyzer's brute search; its grid is their product, less
+the combinations that cannot load or cannot differ, each left out with its reason counted:
+
+- instances × threads above the CPU cores: the instances run side by side, so more threads
+  than cores only make them preempt each other (oversubscription);
+- a `max_batch_size` below the request's batch: the server would refuse every request;
+- a preferred batch size above `max_batch_size`: Triton refuses the config;
+- `max_batch_size` 1: nothing is ever batched, so the queue delay and preferred sizes cannot
+  change anything; one candidate stays (no preferred size, the smallest delay).
+
+Quick mode walks the same space one setting at a time (``SETTINGS`` order) instead of
+measuring its whole grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from resnet_serve.errors import TuningError
+from resnet_serve.triton.config import ONNXRUNTIME, OPENVINO, ServingTarget
+
+__all__ = [
+    "SETTINGS",
+    "TUNED_RUNTIMES",
+    "Candidate",
+    "SearchSpace",
+    "TunedRuntime",
+]
+
+
+@dataclass(frozen=True)
+class TunedRuntime:
+    """A runtime the search can choose: the serving target that runs it and its model file."""
+
+    name: str
+    target: ServingTarget
+    int8: bool
+    description: str
+
+
+TUNED_RUNTIMES: dict[str, TunedRuntime] = {
+    runtime.name: runtime for runtime in (
+        TunedRuntime("onnxruntime", ONNXRUNTIME, False, "the entry's FP32 ONNX in onnxruntime"),
+        TunedRuntime("openvino", OPENVINO, False, "the same FP32 ONNX in OpenVINO (BF16 on CPUs that have it)"),
+        TunedRuntime("openvino-int8", OPENVINO, True,
+                     "that ONNX quantized to INT8 (static QDQ, calibrated as export does) in OpenVINO"),
+    )
+}
+
+# The settings quick mode varies, one after the other; instances and threads move together
+# because their product is what the cores bound.
+SETTINGS = ("runtime", "instances_threads", "max_batch_size", "max_queue_delay_us", "preferred_batch_size")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One serving configuration. ``preferred_batch_size`` 0 is none; ``threads`` None is the
+    backend's own default (only an entry's current configuration has it)."""
+
+    runtime: str
+    max_batch_size: int
+    preferred_batch_size: int
+    max_queue_delay_us: int
+    instances: int
+    threads: int | None
+
+    def describe(self) -> str:
+        preferred = self.preferred_batch_size or "–"
+        threads = "default" if self.threads is None else self.threads
+        return (f"{self.runtime}, max batch {self.max_batch_size}, preferred {preferred}, "
+                f"delay {self.max_queue_delay_us} µs, {self.instances} instance(s) × {threads} thread(s)")
+
+
+def _values(name: str, values: tuple[int, ...], *, least: int) -> tuple[int, ...]:
+    if not values:
+        raise TuningError(f"the search space needs at least one {name}")
+    if any(value < least for value in values):
+        raise TuningError(f"{name} must be ≥ {least}, got {list(values)}")
+    return tuple(sorted(set(values)))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The values the search tries for each setting (defaults sized for a 2-core CPU).
+
+    ``preferred_batch_sizes`` lists single preferred sizes, 0 meaning none.
+
+    Raises:
+        TuningError: an empty list, an unknown runtime or a value out of range.
+    """
+
+    runtimes: tuple[str, ...] = tuple(TUNED_RUNTIMES)
+    max_batch_sizes: tuple[int, ...] = (1, 64)
+    preferred_batch_sizes: tuple[int, ...] = (0, 4)
+    max_queue_delays_us: tuple[int, ...] = (100, 2000)
+    instances: tuple[int, ...] = (1, 2)
+    threads: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.runtimes if name not in TUNED_RUNTIMES]
+        if unknown or not self.runtimes:
+            raise TuningError(f"unknown runtimes {unknown}; choose from {', '.join(TUNED_RUNTIMES)}")
+        object.__setattr__(self, "runtimes", tuple(dict.fromkeys(self.runtimes)))
+        for name, least in (("max_batch_sizes", 1), ("preferred_batch_sizes", 0), ("max_queue_delays_us", 0),
+                            ("instances", 1), ("threads", 1)):
+            object.__setattr__(self, name, _values(name, tuple(getattr(self, name)), least=least))
+
+    def values(self, setting: str) -> tuple:
+        """The values of one of ``SETTINGS``; (instances, threads) pairs for instances_threads."""
+        if setting == "instances_threads":
+            return tuple(itertools.product(self.instances, self.threads))
+        plural = {"runtime": "runtimes", "max_batch_size": "max_batch_sizes",
+                  "max_queue_delay_us": "max_queue_delays_us", "preferred_batch_size": "preferred_batch_sizes"}
+        return getattr(self, plural[setting])
+
+    def grid(self, *, batch_size: int, cores: int) -> tuple[list[Candidate], dict[str, int]]:
+        """Every candidate of the space in a stable order, and how many combinations each
+        pruning rule left out (see the module docstring)."""
+        pruned: Counter[str] = Counter()
+        kept: dict[Candidate, None] = {}
+        for runtime, max_batch, preferred, delay, (instances, threads) in itertools.product(
+            self.runtimes, self.max_batch_sizes, self.preferred_batch_sizes, self.max_queue_delays_us,
+            self.values("instances_threads"),
+        ):
+            candidate = Candidate(runtime, max_batch, preferred, delay, instances, threads)
+            reason = prune_reason(candidate, batch_size=batch_size, cores=cores)
+            if reason:
+                pruned[reason] += 1
+                continue
+            collapsed = collapse_unbatched(candidate, self)
+            if collapsed in kept:
+                pruned["max_batch_size 1 batches nothing: queue delay and preferred size cannot matter"] += 1
+                continue
+            kept[collapsed] = None
+        return list(kept), dict(pruned)
+
+    def neighbours(
+        self, candidate: Candidate, setting: str, *, batch_size: int, cores: int
+    ) -> tuple[list[Candidate], dict[str, int]]:
+        """The candidates that differ from ``candidate`` in ``setting`` only, and the prunings
+        that left others out (as in ``grid``)."""
+        pruned: Counter[str] = Counter()
+        found: dict[Candidate, None] = {}
+        for value in self.values(setting):
+            if setting == "instances_threads":
+                changed = replace(candidate, instances=value[0], threads=value[1])
+            else:
+                changed = replace(candidate, **{setting: value})
+            reason = prune_reason(changed, batch_size=batch_size, cores=cores)
+            if reason:
+                pruned[reason] += 1
+                continue
+            changed = collapse_unbatched(changed, self)
+            if changed != candidate:
+                found[changed] = None
+        return list(found), dict(pruned)
+
+
+def prune_reason(candidate: Candidate, *, batch_size: int, cores: int) -> str:
+    """Why a candidate cannot load or cannot help ("" when it can)."""
+    if candidate.threads is not None and candidate.instances * candidate.threads > cores:
+        return f"instances × threads above the {cores} cores (oversubscribed)"
+    if candidate.max_batch_size < batch_size:
+        return f"max_batch_size below the request batch of {batch_size}"
+    if candidate.preferred_batch_size > candidate.max_batch_size:
+        return "preferred batch size above max_batch_size"
+    return ""
+
+
+def collapse_unbatched(candidate: Candidate, space: SearchSpace) -> Candidate:
+    """With max_batch_size 1 nothing is batched: the one representative of all such delays
+    and preferred sizes (no preferred size, the space's smallest delay)."""
+    if candidate.max_batch_size != 1:
+        return candidate
+    return replace(candidate, preferred_batch_size=0, max_queue_delay_us=space.max_queue_delays_us[0])

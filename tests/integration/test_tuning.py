@@ -1,0 +1,97 @@
+"""A short `resnet-serve tune` run on the real embedded tritonserver: the session's trained
+ResNet-20 exported with a slow batcher as the baseline, onnxruntime and OpenVINO INT8
+candidates measured by the bench engine, the winner written as version 2 and served."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from samples import fashion_mnist
+from typer.testing import CliRunner
+
+from resnet_serve.cli import app
+from resnet_serve.client.inference import InferenceClient
+from resnet_serve.runtimes import OnnxRuntime
+from resnet_serve.triton.config import VersionPolicy
+from resnet_serve.triton.repository import read_model_entry
+from resnet_serve.triton.server import TritonServer, find_free_ports
+
+pytestmark = pytest.mark.triton
+runner = CliRunner()
+# Short windows and a loose stability rule: this checks what tune does, not how steady 2 shared
+# cores are.
+QUICK = ["-p", "300", "-s", "1000", "-r", "3", "--warmup", "0.3"]
+
+
+def test_a_short_tune_measures_every_candidate_and_writes_the_winner_as_a_served_version(
+    trained_resnet20: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "repo"
+    # A baseline the search must beat: a dynamic batcher that waits 20 ms for requests that never
+    # come (2 in flight cannot fill a batch of 64).
+    exported = runner.invoke(app, ["export", str(trained_resnet20), "--repository", str(repository), "--name", "r20",
+                                   "--verify-images", "64", "--no-image-pipeline", "--max-queue-delay-us", "20000"])
+    assert exported.exit_code == 0, exported.output
+    version_1 = (repository / "r20" / "1" / "model.onnx").read_bytes()
+
+    result = runner.invoke(app, [
+        "tune", "r20", "--repository", str(repository), "--p99-ms", "1000", "--concurrency", "2",
+        "--runtimes", "onnxruntime,openvino-int8", "--max-batch-sizes", "64", "--preferred-batch-sizes", "0",
+        "--queue-delays-us", "100", "--instances", "1", "--threads", "1",
+        "--verify-images", "128", "--calibration-images", "128", "--min-agreement", "0.95",
+        "-o", str(tmp_path / "out"), *QUICK,
+    ])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "tune.json").read_text())
+    measurements = {m["label"]: m for m in report["measurements"]}
+    assert list(measurements) == ["current", "c01", "c02"]
+    assert [(m["candidate"]["runtime"], m["candidate"]["threads"]) for m in measurements.values()] == [
+        ("onnxruntime", None), ("onnxruntime", 1), ("openvino-int8", 1)]
+    for measured in measurements.values():
+        row = measured["result"]
+        assert measured["status"] == "measured", measured["reason"]
+        assert row["inferences_per_second"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["server_compute_infer_us"] > 0 and row["windows"] == 3
+    int8 = next(check for check in report["runtimes"] if check["runtime"] == "openvino-int8")
+    assert int8["refused"] is None and int8["parity"]["top1_agreement"] >= 0.95
+    assert int8["computes_in"].startswith("int8 where quantized")
+    assert report["chosen"] in report["pareto"]
+    chosen = measurements[report["chosen"]]
+    points = [(m["result"]["inferences_per_second"], m["result"]["p99_ms"]) for m in measurements.values()]
+    assert chosen["result"]["inferences_per_second"] == max(x for x, p99 in points if p99 <= 1000)
+    assert report["speedup"] == pytest.approx(
+        chosen["result"]["inferences_per_second"] / measurements["current"]["result"]["inferences_per_second"])
+    with Image.open(tmp_path / "out" / "pareto.png") as plot:
+        assert plot.format == "PNG" and plot.width > 400
+
+    assert measurements["current"]["result"]["p50_ms"] >= 20
+    assert report["chosen"] != "current" and report["speedup"] > 1
+    entry = read_model_entry(repository=repository, name="r20")
+    candidate = chosen["candidate"]
+    assert report["written_version"] == 2 and entry.versions == (1, 2)
+    assert (repository / "r20" / "1" / "model.onnx").read_bytes() == version_1
+    config = entry.config
+    assert config.version_policy == VersionPolicy(kind="latest", num_versions=1)
+    assert config.backend == ("openvino" if candidate["runtime"] == "openvino-int8" else "")
+    assert (config.max_batch_size, config.instance_groups[0].count, config.instance_groups[0].kind) == (
+        64, 1, "KIND_CPU")
+    tuning = json.loads(config.parameters["tuning"])
+    assert tuning["replaced"]["version"] == 1 and tuning["concurrency"] == 2
+    assert tuning["replaced"]["settings"]["max_queue_delay_us"] == 20000
+    assert tuning["inferences_per_second"] == round(chosen["result"]["inferences_per_second"], 2)
+
+    images = fashion_mnist(16)
+    http, grpc, metrics = find_free_ports(3)
+    with TritonServer(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                      log_file=tmp_path / "triton.log") as server:
+        assert server.ready_versions() == {"r20": (2,)}
+        with InferenceClient(model="r20", protocol="grpc", url=server.urls.grpc) as client:
+            served = client.infer(images)
+    expected = OnnxRuntime(repository / "r20" / "1" / "model.onnx").run(images)
+    assert (served.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    assert np.isfinite(served).all()

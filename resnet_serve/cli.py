@@ -547,7 +547,6 @@ def tune(
     from resnet_serve.client.stability import StabilityRule
     from resnet_serve.report import write_tuning_plot
     from resnet_serve.tuning.search import TuneOptions, tune_model_entry
-    from resnet_serve.tuning.space import SearchSpace
 
     options = TuneOptions(
         p99_budget_ms=p99_ms, concurrency=concurrency, batch_size=batch_size,

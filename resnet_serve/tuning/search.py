@@ -45,7 +45,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,6 +149,8 @@ class TuneOptions:
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     write: bool = True
     cores: int | None = None
+    # What an OpenVINO runtime must keep of onnxruntime FP32: the top-1 class.
+    agreement_tolerance: Tolerance = field(init=False)
 
     def __post_init__(self) -> None:
         if self.p99_budget_ms is not None and not self.p99_budget_ms > 0:
@@ -163,8 +165,8 @@ class TuneOptions:
                 f"unknown calibration method {self.calibration_method!r}; "
                 f"choose one of {', '.join(CALIBRATION_METHODS)}"
             )
-        if not 0.0 <= self.min_agreement <= 1.0:
-            raise TuningError(f"the minimum top-1 agreement is a fraction from 0 to 1, got {self.min_agreement}")
+        # Built now, so that Tolerance refuses a bad fraction before anything is measured.
+        object.__setattr__(self, "agreement_tolerance", Tolerance(rtol=None, min_top1_agreement=self.min_agreement))
         if self.cores is not None and self.cores < 1:
             raise TuningError(f"cores must be ≥ 1, got {self.cores}")
 
@@ -425,7 +427,7 @@ def _prepare_runtimes(
             checks.append(RuntimeCheck(runtime=name, computes_in=computes_in, refused=str(error)))
             continue
         try:
-            check_parity(parity, Tolerance(rtol=None, min_top1_agreement=options.min_agreement))
+            check_parity(parity, options.agreement_tolerance)
         except VerificationError as error:
             checks.append(RuntimeCheck(runtime=name, computes_in=computes_in, parity=parity, refused=str(error)))
             continue

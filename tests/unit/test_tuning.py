@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from resnet_serve.cli import app
 from resnet_serve.client.results import ConcurrencyResult
-from resnet_serve.errors import TuningError
+from resnet_serve.errors import ResnetServeError, TuningError
 from resnet_serve.export.quantize import quantize_int8
 from resnet_serve.triton.config import PYTHON_ONNXRUNTIME
 from resnet_serve.triton.repository import write_model_entry
@@ -83,7 +83,7 @@ def test_a_bad_space_is_refused_in_one_line(space: dict, message: str) -> None:
      ({"min_agreement": 1.5}, "fraction from 0 to 1"), ({"measurement_seconds": 0}, "measurement window")],
 )
 def test_bad_options_are_refused_in_one_line(options: dict, message: str) -> None:
-    with pytest.raises(TuningError, match=message):
+    with pytest.raises(ResnetServeError, match=message):
         TuneOptions(**options)
 
 

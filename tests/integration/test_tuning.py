@@ -47,6 +47,9 @@ def test_a_short_tune_measures_every_candidate_and_writes_the_winner_as_a_served
     ])
 
     assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "Pareto front of r20: concurrency 2, batch 1, p99 ≤ 1000 ms" in output
+    assert "openvino-int8: computes in int8 where quantized" in output
     report = json.loads((tmp_path / "out" / "tune.json").read_text())
     measurements = {m["label"]: m for m in report["measurements"]}
     assert list(measurements) == ["current", "c01", "c02"]
@@ -74,6 +77,7 @@ def test_a_short_tune_measures_every_candidate_and_writes_the_winner_as_a_served
     entry = read_model_entry(repository=repository, name="r20")
     candidate = chosen["candidate"]
     assert report["written_version"] == 2 and entry.versions == (1, 2)
+    assert f"wrote {report['chosen']} ({candidate['runtime']}, max batch 64" in output and "as version 2 of r20" in output
     assert (repository / "r20" / "1" / "model.onnx").read_bytes() == version_1
     config = entry.config
     assert config.version_policy == VersionPolicy(kind="latest", num_versions=1)

@@ -92,7 +92,7 @@ def run_demo(
     data_dir: Path | None = None,
     epochs: float | None = None,
     limit: int | None = None,
-    bench_seconds: float = 2.0,
+    bench_seconds: float = 4.0,
     reporter: Reporter | None = None,
 ) -> DemoSummary:
     reporter = reporter or SilentReporter()
@@ -135,8 +135,10 @@ def run_demo(
         bench = benchmark_served_model(
             model=MODEL_NAME, protocol="grpc", url=urls.grpc, batch_size=1, concurrency=(1, 4),
             warmup_seconds=1.0, measurement_seconds=bench_seconds,
-            # The demo shows figures on whatever machine it runs on; a busy one still gets them.
-            stability=StabilityRule(percentage=25), reporter=reporter,
+            # The demo shows figures on whatever machine it runs on: a p99 over a few thousand
+            # requests of a 1 ms model swings by 2× between windows on 2 shared cores, so it asks
+            # for agreement within ±50% (`bench` keeps perf_analyzer's ±10%).
+            stability=StabilityRule(percentage=50, max_trials=15), reporter=reporter,
         )
     in_process = measure_in_process_latency(exported.model_file, input_shape=exported.input_shape, batch_size=1)
     if evaluation.agreement is None or evaluation.reference_top1 is None:

@@ -114,8 +114,9 @@ class ServingOptions:
             raise ExportError(
                 f"preferred batch sizes {too_big} are not within 1..{self.max_batch_size} (the max batch size)"
             )
-        if self.max_queue_delay_us < 0 or self.warmup_images < 0:
-            raise ExportError("the queue delay and the warm-up image count must be ≥ 0")
+        for option in ("max_queue_delay_us", "warmup_images"):
+            if getattr(self, option) < 0:
+                raise ExportError(f"{option} must be ≥ 0, got {getattr(self, option)}")
         if self.threads is not None and self.threads < 1:
             raise ExportError(f"threads must be ≥ 1, got {self.threads}")
 

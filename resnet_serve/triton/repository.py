@@ -190,9 +190,11 @@ _WRITER_FOLDER = re.compile(r"^\.(?P<entry>.+)\.(?P<kind>staging|old)-(?P<pid>\d
 
 
 def _pid_running(pid: int) -> bool:
+    if pid < 1:  # 0 would ask about this process's own group; no writer has it
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
         return False
     except PermissionError:  # another user's process
         return True
@@ -625,12 +627,16 @@ def _writing_entry(repository: Path, name: str, *, timeout_s: float, reporter: R
         lock.close()  # its holder removed it before letting go: lock the file now at that path
     with lock:
         try:
-            # Who holds it, for a writer that waits; the lock itself is the flock.
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"{os.getpid()}\n")
-            lock.flush()
-            for message in _clean_up_dead_writers(repository, name):
+            try:
+                # Who holds it, for a writer that waits; the lock itself is the flock.
+                lock.seek(0)
+                lock.truncate()
+                lock.write(f"{os.getpid()}\n")
+                lock.flush()
+                cleaned = _clean_up_dead_writers(repository, name)
+            except OSError as error:
+                raise RepositoryError(f"cannot write to model repository {repository}: {first_line(error)}") from None
+            for message in cleaned:
                 reporter.message(message)
             yield
         finally:

@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from resnet_serve import __version__
-from resnet_serve.errors import ResnetServeError
+from resnet_serve.errors import ClientError, OutputError, ResnetServeError, first_line
 from resnet_serve.export import CalibrationMethod, Exporter, ExportFormat, Precision
-from resnet_serve.files import replacing_atomically
+from resnet_serve.files import check_output_file, check_output_folder, replacing_atomically
 from resnet_serve.parity import DEFAULT_MIN_AGREEMENT, DEFAULT_RTOL, ParityResult, Tolerance, check_parity
 from resnet_serve.reporting import RichReporter
 from resnet_serve.runtimes import RUNTIMES
@@ -81,12 +81,28 @@ def _command(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _check_outputs(*files: Path | None, folders: tuple[Path | None, ...] = ()) -> None:
+    """Refuse unusable output paths (a folder for a file, a file for a folder, a parent that
+    is a file, no write permission) before a command does any work, so that no training run
+    or export is lost to a path that cannot be written at its end. None is an option not given."""
+    for path in files:
+        if path is not None:
+            check_output_file(path)
+    for folder in folders:
+        if folder is not None:
+            check_output_folder(folder)
+
+
 def _write_json(path: Path | None, result: Any) -> None:
     if path is None:
         return
     data = result.to_dict() if hasattr(result, "to_dict") else asdict(result) if is_dataclass(result) else result
-    with replacing_atomically(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    try:
+        with replacing_atomically(path) as temporary:
+            temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    except OSError as error:
+        # Checked before the work; this is what changed since (a full disk, a folder made there).
+        raise OutputError(f"cannot write {path}: {first_line(error)}") from None
 
 
 def _version(value: bool) -> None:
@@ -154,6 +170,7 @@ def train(
     from resnet_serve.models import architecture_info
     from resnet_serve.train import train_on_folder
 
+    _check_outputs(output, json_path)
     if no_skip:
         # The plain twin's own name, so the checkpoint rebuilds the network that was trained.
         arch = architecture_info(arch, residual=False).name
@@ -181,6 +198,7 @@ def import_weights(
     """Import torchvision/timm weights into a resnet-serve checkpoint, ready for `export`."""
     from resnet_serve.checkpoints import imagenet_class_names, import_foreign_weights, read_class_names, save_checkpoint
 
+    _check_outputs(output)
     class_names = None
     if classes is not None:
         class_names = imagenet_class_names() if classes == "imagenet" else read_class_names(classes)
@@ -203,7 +221,7 @@ def _parity_line(parity: ParityResult) -> str:
 @_command
 def fold(
     source: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or an ONNX file (.onnx) to fold.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folded ONNX to write (default: SOURCE's name with .folded.onnx).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folded ONNX to write (default: SOURCE with its last suffix replaced by .folded.onnx; never SOURCE itself).")] = None,
     data: DataOption = None,
     verify_images: VerifyImagesOption = _SELECTION.verify_images,
     rtol: RtolOption = DEFAULT_RTOL,
@@ -213,9 +231,10 @@ def fold(
 
     An ONNX file without preprocessing metadata gets the test images resized to its input size, with mean 0.5 and std 0.25.
     """
-    from resnet_serve.pipeline import fold_file
+    from resnet_serve.pipeline import default_fold_output, fold_file
 
-    output = output or source.with_name(f"{source.name.split('.')[0]}.folded.onnx")
+    output = output or default_fold_output(source)
+    _check_outputs(output, json_path)
     report = fold_file(
         source, output, selection=ImageSelection(data_dir=data, verify_images=verify_images), tolerance=Tolerance(rtol=rtol)
     )
@@ -275,6 +294,7 @@ def export(
     from resnet_serve.export.tensorrt import EngineOptions
     from resnet_serve.pipeline import ExportOptions, ServingOptions, export_to_repository
 
+    _check_outputs(json_path, timing_cache, calibration_cache, folders=(repository,))
     options = ExportOptions(
         name=name, format=export_format, precision=precision,
         serving=ServingOptions(
@@ -386,6 +406,7 @@ def classify(
     json_path: JsonOption = None,
 ) -> None:
     """Classify images on a running server: top-k labels with probabilities (or, --server-side, the model's scores)."""
+    _check_outputs(json_path)
     if server_side:
         from resnet_serve.client.classify import classify_files_server_side
 
@@ -423,12 +444,20 @@ def evaluate(
     json_path: JsonOption = None,
 ) -> None:
     """Accuracy of the served model on the whole test set, and its agreement with PyTorch."""
-    from resnet_serve.client.evaluate import evaluate_test_set
+    from resnet_serve.client.evaluate import PartialEvaluationError, evaluate_test_set
 
-    result = evaluate_test_set(
-        model=model, protocol=protocol, url=url, data_dir=data, checkpoint=checkpoint, limit=limit,
-        batch_size=batch_size, concurrency=concurrency, reporter=RichReporter(err_console),
-    )
+    _check_outputs(json_path)
+    try:
+        result = evaluate_test_set(
+            model=model, protocol=protocol, url=url, data_dir=data, checkpoint=checkpoint, limit=limit,
+            batch_size=batch_size, concurrency=concurrency, reporter=RichReporter(err_console),
+        )
+    except PartialEvaluationError as stopped:
+        # What was measured is kept, marked "partial": true; the run still fails.
+        if json_path is None:
+            raise
+        _write_json(json_path, stopped.result)
+        raise ClientError(f"{stopped}; the {stopped.result.images} answered are in {json_path}, marked partial") from None
     line = f"[green]✓[/] {result.model}: top-1 {result.top1:.2%}, top-5 {result.top5:.2%} on {result.images} images"
     if result.agreement is not None:
         line += f"; top-1 agreement with PyTorch {result.agreement:.2%} (PyTorch top-1 {result.reference_top1:.2%})"
@@ -477,6 +506,7 @@ def bench(
     from resnet_serve.client.stability import StabilityRule
     from resnet_serve.report import write_latency_throughput_plot
 
+    _check_outputs(json_path, csv_path, plot)
     result = benchmark_served_model(
         model=model, protocol=protocol, url=url, engine=engine, batch_size=batch_size,
         concurrency=_levels(concurrency), request_rates=_rates(request_rate),
@@ -524,6 +554,7 @@ def report(
     from resnet_serve.report import build_report
     from resnet_serve.report import screenshot as take_screenshot
 
+    _check_outputs(screenshot, folders=(output,))
     result = build_report(
         output_dir=output, export=export_json, verify=verify_json, evaluate=evaluate_json, bench=bench_json or [],
         title=title,
@@ -558,6 +589,7 @@ def verify(
     """
     from resnet_serve.verify import verify_runtimes
 
+    _check_outputs(json_path, folders=(keep_artifacts,))
     # Built first, so that a bad threshold is refused before any work.
     tolerance = Tolerance(
         rtol=rtol, max_mean_rel=max_mean_rel, min_top1_agreement=min_agreement,
@@ -603,6 +635,7 @@ def demo(
     """Train ResNet-20 on Fashion-MNIST, export, serve, classify, evaluate and benchmark it."""
     from resnet_serve.demo import run_demo
 
+    _check_outputs(summary, folders=(workdir, repository))
     result = run_demo(workdir=workdir, repository=repository, epochs=epochs, reporter=RichReporter(err_console))
     _write_json(summary, result)
     table = Table("", "value", title="resnet-serve demo")
@@ -636,6 +669,7 @@ def degradation(
     """Train plain and residual nets at two depths; plot their errors per epoch (the paper's Fig. 6)."""
     from resnet_serve.experiments import run_degradation
 
+    _check_outputs(folders=(output,))
     result = run_degradation(
         depths=_levels(depths), epochs=epochs, limit=limit, test_limit=test_limit, full=full,
         recipe=recipe, pad=pad, flip=flip, data_dir=data, seed=seed, output_dir=output,
@@ -661,6 +695,7 @@ def gradients(
     """Gradient norm reaching each block of plain and residual nets, at init and after a few steps."""
     from resnet_serve.experiments import run_gradients
 
+    _check_outputs(folders=(output,))
     result = run_gradients(
         depths=_levels(depths), steps=steps, batch_size=batch_size, data_dir=data, seed=seed,
         output_dir=output, reporter=RichReporter(err_console),

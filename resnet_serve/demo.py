@@ -97,7 +97,7 @@ def run_demo(
 ) -> DemoSummary:
     reporter = reporter or SilentReporter()
     began = time.perf_counter()
-    workdir.mkdir(parents=True, exist_ok=True)
+    # workdir is made by the first file written into it, so a bad option leaves no empty folder.
     checkpoint = workdir / f"{MODEL_NAME}.safetensors"
 
     trained = train_on_folder(

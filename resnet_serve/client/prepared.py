@@ -218,7 +218,8 @@ class RetryingSender:
         self._sender: RequestSender = request.open()
 
     def send(self) -> RequestTimes:
-        return self._retries.call(self._sender.send, stopping=self._stopping, before_retry=self._reconnect)
+        # Looked up on each try: a retry replaces the sender.
+        return self._retries.call(lambda: self._sender.send(), stopping=self._stopping, before_retry=self._reconnect)
 
     def _reconnect(self) -> None:
         self._failures.append(time.perf_counter_ns())

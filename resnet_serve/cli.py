@@ -360,14 +360,16 @@ def serve(
     from resnet_serve.triton.server import TritonServer, generate_admin_key
     from resnet_serve.triton.supervisor import RestartPolicy, ServerCrashed, Supervisor, SupervisorEvent
 
+    policy = RestartPolicy(max_restarts=max_restarts)
+
     def report(event: SupervisorEvent) -> None:
         if isinstance(event, ServerCrashed):
             if event.restart_in_s is not None:  # when it gives up, its error is the line
                 tail = f": {' | '.join(event.log_tail)}" if event.log_tail else ""
                 err_console.print(
-                    f"[bold red]crashed:[/] {event.reason}{tail}; removed {event.removed_regions} shared-memory "
+                    f"[bold red]crashed:[/] {escape(event.reason + tail)}; removed {event.removed_regions} shared-memory "
                     f"region(s); restarting in {event.restart_in_s:g} s (crash {event.crashes_in_window} of at most "
-                    f"{max_restarts} in 5 min; log: {event.log_file})", highlight=False, soft_wrap=True,
+                    f"{policy.max_restarts} in {policy.window_s / 60:g} min; log: {event.log_file})", highlight=False, soft_wrap=True,
                 )
         else:
             console.print(f"[green]✓[/] Triton restarted and is ready again (restart {event.restarts}, pid {event.pid}, {event.seconds:.1f} s)", highlight=False)
@@ -378,10 +380,7 @@ def serve(
         metrics_port=metrics_port, address=address, log_file=log_file,
         admin_key=generate_admin_key() if admin_key is None else admin_key,
     )
-    supervisor = Supervisor(
-        server, policy=RestartPolicy(max_restarts=max_restarts) if restart else None, ready_timeout_s=timeout,
-        on_event=report,
-    )
+    supervisor = Supervisor(server, policy=policy if restart else None, ready_timeout_s=timeout, on_event=report)
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:

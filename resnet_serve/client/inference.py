@@ -18,6 +18,7 @@ from tritonclient._plugin import InferenceServerClientPlugin
 from resnet_serve.client.connection import ConnectionOptions, Endpoint, Protocol, parse_endpoint
 from resnet_serve.errors import ClientError, first_line
 from resnet_serve.preprocessing import Preprocessing
+from resnet_serve.triton import ADMIN_KEY_HEADER
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,13 @@ class InferenceClient:
             headers: Any = endpoint.http_headers
         else:
             ca_cert = endpoint.options.ca_cert
+            # Channel arguments replace tritonclient's own, so its message-size limits come along.
+            channel_args = [("grpc.max_send_message_length", self._tc.MAX_GRPC_MESSAGE_SIZE),
+                            ("grpc.max_receive_message_length", self._tc.MAX_GRPC_MESSAGE_SIZE),
+                            *endpoint.grpc_channel_options]
             client = self._tc.InferenceServerClient(
                 endpoint.address, ssl=endpoint.tls, root_certificates=str(ca_cert) if ca_cert else None,
-                channel_args=endpoint.grpc_channel_options or None,
+                channel_args=channel_args if endpoint.grpc_channel_options else None,
             )
             headers = endpoint.grpc_metadata
         if headers:
@@ -218,7 +223,7 @@ class InferenceClient:
                 return method(*args, as_json=True, **options)
             return method(*args, **options)
         except Exception as exc:
-            if "restricted" in str(exc):
+            if "restricted" in str(exc) and ADMIN_KEY_HEADER in str(exc):
                 raise ClientError(
                     f"the server at {self.endpoint} restricts this API to holders of its admin key: name the "
                     "model (--model) or give the key (--admin-key or RESNET_SERVE_ADMIN_KEY)"

@@ -101,6 +101,8 @@ class Supervisor:
     def run(self, stopping: threading.Event) -> None:
         """Watch until `stopping` is set, restarting the server after each crash; the caller
         stops the server afterwards. Raises ServerError once the policy gives up."""
+        if self.server.pid is None:
+            raise ServerError("start the server before supervising it")
         while not stopping.is_set():
             code = self.server.wait_for_exit(timeout=self._poll_s)
             if code is not None and not stopping.is_set():

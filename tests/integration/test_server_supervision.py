@@ -79,6 +79,7 @@ class Serve:
         with self._changed:
             while len(found := [line for line in self.lines if re.search(pattern, line)]) < count:
                 left = deadline - time.monotonic()
+                # Once serve has exited, its last lines get half a second to arrive.
                 if left <= 0 or (self.process.poll() is not None and not self._changed.wait(0.5)):
                     pytest.fail(f"serve never printed {count}× {pattern!r}:\n" + "\n".join(self.lines))
                 self._changed.wait(min(left, 0.5))

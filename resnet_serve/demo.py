@@ -24,7 +24,7 @@ from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.runtimes import OnnxRuntime
 from resnet_serve.selection import ImageSelection
 from resnet_serve.train import TrainResult, train_on_folder
-from resnet_serve.triton.server import TritonServer, find_free_ports, port_in_use
+from resnet_serve.triton.server import TritonServer, find_free_ports, generate_admin_key, port_in_use
 
 ARCHITECTURE = "resnet20"
 MODEL_NAME = "resnet20-fashion"
@@ -169,8 +169,10 @@ def _embedded_server(repository: Path, *, log_file: Path) -> TritonServer:
     if any(port_in_use("127.0.0.1", port) for port in ports):
         ports = find_free_ports(3)
     http, grpc, metrics = ports
+    # Its restricted APIs are closed to everyone: the demo names its models and needs none of them.
     return TritonServer(
-        repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics, log_file=log_file
+        repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics, log_file=log_file,
+        admin_key=generate_admin_key(),
     )
 
 

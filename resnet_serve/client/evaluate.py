@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.client.inference import InferenceClient, Protocol, ServedModel
+from resnet_serve.client.connection import ConnectionOptions, Protocol
+from resnet_serve.client.inference import InferenceClient, ServedModel
 from resnet_serve.datasets import Dataset, batches, load_dataset
 from resnet_serve.errors import ClientError
 from resnet_serve.preprocessing import Preprocessing
@@ -232,17 +233,18 @@ def evaluate_test_set(
     batch_size: int = 64,
     concurrency: int = 2,
     reporter: Reporter | None = None,
+    connection: ConnectionOptions | None = None,
 ) -> EvaluationResult:
     """Evaluate a served model on the test split of ``data_dir`` (Fashion-MNIST by default; any
     format ``load_dataset`` reads, ImageFolder trees of images of any size included), prepared
     with the preprocessing the server reports; with ``checkpoint``, also its agreement with
     PyTorch. Counts below 1 are refused before the server is asked anything."""
     _check_counts(limit=limit, batch_size=batch_size, concurrency=concurrency)
-    with InferenceClient(model=model, protocol=protocol, url=url) as probe:
+    with InferenceClient(model=model, protocol=protocol, url=url, connection=connection) as probe:
         served = probe.model
     test_set = load_dataset(data_dir, split="test")
     return evaluate_served_model(
-        connect=partial(InferenceClient, model=served.name, protocol=protocol, url=url),
+        connect=partial(InferenceClient, model=served.name, protocol=protocol, url=url, connection=connection),
         model=served,
         dataset=test_set,
         limit=limit,

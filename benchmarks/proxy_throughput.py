@@ -1,18 +1,17 @@
 """Served throughput of an `onnxruntime` entry (python-backend proxy) against the same ONNX as a
-`python-onnxruntime` entry, on one embedded server.
+`python-onnxruntime` entry, on one embedded server, and against that target as it was before
+the proxies (the python model of commit c04b310, read from git: "today's python target" of
+issue 9).
 
-Both entries run the same folded ResNet-20 ONNX (random weights: speed does not depend on their
+The entries run the same folded ResNet-20 ONNX (random weights: speed does not depend on their
 values; Fashion-MNIST's 1×28×28 input) with the writer's default batching settings. perf_analyzer
 (the reference client, C++) measures each at batch 1, concurrency 2, over gRPC, in interleaved
 rounds that alternate which entry goes first, so a neighbour's load on a shared machine lands
 on both alike. Writes one JSON file with every run, the medians and the ratio.
 
-perf_analyzer comes in tritonclient 2.40.0's wheel (`pip download --no-deps
-tritonclient==2.40.0`, unzip `tritonclient-2.40.0.data/data/bin/perf_analyzer`) and needs the
-Debian package libb64-0d; the libcudart.so.12 it links is linked in from the nvidia-pytriton
-wheel here.
+perf_analyzer is the one `make perf-analyzer` installs (see `resnet_serve/client/perf_analyzer.py`).
 
-    .venv/bin/python benchmarks/proxy_throughput.py --perf-analyzer /path/to/perf_analyzer
+    .venv/bin/python benchmarks/proxy_throughput.py
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ import csv
 import io
 import json
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from resnet_serve.client.perf_analyzer import find_perf_analyzer, link_cuda_runtime  # noqa: E402
+from resnet_serve.client.results import describe_machine  # noqa: E402
 from resnet_serve.export.onnx import export_onnx  # noqa: E402
 from resnet_serve.files import replacing_atomically  # noqa: E402
 from resnet_serve.fold import fold_batchnorm  # noqa: E402
@@ -43,25 +42,31 @@ from resnet_serve.models import create_model  # noqa: E402
 from resnet_serve.preprocessing import Preprocessing  # noqa: E402
 from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME  # noqa: E402
 from resnet_serve.triton.repository import write_model_entry  # noqa: E402
-from resnet_serve.triton.server import TritonServer, find_free_ports, find_triton_installation  # noqa: E402
+from resnet_serve.triton.server import TritonServer, find_free_ports  # noqa: E402
 
 PREPROCESSING = Preprocessing(channels=1, height=28, width=28, mean=(0.286,), std=(0.353,))
-# name → target; the python-onnxruntime entry is the baseline ("today's python target").
-ENTRIES = {"resnet20-python": PYTHON_ONNXRUNTIME, "resnet20-onnxruntime": ONNXRUNTIME}
-BASELINE, CANDIDATE = ENTRIES
-CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+# name → target. The baseline is the python target with the python model it had before the
+# proxies (issue 9's "today's python target"); the candidate is the proxied onnxruntime target.
+ENTRIES = {
+    "resnet20-python-before": PYTHON_ONNXRUNTIME,
+    "resnet20-python": PYTHON_ONNXRUNTIME,
+    "resnet20-onnxruntime": ONNXRUNTIME,
+}
+BASELINE, _, CANDIDATE = ENTRIES
+BEFORE_COMMIT = "c04b310"
+BEFORE_MODEL = "resnet_serve/triton/python_model/model.py"
 
 
-def machine() -> dict:
-    flags: set[str] = set()
-    model = platform.processor()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-        elif line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-    return {"cpu": model, "threads": len(os.sched_getaffinity(0)),
-            "cpu_features": [f for f in CPU_FEATURES if f in flags], "python": platform.python_version()}
+def python_model_before() -> str:
+    completed = subprocess.run(
+        ["git", "show", f"{BEFORE_COMMIT}:{BEFORE_MODEL}"], cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, check=False,
+    )
+    if completed.returncode != 0:
+        raise SystemExit(
+            f"cannot read {BEFORE_MODEL} at {BEFORE_COMMIT} (run from a git clone): {completed.stderr.strip()}"
+        )
+    return completed.stdout
 
 
 def write_repository(repository: Path) -> None:
@@ -74,13 +79,12 @@ def write_repository(repository: Path) -> None:
             repository=repository, name=name, onnx_path=onnx_path, class_names=[str(i) for i in range(10)],
             preprocessing=PREPROCESSING, target=target,
         )
+    (repository / BASELINE / "1" / "model.py").write_text(python_model_before())
 
 
 def perf_analyzer_environment(folder: Path) -> dict[str, str]:
     """perf_analyzer links libcudart.so.12 even for CPU-only runs; the pytriton wheel has one."""
-    libraries = find_triton_installation().libraries
-    cudart = next(libraries.glob("libcudart*.so.12*"))
-    (folder / "libcudart.so.12").symlink_to(cudart)
+    link_cuda_runtime(folder)
     return {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(
         p for p in (str(folder), os.environ.get("LD_LIBRARY_PATH", "")) if p)}
 
@@ -108,8 +112,8 @@ def measure(perf_analyzer: Path, *, model: str, grpc_url: str, concurrency: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--perf-analyzer", type=Path, default=shutil.which("perf_analyzer"),
-                        help="the perf_analyzer binary (default: the one on PATH)")
+    parser.add_argument("--perf-analyzer", type=Path, default=None,
+                        help="the perf_analyzer binary (default: the one `make perf-analyzer` installs)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--measurement-interval-ms", type=int, default=5000)
@@ -120,8 +124,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).resolve().parent / "results" / "proxy-throughput.json")
     args = parser.parse_args()
-    if args.perf_analyzer is None or not Path(args.perf_analyzer).is_file():
-        raise SystemExit("perf_analyzer not found: pass --perf-analyzer (see this script's docstring)")
+    args.perf_analyzer = args.perf_analyzer or find_perf_analyzer()
 
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="proxy-throughput-") as scratch_name:
@@ -134,7 +137,8 @@ def main() -> None:
                           log_file=scratch / "tritonserver.log") as server:
             served = {entry.name: entry.served_as for entry in server.served}
             for round_index in range(args.rounds):
-                order = list(ENTRIES) if round_index % 2 == 0 else list(reversed(ENTRIES))
+                # Each round starts with another entry, so no entry always runs first.
+                order = list(ENTRIES)[round_index % len(ENTRIES):] + list(ENTRIES)[: round_index % len(ENTRIES)]
                 for model in order:
                     result = measure(args.perf_analyzer, model=model, grpc_url=server.urls.grpc,
                                      concurrency=args.concurrency, interval_ms=args.measurement_interval_ms,
@@ -151,9 +155,10 @@ def main() -> None:
     ratio = medians[CANDIDATE]["inferences_per_second"] / medians[BASELINE]["inferences_per_second"]
     result = {
         "what": f"{CANDIDATE} (onnxruntime target, served by the python-backend proxy) vs {BASELINE} "
-                "(python-onnxruntime target), same ONNX, one embedded server",
+                f"(python-onnxruntime target with the python model of {BEFORE_COMMIT}), and resnet20-python "
+                "(the same target with today's python model), same ONNX, one embedded server",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
+        "machine": describe_machine(),
         "note": args.note,
         "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
         "settings": {"model": "resnet20 (folded, random weights), input 1x28x28", "batch": 1,

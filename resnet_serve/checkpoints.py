@@ -69,6 +69,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _is_count(value: Any) -> bool:
+    # bool is an int in Python: `"num_classes": true` must not mean one class.
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 @dataclass
 class CheckpointMeta:
     """What a checkpoint says about itself, beyond its weights.
@@ -135,8 +140,8 @@ class CheckpointMeta:
             raise CheckpointError(f"checkpoint metadata lacks {', '.join(missing)}")
         checks = {
             "architecture": isinstance(data["architecture"], str),
-            "num_classes": isinstance(data["num_classes"], int) and data["num_classes"] > 0,
-            "in_channels": isinstance(data["in_channels"], int) and data["in_channels"] > 0,
+            "num_classes": _is_count(data["num_classes"]),
+            "in_channels": _is_count(data["in_channels"]),
             "class_names": isinstance(data["class_names"], list)
             and all(isinstance(name, str) for name in data["class_names"]),
             "metrics": isinstance(data.get("metrics", {}), dict),
@@ -273,14 +278,23 @@ def _build_model(path: Path, architecture: str, *, num_classes: int | None, in_c
 
 
 def load_checkpoint(path: Path | str) -> Checkpoint:
-    """Load a checkpoint written by ``save_checkpoint`` into a fresh model of its architecture."""
+    """Load a checkpoint written by ``save_checkpoint`` into a fresh model of its architecture.
+
+    The header's architecture and class count are checked against the file's tensor shapes on
+    a model without storage (the meta device) before any weight is allocated, so a small file
+    whose header claims millions of classes is refused for what it holds.
+    """
     path = Path(path)
     meta = read_checkpoint_meta(path)
-    model = _build_model(path, meta.architecture, num_classes=meta.num_classes, in_channels=meta.in_channels)
     weights = _read_safetensors(path)
-    diff = _WeightDiff.between(model.state_dict(), weights)
+    with torch.device("meta"):
+        expected = _build_model(
+            path, meta.architecture, num_classes=meta.num_classes, in_channels=meta.in_channels
+        ).state_dict()
+    diff = _WeightDiff.between(expected, weights)
     if diff:
         raise diff.error(path, meta.architecture)
+    model = _build_model(path, meta.architecture, num_classes=meta.num_classes, in_channels=meta.in_channels)
     model.load_state_dict(weights, strict=True)
     model.eval()
     return Checkpoint(model=model, meta=meta, path=path)
@@ -318,11 +332,14 @@ def _load_pickle(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
-        forbidden = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        # torch names the refused global as "Unsupported global: GLOBAL os.system" (2.4-2.5) or
+        # "unsupported GLOBAL posix.system whose module posix is blocked" (2.6+), in the zip,
+        # the legacy and the raw pickle form alike.
+        forbidden = re.search(r"GLOBAL ([\w.]+)", message)
         if forbidden:
             raise CheckpointError(
-                f"refusing {path}: it contains Python objects other than tensors ({forbidden.group(1)}); "
-                "save only model.state_dict(), or use safetensors"
+                f"refusing {path}: loading it would call {forbidden.group(1)}, and only tensors are loaded "
+                "(a pickle can run code); save only model.state_dict(), or use safetensors"
             ) from None
         reason = re.search(r"WeightsUnpickler error:\s*(.+)", message)
         raise CheckpointError(

@@ -19,12 +19,13 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from resnet_serve import __version__
-from resnet_serve.errors import ResnetServeError
+from resnet_serve.errors import ClientError, OutputError, ResnetServeError, first_line
 from resnet_serve.export import CalibrationMethod, Exporter, ExportFormat, Precision
-from resnet_serve.files import replacing_atomically
+from resnet_serve.files import check_output_file, check_output_folder, replacing_atomically
 from resnet_serve.parity import DEFAULT_MIN_AGREEMENT, DEFAULT_RTOL, ParityResult, Tolerance, check_parity
 from resnet_serve.reporting import RichReporter
 from resnet_serve.runtimes import RUNTIMES
@@ -47,7 +48,11 @@ warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
 DEFAULT_REPOSITORY = Path("model_repository")
 ProtocolOption = Annotated[str, typer.Option("--protocol", "-p", help="http or grpc.")]
-UrlOption = Annotated[str | None, typer.Option(help="Server address host:port (default localhost:8000 for http, :8001 for grpc).")]
+UrlOption = Annotated[str | None, typer.Option(help="Server address [scheme://]host[:port] (default localhost:8000 for http, :8001 for grpc); https:// or grpcs:// connect over TLS, and nothing else does.")]
+HeaderOption = Annotated[list[str] | None, typer.Option("--header", "-H", help="K=V: a header sent with every request (an auth token, or Host for KServe's routing); repeat it for more.")]
+CaCertOption = Annotated[Path | None, typer.Option(help="TLS: a PEM file of the CA that signed the server's certificate (default: the system's CAs).")]
+InsecureOption = Annotated[bool, typer.Option("--insecure", help="TLS over HTTP: accept any certificate (encrypted, but not verified).")]
+AdminKeyOption = Annotated[str | None, typer.Option("--admin-key", envvar="RESNET_SERVE_ADMIN_KEY", show_envvar=False, help="The key of the server's restricted APIs (model repository, shared memory, logging, trace); also read from RESNET_SERVE_ADMIN_KEY.")]
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Served model name (default: the server's only ready model).")]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this file.")]
 PadOption = Annotated[int | None, typer.Option(help="Random crops: pad each side by N pixels, crop back; 0 turns them off (default: the recipe's).")]
@@ -74,7 +79,8 @@ def _command(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         except ResnetServeError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            # Escaped: a message may hold brackets ([::1]:8000, [scheme://]) that rich would read as markup.
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -83,12 +89,41 @@ def _command(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _check_outputs(*files: Path | None, folders: tuple[Path | None, ...] = ()) -> None:
+    """Refuse unusable output paths (a folder for a file, a file for a folder, a parent that
+    is a file, no write permission) before a command does any work, so that no training run
+    or export is lost to a path that cannot be written at its end. None is an option not given."""
+    for path in files:
+        if path is not None:
+            check_output_file(path)
+    for folder in folders:
+        if folder is not None:
+            check_output_folder(folder)
+
+
+def _connection(headers: list[str] | None, ca_cert: Path | None, insecure: bool, admin_key: str | None) -> Any:
+    """The client's ConnectionOptions from the command line's --header K=V, --ca-cert, --insecure, --admin-key."""
+    from resnet_serve.client.connection import ConnectionOptions
+
+    pairs = {}
+    for header in headers or []:
+        name, separator, value = header.partition("=")
+        if not separator or not name.strip():
+            raise typer.BadParameter(f"expected K=V, got {header!r}", param_hint="--header")
+        pairs[name.strip()] = value.strip()
+    return ConnectionOptions(headers=pairs, ca_cert=ca_cert, insecure=insecure, admin_key=admin_key)
+
+
 def _write_json(path: Path | None, result: Any) -> None:
     if path is None:
         return
     data = result.to_dict() if hasattr(result, "to_dict") else asdict(result) if is_dataclass(result) else result
-    with replacing_atomically(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    try:
+        with replacing_atomically(path) as temporary:
+            temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    except OSError as error:
+        # Checked before the work; this is what changed since (a full disk, a folder made there).
+        raise OutputError(f"cannot write {path}: {first_line(error)}") from None
 
 
 def _version(value: bool) -> None:
@@ -156,6 +191,7 @@ def train(
     from resnet_serve.models import architecture_info
     from resnet_serve.train import train_on_folder
 
+    _check_outputs(output, json_path)
     if no_skip:
         # The plain twin's own name, so the checkpoint rebuilds the network that was trained.
         arch = architecture_info(arch, residual=False).name
@@ -183,6 +219,7 @@ def import_weights(
     """Import torchvision/timm weights into a resnet-serve checkpoint, ready for `export`."""
     from resnet_serve.checkpoints import imagenet_class_names, import_foreign_weights, read_class_names, save_checkpoint
 
+    _check_outputs(output)
     class_names = None
     if classes is not None:
         class_names = imagenet_class_names() if classes == "imagenet" else read_class_names(classes)
@@ -205,7 +242,7 @@ def _parity_line(parity: ParityResult) -> str:
 @_command
 def fold(
     source: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or an ONNX file (.onnx) to fold.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folded ONNX to write (default: SOURCE's name with .folded.onnx).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folded ONNX to write (default: SOURCE with its last suffix replaced by .folded.onnx; never SOURCE itself).")] = None,
     data: DataOption = None,
     verify_images: VerifyImagesOption = _SELECTION.verify_images,
     rtol: RtolOption = DEFAULT_RTOL,
@@ -215,9 +252,10 @@ def fold(
 
     An ONNX file without preprocessing metadata gets the test images resized to its input size, with mean 0.5 and std 0.25.
     """
-    from resnet_serve.pipeline import fold_file
+    from resnet_serve.pipeline import default_fold_output, fold_file
 
-    output = output or source.with_name(f"{source.name.split('.')[0]}.folded.onnx")
+    output = output or default_fold_output(source)
+    _check_outputs(output, json_path)
     report = fold_file(
         source, output, selection=ImageSelection(data_dir=data, verify_images=verify_images), tolerance=Tolerance(rtol=rtol)
     )
@@ -277,6 +315,7 @@ def export(
     from resnet_serve.export.tensorrt import EngineOptions
     from resnet_serve.pipeline import ExportOptions, ServingOptions, export_to_repository
 
+    _check_outputs(json_path, timing_cache, calibration_cache, folders=(repository,))
     options = ExportOptions(
         name=name, format=export_format, precision=precision,
         serving=ServingOptions(
@@ -327,20 +366,43 @@ def serve(
     http_port: Annotated[int, typer.Option(help="HTTP/REST port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
-    address: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    address: Annotated[str, typer.Option(help="Address to listen on: an IPv4 or IPv6 address or a host name; 0.0.0.0 or :: for every interface (the embedded server is for local use: see Security in the README).")] = "127.0.0.1",
     log_file: Annotated[Path | None, typer.Option(help="Write the server log here.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the models to load.")] = 180.0,
+    admin_key: AdminKeyOption = None,
+    restart: Annotated[bool, typer.Option("--restart/--no-restart", help="Restart tritonserver when it dies, after a backoff that doubles (1 s, 2 s, 4 s, …).")] = True,
+    max_restarts: Annotated[int, typer.Option(help="Give up after more than this many crashes within 5 minutes.")] = 5,
 ) -> None:
     """Run the embedded Triton Inference Server on a repository until Ctrl-C or SIGTERM.
 
     The repository is only read: onnxruntime and OpenVINO entries run through python-backend
-    proxies in a private copy, and entries this server cannot run are skipped."""
-    from resnet_serve.triton.server import TritonServer
+    proxies in a private copy, and entries this server cannot run are skipped. The restricted
+    APIs need the admin key (generated and printed unless given)."""
+    from resnet_serve.triton import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER
+    from resnet_serve.triton.server import TritonServer, generate_admin_key
+    from resnet_serve.triton.supervisor import RestartPolicy, ServerCrashed, Supervisor, SupervisorEvent
 
+    policy = RestartPolicy(max_restarts=max_restarts)
+
+    def report(event: SupervisorEvent) -> None:
+        if isinstance(event, ServerCrashed):
+            if event.restart_in_s is not None:  # when it gives up, its error is the line
+                tail = f": {' | '.join(event.log_tail)}" if event.log_tail else ""
+                err_console.print(
+                    f"[bold red]crashed:[/] {escape(event.reason + tail)}; removed {event.removed_regions} shared-memory "
+                    f"region(s); restarting in {event.restart_in_s:g} s (crash {event.crashes_in_window} of at most "
+                    f"{policy.max_restarts} in {policy.window_s / 60:g} min; log: {event.log_file})", highlight=False, soft_wrap=True,
+                )
+        else:
+            console.print(f"[green]✓[/] Triton restarted and is ready again (restart {event.restarts}, pid {event.pid}, {event.seconds:.1f} s)", highlight=False)
+
+    generated = admin_key is None
     server = TritonServer(
         repository=repository, http_port=http_port, grpc_port=grpc_port,
         metrics_port=metrics_port, address=address, log_file=log_file,
+        admin_key=generate_admin_key() if admin_key is None else admin_key,
     )
+    supervisor = Supervisor(server, policy=policy if restart else None, ready_timeout_s=timeout, on_event=report)
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
@@ -361,12 +423,14 @@ def serve(
             for note in entry.notes:
                 console.print(f"    note: {note}", highlight=False, soft_wrap=True)
         console.print(f"  HTTP    http://{urls.http}\n  gRPC    {urls.grpc}\n  metrics http://{urls.metrics}/metrics")
-        console.print(f"  log     {server.log_file}\nPress Ctrl-C to stop.")
-        while not stopping.is_set():
-            code = server.wait_for_exit(timeout=0.5)
-            if code is not None:
-                err_console.print(f"[bold red]error:[/] tritonserver exited with code {code} (log: {server.log_file})")
-                raise typer.Exit(1)
+        console.print(f"  log     {server.log_file}", highlight=False)
+        if generated:
+            console.print(
+                f"  admin key {server.admin_key}\n    (HTTP header {ADMIN_KEY_HEADER}, gRPC metadata {GRPC_ADMIN_KEY_HEADER}; "
+                "clients take it as --admin-key or RESNET_SERVE_ADMIN_KEY)", highlight=False, soft_wrap=True,
+            )
+        console.print("Press Ctrl-C to stop.")
+        supervisor.run(stopping)
     except KeyboardInterrupt:
         pass
     finally:
@@ -386,12 +450,18 @@ def classify(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 3,
     server_side: Annotated[bool, typer.Option("--server-side", help="Send the files' bytes to the image ensemble (<model>-image), which decodes and prepares them on the server; no preprocessing here.")] = False,
     json_path: JsonOption = None,
+    header: HeaderOption = None,
+    ca_cert: CaCertOption = None,
+    insecure: InsecureOption = False,
+    admin_key: AdminKeyOption = None,
 ) -> None:
     """Classify images on a running server: top-k labels with probabilities (or, --server-side, the model's scores)."""
+    _check_outputs(json_path)
+    connection = _connection(header, ca_cert, insecure, admin_key)
     if server_side:
         from resnet_serve.client.classify import classify_files_server_side
 
-        labelled = classify_files_server_side(paths=images, model=model, protocol=protocol, url=url, top_k=top_k)
+        labelled = classify_files_server_side(paths=images, model=model, protocol=protocol, url=url, top_k=top_k, connection=connection)
         for found in labelled.images:
             best = found.top[0]
             others = ", ".join(f"{s.label} {s.score:.3g}" for s in found.top[1:])
@@ -403,7 +473,7 @@ def classify(
         return
     from resnet_serve.client.classify import classify_files
 
-    result = classify_files(paths=images, model=model, protocol=protocol, url=url, top_k=top_k)
+    result = classify_files(paths=images, model=model, protocol=protocol, url=url, top_k=top_k, connection=connection)
     for item in result.images:
         best = item.predictions[0]
         others = ", ".join(f"{p.label} {p.probability:.1%}" for p in item.predictions[1:])
@@ -423,14 +493,27 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Images per request.")] = 64,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 2,
     json_path: JsonOption = None,
+    header: HeaderOption = None,
+    ca_cert: CaCertOption = None,
+    insecure: InsecureOption = False,
+    admin_key: AdminKeyOption = None,
 ) -> None:
     """Accuracy of the served model on the whole test set, and its agreement with PyTorch."""
-    from resnet_serve.client.evaluate import evaluate_test_set
+    from resnet_serve.client.evaluate import PartialEvaluationError, evaluate_test_set
 
-    result = evaluate_test_set(
-        model=model, protocol=protocol, url=url, data_dir=data, checkpoint=checkpoint, limit=limit,
-        batch_size=batch_size, concurrency=concurrency, reporter=RichReporter(err_console),
-    )
+    _check_outputs(json_path)
+    try:
+        result = evaluate_test_set(
+            model=model, protocol=protocol, url=url, data_dir=data, checkpoint=checkpoint, limit=limit,
+            batch_size=batch_size, concurrency=concurrency, reporter=RichReporter(err_console),
+            connection=_connection(header, ca_cert, insecure, admin_key),
+        )
+    except PartialEvaluationError as stopped:
+        # What was measured is kept, marked "partial": true; the run still fails.
+        if json_path is None:
+            raise
+        _write_json(json_path, stopped.result)
+        raise ClientError(f"{stopped}; the {stopped.result.images} answered are in {json_path}, marked partial") from None
     line = f"[green]✓[/] {result.model}: top-1 {result.top1:.2%}, top-5 {result.top5:.2%} on {result.images} images"
     if result.agreement is not None:
         line += f"; top-1 agreement with PyTorch {result.agreement:.2%} (PyTorch top-1 {result.reference_top1:.2%})"
@@ -470,21 +553,29 @@ def bench(
     stability_percentage: Annotated[float, typer.Option("--stability-percentage", "-s", help="The last 3 windows must agree within this percentage in throughput and p99.")] = 10.0,
     max_trials: Annotated[int, typer.Option("--max-trials", "-r", help="Windows per level before it is reported unstable.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the input batch and of Poisson arrivals.")] = 0,
+    retries: Annotated[int, typer.Option(help="resnet-serve engine: try a failed request again up to N times, after 0.1 s, 0.2 s, … (at most 2 s), on a new connection, to ride out a server restart; windows with a failed try are not measured.")] = 0,
     json_path: JsonOption = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write perf_analyzer's CSV here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the latency-throughput plot (PNG) here.")] = None,
+    header: HeaderOption = None,
+    ca_cert: CaCertOption = None,
+    insecure: InsecureOption = False,
+    admin_key: AdminKeyOption = None,
 ) -> None:
     """Throughput, latency percentiles and the client/server time split per level, measured until stable."""
     from resnet_serve.client.bench import benchmark_served_model
+    from resnet_serve.client.retries import Retries
     from resnet_serve.client.stability import StabilityRule
     from resnet_serve.report import write_latency_throughput_plot
 
+    _check_outputs(json_path, csv_path, plot)
     result = benchmark_served_model(
         model=model, protocol=protocol, url=url, engine=engine, batch_size=batch_size,
         concurrency=_levels(concurrency), request_rates=_rates(request_rate),
         distribution=distribution, max_outstanding=max_outstanding, client=client,
         warmup_seconds=warmup, measurement_seconds=measurement_interval / 1000,
         stability=StabilityRule(percentage=stability_percentage, max_trials=max_trials), seed=seed,
+        retries=Retries(count=retries), connection=_connection(header, ca_cert, insecure, admin_key),
         reporter=RichReporter(err_console),
     )
     rate_mode = result.mode == "request-rate"
@@ -504,6 +595,9 @@ def bench(
                str(row.dropped_requests if row.dropped_requests is not None else "–")) if rate_mode else ()),
         )
     console.print(table)
+    retried = sum(row.retried_requests or 0 for row in result.results)
+    if retried:
+        console.print(f"{retried} failed tries were retried (the windows they fell in were not measured)")
     _write_json(json_path, result)
     if csv_path is not None:
         result.write_csv(csv_path)
@@ -626,6 +720,7 @@ def report(
     from resnet_serve.report import build_report
     from resnet_serve.report import screenshot as take_screenshot
 
+    _check_outputs(screenshot, folders=(output,))
     result = build_report(
         output_dir=output, export=export_json, verify=verify_json, evaluate=evaluate_json, bench=bench_json or [],
         title=title,
@@ -660,6 +755,7 @@ def verify(
     """
     from resnet_serve.verify import verify_runtimes
 
+    _check_outputs(json_path, folders=(keep_artifacts,))
     # Built first, so that a bad threshold is refused before any work.
     tolerance = Tolerance(
         rtol=rtol, max_mean_rel=max_mean_rel, min_top1_agreement=min_agreement,
@@ -705,6 +801,7 @@ def demo(
     """Train ResNet-20 on Fashion-MNIST, export, serve, classify, evaluate and benchmark it."""
     from resnet_serve.demo import run_demo
 
+    _check_outputs(summary, folders=(workdir, repository))
     result = run_demo(workdir=workdir, repository=repository, epochs=epochs, reporter=RichReporter(err_console))
     _write_json(summary, result)
     table = Table("", "value", title="resnet-serve demo")
@@ -738,6 +835,7 @@ def degradation(
     """Train plain and residual nets at two depths; plot their errors per epoch (the paper's Fig. 6)."""
     from resnet_serve.experiments import run_degradation
 
+    _check_outputs(folders=(output,))
     result = run_degradation(
         depths=_levels(depths), epochs=epochs, limit=limit, test_limit=test_limit, full=full,
         recipe=recipe, pad=pad, flip=flip, data_dir=data, seed=seed, output_dir=output,
@@ -763,6 +861,7 @@ def gradients(
     """Gradient norm reaching each block of plain and residual nets, at init and after a few steps."""
     from resnet_serve.experiments import run_gradients
 
+    _check_outputs(folders=(output,))
     result = run_gradients(
         depths=_levels(depths), steps=steps, batch_size=batch_size, data_dir=data, seed=seed,
         output_dir=output, reporter=RichReporter(err_console),

@@ -24,7 +24,7 @@ from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.runtimes import OnnxRuntime
 from resnet_serve.selection import ImageSelection
 from resnet_serve.train import TrainResult, train_on_folder
-from resnet_serve.triton.server import TritonServer, find_free_ports, port_in_use
+from resnet_serve.triton.server import TritonServer, find_free_ports, generate_admin_key, port_in_use
 
 ARCHITECTURE = "resnet20"
 MODEL_NAME = "resnet20-fashion"
@@ -92,12 +92,12 @@ def run_demo(
     data_dir: Path | None = None,
     epochs: float | None = None,
     limit: int | None = None,
-    bench_seconds: float = 2.0,
+    bench_seconds: float = 4.0,
     reporter: Reporter | None = None,
 ) -> DemoSummary:
     reporter = reporter or SilentReporter()
     began = time.perf_counter()
-    workdir.mkdir(parents=True, exist_ok=True)
+    # workdir is made by the first file written into it, so a bad option leaves no empty folder.
     checkpoint = workdir / f"{MODEL_NAME}.safetensors"
 
     trained = train_on_folder(
@@ -135,8 +135,10 @@ def run_demo(
         bench = benchmark_served_model(
             model=MODEL_NAME, protocol="grpc", url=urls.grpc, batch_size=1, concurrency=(1, 4),
             warmup_seconds=1.0, measurement_seconds=bench_seconds,
-            # The demo shows figures on whatever machine it runs on; a busy one still gets them.
-            stability=StabilityRule(percentage=25), reporter=reporter,
+            # The demo shows figures on whatever machine it runs on: a p99 over a few thousand
+            # requests of a 1 ms model swings by 2× between windows on 2 shared cores, so it asks
+            # for agreement within ±50% (`bench` keeps perf_analyzer's ±10%).
+            stability=StabilityRule(percentage=50, max_trials=15), reporter=reporter,
         )
     in_process = measure_in_process_latency(exported.model_file, input_shape=exported.input_shape, batch_size=1)
     if evaluation.agreement is None or evaluation.reference_top1 is None:
@@ -167,8 +169,10 @@ def _embedded_server(repository: Path, *, log_file: Path) -> TritonServer:
     if any(port_in_use("127.0.0.1", port) for port in ports):
         ports = find_free_ports(3)
     http, grpc, metrics = ports
+    # Its restricted APIs are closed to everyone: the demo names its models and needs none of them.
     return TritonServer(
-        repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics, log_file=log_file
+        repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics, log_file=log_file,
+        admin_key=generate_admin_key(),
     )
 
 

@@ -71,3 +71,8 @@ class TuningError(ResnetServeError):
 
 class ReportError(ResnetServeError):
     """A result file a report is built from that is missing or not what it claims to be."""
+
+
+class OutputError(ResnetServeError):
+    """An output path that cannot be written: a folder where a file goes, a parent that is a
+    file, a folder without write permission."""

@@ -97,6 +97,9 @@ def run_degradation(
     ``degradation.csv`` (one row per net and epoch) and ``degradation.png`` into ``output_dir``.
     """
     began = time.perf_counter()
+    if test_limit is not None and test_limit < 1:
+        # A count, never a slice: -1 would silently drop the last test image.
+        raise TrainingError(f"test_limit must be ≥ 1, got {test_limit}")
     if epochs is None:
         epochs = recipe_config(recipe).epochs if full else _CPU_EPOCHS
     if not full:

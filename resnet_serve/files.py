@@ -10,7 +10,15 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["asdict_with_paths", "give_default_permissions", "replacing_atomically"]
+from resnet_serve.errors import OutputError
+
+__all__ = [
+    "asdict_with_paths",
+    "check_output_file",
+    "check_output_folder",
+    "give_default_permissions",
+    "replacing_atomically",
+]
 
 # Read once: os.umask can only be read by setting it, which would race with other threads.
 _UMASK = os.umask(0)
@@ -36,6 +44,56 @@ def replacing_atomically(destination: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def check_output_file(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, a file path that ``replacing_atomically`` could not fill.
+
+    The file may exist (it is replaced) if it is a regular file; missing parent folders are
+    fine if they can be made. A folder, a device or pipe (a rename would replace the node
+    itself), a parent that is a file, and a folder without write permission are refused. The
+    check creates nothing, and cannot foresee a full disk or a change made after it.
+
+    Raises:
+        OutputError: one line naming the path and what is wrong with it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path} exists and is not a regular file; give a file name")
+    _check_creatable(path)
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, a folder path that files could not be written into: an
+    existing file, a parent that is a file, or a folder without write permission.
+
+    Raises:
+        OutputError: one line naming the path and what is wrong with it.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file, not a folder")
+    if path.is_dir():
+        _check_writable_folder(path, shown=path)
+        return
+    _check_creatable(path)
+
+
+def _check_creatable(path: Path) -> None:
+    """``path`` can be made: its nearest existing ancestor is a writable folder."""
+    ancestor = next((parent for parent in path.absolute().parents if parent.exists()), None)
+    if ancestor is None:  # only the root could be missing, and it never is
+        return
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot write {path}: {ancestor} is a file, not a folder")
+    _check_writable_folder(ancestor, shown=path)
+
+
+def _check_writable_folder(folder: Path, *, shown: Path) -> None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {shown}: no permission to write in {folder}")
 
 
 def give_default_permissions(path: Path) -> None:

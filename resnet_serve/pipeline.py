@@ -46,6 +46,7 @@ __all__ = [
     "ExportReport",
     "FoldFileReport",
     "VerifiedOnnx",
+    "default_fold_output",
     "default_model_name",
     "export_to_repository",
     "fold_export_verify",
@@ -113,8 +114,9 @@ class ServingOptions:
             raise ExportError(
                 f"preferred batch sizes {too_big} are not within 1..{self.max_batch_size} (the max batch size)"
             )
-        if self.max_queue_delay_us < 0 or self.warmup_images < 0:
-            raise ExportError("the queue delay and the warm-up image count must be ≥ 0")
+        for option in ("max_queue_delay_us", "warmup_images"):
+            if getattr(self, option) < 0:
+                raise ExportError(f"{option} must be ≥ 0, got {getattr(self, option)}")
         if self.threads is not None and self.threads < 1:
             raise ExportError(f"threads must be ≥ 1, got {self.threads}")
 
@@ -365,6 +367,7 @@ def export_to_repository(
                 "class_names": json.dumps(meta.class_names),
                 "test_accuracy": json.dumps(meta.metrics.get("test_accuracy")),
             },
+            reporter=reporter,
         )
         image_pipeline = None
         if serving.image_pipeline:
@@ -372,7 +375,7 @@ def export_to_repository(
             image_pipeline = tuple(
                 e.path for e in write_image_pipeline(
                     repository=repository, classifier=name, instances=serving.instances,
-                    max_queue_delay_us=serving.max_queue_delay_us,
+                    max_queue_delay_us=serving.max_queue_delay_us, reporter=reporter,
                 )
             )
     return ExportReport(
@@ -453,12 +456,15 @@ def fold_file(
     the graph pass. Both are measured on the selected real test images, preprocessed as the
     checkpoint says, as the ONNX file's ``preprocessing`` metadata says, or else resized to the
     graph's input size with mean 0.5 and std 0.25 per channel, and must meet ``tolerance``.
-    ``output`` is written only once every check passed.
+    ``output`` is written only once every check passed, and never over ``source``.
 
     Raises:
-        ExportError: an unknown file type, an unsafe or malformed ONNX file, or a failed export.
+        ExportError: ``output`` is ``source``, an unknown file type, an unsafe or malformed ONNX
+            file, or a failed export.
         VerificationError: a check missed ``tolerance``.
     """
+    if output.resolve() == source.resolve() or (output.exists() and source.exists() and output.samefile(source)):
+        raise ExportError(f"refusing to fold {source} onto itself: give another --output")
     if source.suffix == ".onnx":
         proto = load_onnx_safely(source)
         preprocessing, origin = _onnx_preprocessing(proto, shown=source)
@@ -490,6 +496,13 @@ def fold_file(
         params_before=folding.params_before, params_after=folding.params_after, preprocessing="checkpoint",
         fold_parity=verified.fold_parity, onnx_parity=verified.onnx_parity,
     )
+
+
+def default_fold_output(source: Path) -> Path:
+    """Where ``fold`` writes by default: beside ``source``, its last suffix replaced by
+    ``.folded.onnx`` (r20.safetensors → r20.folded.onnx, a.folded.onnx → a.folded.folded.onnx),
+    so never ``source`` itself."""
+    return source.with_name(f"{source.with_suffix('').name}.folded.onnx")
 
 
 def _onnx_preprocessing(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,13 +25,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from resnet_serve.errors import DatasetError, ImageError
 
-__all__ = ["MAX_IMAGE_PIXELS", "Preprocessing", "decode_image", "resize_and_crop"]
+__all__ = ["MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "Preprocessing", "decode_image", "resize_and_crop"]
 
 # The most pixels an image may declare in its header; larger ones are refused before their
 # pixels are decoded, so a small file that expands to gigabytes (a decompression bomb) costs
 # nothing. 64 megapixels (e.g. 9,248×6,936) is above what cameras write by default, and below
 # Pillow's own limit (about 89.5 megapixels), which only warns.
 MAX_IMAGE_PIXELS = 64_000_000
+# The largest model input side (height, width, resize) a preprocessing, a checkpoint header or an
+# ONNX input may declare. Arrays are allocated from these numbers (256 verification images of
+# 20,000² would take 400 GB), so a few bytes of a hostile header must not choose them. ResNets
+# are trained at 224–600 px; 4,096 leaves room for any real model.
+MAX_IMAGE_SIDE = 4096
 
 # What transparent pixels are composited over: white, as image viewers and browsers show them.
 # The colour stored under a fully transparent pixel is arbitrary (often black, sometimes noise).
@@ -123,7 +129,8 @@ def resize_and_crop(
     evaluation transform, with torchvision's rounding so accuracies stay comparable.
 
     Raises:
-        DatasetError: the image is smaller than the crop.
+        DatasetError: the image is smaller than the crop, or so elongated that its resized copy
+            would have more than ``MAX_IMAGE_PIXELS`` pixels.
     """
     if resize is not None:
         width, height = pil.size
@@ -131,6 +138,12 @@ def resize_and_crop(
             size = (resize, int(resize * height / width))
         else:
             size = (int(resize * width / height), resize)
+        if size[0] * size[1] > MAX_IMAGE_PIXELS:
+            # A 64-megapixel strip one pixel high would become terabytes at its shorter side's new size.
+            raise DatasetError(
+                f"{name}: {width}×{height} resized to a shorter side of {resize} would be {size[0]}×{size[1]}, "
+                f"more than the {MAX_IMAGE_PIXELS:,} pixels an image may have"
+            )
         if size != pil.size:
             pil = pil.resize(size, resample)
     if crop is not None:
@@ -173,12 +186,32 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         # Lists from JSON become tuples so instances stay hashable and comparable.
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            try:
+                object.__setattr__(self, key, tuple(float(v) for v in values))
+            except (TypeError, ValueError, OverflowError):
+                shown = reprlib.repr(values)
+                raise DatasetError(f"preprocessing {key} must be a list of numbers, got {shown}") from None
+        for key in ("channels", "height", "width", "resize"):
+            value = getattr(self, key)
+            if key == "resize" and value is None:
+                continue
+            # bool is an int in Python: a JSON `true` must not become a size of 1.
+            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+                raise DatasetError(f"preprocessing {key} must be an integer, got {reprlib.repr(value)}")
+            object.__setattr__(self, key, int(value))
         if self.channels not in _PIL_MODES:
             raise DatasetError(f"preprocessing channels must be 1 or 3, got {self.channels}")
         if self.height < 1 or self.width < 1:
             raise DatasetError(f"preprocessing size must be positive, got {self.height}×{self.width}")
+        largest = max(self.height, self.width, self.resize or 0)
+        if largest > MAX_IMAGE_SIDE:
+            raise DatasetError(
+                f"preprocessing size {self.height}×{self.width}"
+                + (f" (resize {self.resize})" if self.resize is not None else "")
+                + f" is over the {MAX_IMAGE_SIDE} pixels a side may have"
+            )
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise DatasetError(
                 f"preprocessing needs {self.channels} mean and std values, "
@@ -188,9 +221,9 @@ class Preprocessing:
             math.isfinite(v) and v > 0 for v in self.std
         ):
             raise DatasetError(f"preprocessing mean must be finite and std positive, got {self.mean}, {self.std}")
-        if self.interpolation not in _INTERPOLATIONS:
+        if not isinstance(self.interpolation, str) or self.interpolation not in _INTERPOLATIONS:
             raise DatasetError(
-                f"unknown interpolation {self.interpolation!r}; choose one of: {', '.join(_INTERPOLATIONS)}"
+                f"unknown interpolation {reprlib.repr(self.interpolation)}; choose one of: {', '.join(_INTERPOLATIONS)}"
             )
         # The shorter side must cover the crop, or the centre crop would run off the image.
         if self.resize is not None and self.resize < max(self.height, self.width):
@@ -243,31 +276,25 @@ class Preprocessing:
             raise DatasetError(f"preprocessing must be a mapping, got {type(data).__name__}")
         required = {"channels", "height", "width", "mean", "std"}
         missing = sorted(required - data.keys())
-        unknown = sorted(data.keys() - required - {"interpolation", "resize"})
+        unknown = sorted(map(str, data.keys() - required - {"interpolation", "resize"}))
         if missing or unknown:
             problems = [f"missing {', '.join(missing)}"] if missing else []
-            problems += [f"unknown {', '.join(map(str, unknown))}"] if unknown else []
+            shown = ", ".join(reprlib.repr(key).strip("'") for key in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+            problems += [f"unknown {shown}"] if unknown else []
             raise DatasetError(f"invalid preprocessing: {'; '.join(problems)}")
-        for key in ("channels", "height", "width", "resize"):
-            value = data.get(key)
-            if (key != "resize" or value is not None) and (not isinstance(value, int) or isinstance(value, bool)):
-                raise DatasetError(f"preprocessing {key} must be an integer, got {value!r}")
         for key in ("mean", "std"):
             values = data[key]
             if not isinstance(values, (list, tuple)) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
             ):
-                raise DatasetError(f"preprocessing {key} must be a list of numbers, got {values!r}")
-        interpolation = data.get("interpolation", "bilinear")
-        if not isinstance(interpolation, str):
-            raise DatasetError(f"preprocessing interpolation must be a string, got {interpolation!r}")
+                raise DatasetError(f"preprocessing {key} must be a list of numbers, got {reprlib.repr(values)}")
         return cls(
             channels=data["channels"],
             height=data["height"],
             width=data["width"],
             mean=tuple(data["mean"]),
             std=tuple(data["std"]),
-            interpolation=interpolation,
+            interpolation=data.get("interpolation", "bilinear"),
             resize=data.get("resize"),
         )
 

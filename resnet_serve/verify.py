@@ -80,6 +80,8 @@ def verify_runtimes(
         VerificationError: an unknown kind; the errors of the stages it runs.
     """
     began = time.perf_counter()
+    if threads is not None and threads < 1:
+        raise VerificationError(f"threads must be ≥ 1, got {threads}")
     kinds = get_runtime_kind(reference), get_runtime_kind(candidate)
     loaded = load_checkpoint(checkpoint)
     preprocessing = loaded.meta.preprocessing

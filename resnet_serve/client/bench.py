@@ -15,11 +15,13 @@ row and plotted by the same tools.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal
 
 import numpy as np
 
-from resnet_serve.client.inference import InferenceClient, Protocol
+from resnet_serve.client.connection import ConnectionOptions, Protocol
+from resnet_serve.client.inference import InferenceClient
 from resnet_serve.client.load import (
     AsyncClosedLoop,
     ClosedLoop,
@@ -32,6 +34,7 @@ from resnet_serve.client.load import (
 from resnet_serve.client.perf_analyzer import run_perf_analyzer
 from resnet_serve.client.prepared import prepare_request
 from resnet_serve.client.results import BenchmarkResult, ConcurrencyResult, describe_machine
+from resnet_serve.client.retries import Retries
 from resnet_serve.client.stability import StabilityRule
 from resnet_serve.errors import ClientError
 from resnet_serve.progress import Reporter, SilentReporter
@@ -41,9 +44,11 @@ ENGINES: tuple[str, ...] = ("resnet-serve", "perf_analyzer")
 ClientKind = Literal["threads", "asyncio"]
 
 
-def summarize_windows(windows: Sequence[Window], *, concurrency: int, request_rate: float | None) -> ConcurrencyResult:
+def summarize_windows(
+    windows: Sequence[Window], *, concurrency: int, request_rate: float | None, retried: int | None = None
+) -> ConcurrencyResult:
     """One row from the stable windows: their requests pooled, the server's counters over the
-    same span."""
+    same span. ``retried``: the level's failed tries that were retried (None without retries)."""
     latencies = np.concatenate([w.latencies_ns for w in windows]) / 1e6
     seconds = sum(w.seconds for w in windows)
     delta = windows[-1].server_after - windows[0].server_before
@@ -73,6 +78,7 @@ def summarize_windows(windows: Sequence[Window], *, concurrency: int, request_ra
         late_requests=None if request_rate is None else sum(w.late for w in windows),
         dropped_requests=None if request_rate is None else sum(w.dropped for w in windows),
         windows=len(windows),
+        retried_requests=retried,
     )
 
 
@@ -97,6 +103,7 @@ def benchmark(
     warmup_seconds: float = 2.0,
     measurement_seconds: float = 5.0,
     stability: StabilityRule | None = None,
+    retries: Retries = Retries(),
     reporter: Reporter | None = None,
 ) -> BenchmarkResult:
     """Measure the model ``probe`` is connected to with ``batch`` ([N, C, H, W], preprocessed).
@@ -104,14 +111,17 @@ def benchmark(
     With ``request_rates`` each rate is an open loop of at most ``max_outstanding`` requests in
     flight; otherwise each ``concurrency`` level is a closed loop of that many ``client``
     workers. Every level warms up, then is measured in windows of ``measurement_seconds`` until
-    ``stability`` holds (UnstableMeasurementError otherwise).
+    ``stability`` holds (UnstableMeasurementError otherwise). With ``retries``, failed requests
+    and statistics calls are tried again, and windows with failed tries are not measured.
     """
     reporter = reporter or SilentReporter()
     stability = stability or StabilityRule()
     check_levels(concurrency=concurrency, request_rates=request_rates)
     if client not in ("threads", "asyncio"):
         raise ClientError(f"unknown client {client!r}; choose threads or asyncio")
-    request = prepare_request(served=probe.model, batch=batch, protocol=probe.protocol, url=probe.url)
+    if client == "asyncio" and retries.count and not request_rates:
+        raise ClientError("the asyncio client does not retry; use the threads client with retries")
+    request = prepare_request(served=probe.model, batch=batch, endpoint=probe.endpoint)
     levels: list[tuple[int, float | None]] = (
         [(max_outstanding, rate) for rate in request_rates] if request_rates else [(n, None) for n in concurrency]
     )
@@ -120,20 +130,23 @@ def benchmark(
         label = f"concurrency {level}" if rate is None else f"request rate {rate:g}/s"
         load: LoadGenerator
         if rate is not None:
-            load = OpenLoop(request, rate=rate, distribution=distribution, max_outstanding=level, seed=seed)
+            load = OpenLoop(request, rate=rate, distribution=distribution, max_outstanding=level, seed=seed,
+                            retries=retries)
         elif client == "asyncio":
             load = AsyncClosedLoop(request, concurrency=level)
         else:
-            load = ClosedLoop(request, concurrency=level)
+            load = ClosedLoop(request, concurrency=level, retries=retries)
         reporter.start(label, total=None)
         try:
             windows = measure_load(
-                load, statistics=probe.statistics, batch_size=request.batch_size, warmup_seconds=warmup_seconds,
+                load, statistics=partial(retries.call, probe.statistics, stopping=load.stopping),
+                batch_size=request.batch_size, warmup_seconds=warmup_seconds,
                 interval_seconds=measurement_seconds, rule=stability, label=label,
             )
         finally:
             reporter.finish()
-        rows.append(summarize_windows(windows, concurrency=level, request_rate=rate))
+        rows.append(summarize_windows(windows, concurrency=level, request_rate=rate,
+                                      retried=load.failed_tries if retries.count else None))
     return BenchmarkResult(
         model=probe.model.name,
         protocol=probe.protocol,
@@ -168,6 +181,8 @@ def benchmark_served_model(
     measurement_seconds: float = 5.0,
     stability: StabilityRule | None = None,
     seed: int = 0,
+    retries: Retries = Retries(),
+    connection: ConnectionOptions | None = None,
     reporter: Reporter | None = None,
 ) -> BenchmarkResult:
     """Benchmark a served model with a batch of the shape it declares, with either engine.
@@ -182,11 +197,12 @@ def benchmark_served_model(
         raise ClientError(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
     check_levels(concurrency=concurrency, request_rates=request_rates)
     stability = stability or StabilityRule()
-    with InferenceClient(model=model, protocol=protocol, url=url) as probe:
+    if engine == "perf_analyzer" and retries.count:
+        raise ClientError("perf_analyzer does not retry failed requests; use the resnet-serve engine with retries")
+    with InferenceClient(model=model, protocol=protocol, url=url, connection=connection) as probe:
         if engine == "perf_analyzer":
-
             return run_perf_analyzer(
-                served=probe.model, protocol=protocol, url=probe.url, batch_size=batch_size,
+                served=probe.model, endpoint=probe.endpoint, batch_size=batch_size,
                 concurrency=concurrency, request_rates=request_rates, distribution=distribution,
                 max_outstanding=max_outstanding, measurement_seconds=measurement_seconds, stability=stability,
                 reporter=reporter,
@@ -196,5 +212,5 @@ def benchmark_served_model(
             probe=probe, batch=batch, concurrency=concurrency, request_rates=request_rates,
             distribution=distribution, max_outstanding=max_outstanding, seed=seed, client=client,
             warmup_seconds=warmup_seconds, measurement_seconds=measurement_seconds, stability=stability,
-            reporter=reporter,
+            retries=retries, reporter=reporter,
         )

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.client.inference import InferenceClient, Prediction, Protocol, rank_classes
+from resnet_serve.client.connection import ConnectionOptions, Protocol
+from resnet_serve.client.inference import InferenceClient, Prediction, rank_classes
 from resnet_serve.errors import ClientError, ImageError, first_line
 
 
@@ -36,6 +37,7 @@ def classify_files(
     protocol: Protocol = "http",
     url: str | None = None,
     top_k: int = 3,
+    connection: ConnectionOptions | None = None,
 ) -> ClassificationResult:
     """Top-k classes of each image, with softmax probabilities over the served logits.
 
@@ -43,7 +45,7 @@ def classify_files(
     """
     if top_k < 1:
         raise ClientError(f"--top-k must be at least 1, got {top_k}")
-    with InferenceClient(model=model, protocol=protocol, url=url) as client:
+    with InferenceClient(model=model, protocol=protocol, url=url, connection=connection) as client:
         served = client.model
         batch = np.stack([served.preprocessing.load_image(path) for path in paths])
         limit = served.max_batch_size or len(batch)
@@ -81,7 +83,7 @@ class EncodedImageClient(InferenceClient):
         takes_images = [name for name in self.ready_models() if self._classifies_images(name)]
         if len(takes_images) != 1:
             raise ClientError(
-                f"name the model to use (--model): the server at {self.url} has {len(takes_images)} "
+                f"name the model to use (--model): the server at {self.endpoint} has {len(takes_images)} "
                 f"ready models that classify encoded images{': ' + ', '.join(takes_images) if takes_images else ''}"
             )
         return takes_images[0]
@@ -97,15 +99,18 @@ class EncodedImageClient(InferenceClient):
         return (len(inputs) == 1 and inputs[0].get("data_type") == "TYPE_STRING"
                 and len(outputs) == 1 and bool(outputs[0].get("label_filename")))
 
+    def _is_ready(self, name: str) -> bool:
+        try:
+            return bool(self._client.is_model_ready(name))
+        except Exception:  # tritonclient raises for unknown names as for broken connections
+            return False
+
     def _describe(self, name: str) -> EncodedImageModel:
-        ready = self.ready_models()
-        if name in ready and not self._classifies_images(name) and f"{name}-image" in ready:
+        # Asked one model at a time: the list of models is restricted where the server has an admin key.
+        if self._is_ready(name) and not self._classifies_images(name) and self._is_ready(f"{name}-image"):
             name = f"{name}-image"
-        if name not in ready:
-            raise ClientError(
-                f"model {name!r} is not ready on {self.protocol}://{self.url}; "
-                f"ready models: {', '.join(ready) or 'none'}"
-            )
+        if not self._is_ready(name):
+            raise ClientError(f"model {name!r} is not ready on {self.endpoint}{self._ready_models_note()}")
         if not self._classifies_images(name):
             raise ClientError(
                 f"model {name!r} does not take encoded images: expected one BYTES input and one labelled output"
@@ -176,6 +181,7 @@ def classify_files_server_side(
     protocol: Protocol = "http",
     url: str | None = None,
     top_k: int = 3,
+    connection: ConnectionOptions | None = None,
 ) -> ServerSideResult:
     """Top-k labels of each image file, prepared on the server: the files' bytes go to an image
     ensemble (`<model>-image`, written beside every exported classifier), which decodes them
@@ -192,7 +198,7 @@ def classify_files_server_side(
             encoded.append(Path(path).read_bytes())
         except OSError as error:
             raise ImageError(f"{path}: cannot read ({error.strerror or error})") from None
-    with EncodedImageClient(model=model, protocol=protocol, url=url) as client:
+    with EncodedImageClient(model=model, protocol=protocol, url=url, connection=connection) as client:
         limit = client.model.max_batch_size or len(encoded)
         rows = []
         for start in range(0, len(encoded), limit):

@@ -5,6 +5,10 @@ turn from one :func:`resnet_serve.datasets.batches` iterator, send them to the s
 the answers to running counts. Reading a batch (decoding its files) is done by one worker at a
 time while the others wait on the server, and memory holds about ``concurrency`` batches
 whatever the size of the test set.
+
+When the server stops answering part of the way (it died, it was stopped), what was measured
+is not thrown away: :class:`PartialEvaluationError` carries the result over the images answered
+so far, marked ``partial``, for the caller to keep and to report as the failure it is.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.client.inference import InferenceClient, Protocol, ServedModel
+from resnet_serve.client.connection import ConnectionOptions, Protocol
+from resnet_serve.client.inference import InferenceClient, ServedModel
 from resnet_serve.datasets import Dataset, batches, load_dataset
 from resnet_serve.errors import ClientError
 from resnet_serve.preprocessing import Preprocessing
@@ -28,10 +33,14 @@ from resnet_serve.progress import Reporter, SilentReporter
 
 @dataclass(frozen=True)
 class EvaluationResult:
+    """Figures over ``images`` test images; fewer than ``images_requested`` only when
+    ``partial``, the server having failed with ``stopped_by`` before the rest were answered."""
+
     model: str
     protocol: str
     url: str
     images: int
+    images_requested: int
     batch_size: int
     concurrency: int
     top1: float
@@ -45,9 +54,21 @@ class EvaluationResult:
     # confusion_matrix[true][predicted]: image counts, classes × classes in the model's order.
     confusion_matrix: list[list[int]]
     per_class_accuracy: list[float | None]  # top-1 per true class; None for a class with no test images
+    partial: bool = False
+    stopped_by: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class PartialEvaluationError(ClientError):
+    """The server failed part of the way; ``result`` holds the figures of the images it answered."""
+
+    def __init__(self, result: EvaluationResult) -> None:
+        super().__init__(
+            f"the evaluation stopped after {result.images} of {result.images_requested} images: {result.stopped_by}"
+        )
+        self.result = result
 
 
 class _Tally:
@@ -59,6 +80,10 @@ class _Tally:
         self.agreements = 0
         self.reference_hits = 0
         self.max_abs = 0.0
+
+    @property
+    def images(self) -> int:
+        return int(self.confusion.sum())
 
     def add(self, logits: np.ndarray, labels: np.ndarray, reference_logits: np.ndarray | None) -> None:
         classes = len(self.confusion)
@@ -106,6 +131,11 @@ def evaluate_served_model(
             agreement figures; called from the workers' threads.
         batch_size: images per request, at most the model's ``max_batch_size``.
         concurrency: requests in flight.
+
+    Raises:
+        PartialEvaluationError: the server failed after answering some of the images; its
+            ``result`` covers those.
+        ClientError: the server failed before answering any, or a count is below 1.
     """
     _check_counts(limit=limit, batch_size=batch_size, concurrency=concurrency)
     if len(dataset.class_names) > model.num_classes:
@@ -146,36 +176,50 @@ def evaluate_served_model(
 
     reporter.start(f"evaluating {total} images", total=total)
     began = time.perf_counter()
+    stopped_by: ClientError | None = None
     try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             for future in [pool.submit(work) for _ in range(concurrency)]:
-                future.result()
+                try:
+                    future.result()
+                except ClientError as error:
+                    stopped_by = stopped_by or error
     finally:
         reporter.finish()
     seconds = time.perf_counter() - began
-
+    done = tally.images
+    if done == total:
+        stopped_by = None  # every image was answered: a worker failing after that lost nothing
+    elif done == 0 and stopped_by is not None:
+        raise stopped_by
     confusion = tally.confusion
     correct = np.diag(confusion)
     per_class = confusion.sum(axis=1)
     with_reference = reference is not None
-    return EvaluationResult(
+    result = EvaluationResult(
         model=model.name,
         protocol=clients[0].protocol,
         url=clients[0].url,
-        images=total,
+        images=done,
+        images_requested=total,
         batch_size=batch_size,
         concurrency=concurrency,
-        top1=float(correct.sum() / total),
-        top5=tally.top5_hits / total,
-        agreement=tally.agreements / total if with_reference else None,
-        reference_top1=tally.reference_hits / total if with_reference else None,
+        top1=float(correct.sum() / done),
+        top5=tally.top5_hits / done,
+        agreement=tally.agreements / done if with_reference else None,
+        reference_top1=tally.reference_hits / done if with_reference else None,
         max_abs_logit_difference=tally.max_abs if with_reference else None,
         seconds=seconds,
-        images_per_second=total / seconds,
+        images_per_second=done / seconds,
         class_names=list(model.class_names),
         confusion_matrix=confusion.tolist(),
         per_class_accuracy=[float(c / n) if n else None for c, n in zip(correct, per_class, strict=True)],
+        partial=stopped_by is not None,
+        stopped_by=None if stopped_by is None else str(stopped_by),
     )
+    if stopped_by is not None:
+        raise PartialEvaluationError(result)
+    return result
 
 
 def evaluate_test_set(
@@ -189,17 +233,18 @@ def evaluate_test_set(
     batch_size: int = 64,
     concurrency: int = 2,
     reporter: Reporter | None = None,
+    connection: ConnectionOptions | None = None,
 ) -> EvaluationResult:
     """Evaluate a served model on the test split of ``data_dir`` (Fashion-MNIST by default; any
     format ``load_dataset`` reads, ImageFolder trees of images of any size included), prepared
     with the preprocessing the server reports; with ``checkpoint``, also its agreement with
     PyTorch. Counts below 1 are refused before the server is asked anything."""
     _check_counts(limit=limit, batch_size=batch_size, concurrency=concurrency)
-    with InferenceClient(model=model, protocol=protocol, url=url) as probe:
+    with InferenceClient(model=model, protocol=protocol, url=url, connection=connection) as probe:
         served = probe.model
     test_set = load_dataset(data_dir, split="test")
     return evaluate_served_model(
-        connect=partial(InferenceClient, model=served.name, protocol=protocol, url=url),
+        connect=partial(InferenceClient, model=served.name, protocol=protocol, url=url, connection=connection),
         model=served,
         dataset=test_set,
         limit=limit,

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+from tritonclient._plugin import InferenceServerClientPlugin
 
+from resnet_serve.client.connection import ConnectionOptions, Endpoint, Protocol, parse_endpoint
 from resnet_serve.errors import ClientError, first_line
 from resnet_serve.preprocessing import Preprocessing
-
-Protocol = Literal["http", "grpc"]
-DEFAULT_URLS: dict[str, str] = {"http": "localhost:8000", "grpc": "localhost:8001"}
+from resnet_serve.triton import ADMIN_KEY_HEADER
 
 
 @dataclass(frozen=True)
@@ -77,18 +77,22 @@ def _module(protocol: str) -> Any:
     return module
 
 
-def _strip_scheme(url: str) -> str:
-    # tritonclient wants host:port; users often paste http://host:port.
-    for scheme in ("http://", "https://", "grpc://"):
-        if url.startswith(scheme):
-            return url[len(scheme) :]
-    return url
+class _Headers(InferenceServerClientPlugin):
+    """Adds the endpoint's headers to every tritonclient call (a call's own headers win)."""
+
+    def __init__(self, headers: dict[str, str] | tuple[tuple[str, str], ...]) -> None:
+        self._headers = dict(headers)
+
+    def __call__(self, request: Any) -> None:
+        request.headers = {**self._headers, **(request.headers or {})}
 
 
 class InferenceClient:
     """A connection to one model on one Triton server (the only ready one when ``model`` is None).
 
-    Not thread-safe (the HTTP client is not): concurrent callers open one client each.
+    ``url`` is `[scheme://]host[:port]`; `https://` and `grpcs://` mean TLS, with ``connection``'s
+    CA, headers and admin key (see `client.connection`). Not thread-safe (the HTTP client is
+    not): concurrent callers open one client each.
     """
 
     def __init__(
@@ -98,26 +102,50 @@ class InferenceClient:
         protocol: Protocol = "http",
         url: str | None = None,
         timeout_s: float = 60.0,
+        connection: ConnectionOptions | None = None,
     ) -> None:
         self._tc = _module(protocol)
+        self.endpoint = parse_endpoint(url, protocol=protocol, options=connection)
         self.protocol = protocol
-        self.url = _strip_scheme(url or DEFAULT_URLS[protocol])
+        self.url = self.endpoint.address
         self._timeout_s = timeout_s
+        if self.endpoint.tls:
+            self.endpoint.check_tls(timeout_s=timeout_s)
         try:
-            if protocol == "http":
-                self._client = self._tc.InferenceServerClient(
-                    self.url, connection_timeout=timeout_s, network_timeout=timeout_s
-                )
-            else:
-                self._client = self._tc.InferenceServerClient(self.url)
+            self._client = self._open(self.endpoint, timeout_s=timeout_s)
             ready = self._client.is_server_ready()
         except Exception as exc:  # tritonclient raises many types for one cause: nobody answered
-            raise ClientError(
-                f"no Triton server answering at {protocol}://{self.url} ({first_line(exc)})"
-            ) from None
+            raise ClientError(f"no Triton server answering at {self.endpoint} ({first_line(exc)})") from None
         if not ready:
-            raise ClientError(f"the Triton server at {protocol}://{self.url} is not ready")
+            raise ClientError(f"the Triton server at {self.endpoint} is not ready")
         self.model = self._describe(model or self._only_model())
+
+    def _open(self, endpoint: Endpoint, *, timeout_s: float) -> Any:
+        if endpoint.protocol == "http":
+            from gevent import ssl as gevent_ssl
+
+            tls = {"ssl": True, "insecure": endpoint.options.insecure,
+                   # gevent's own kind of context; it ignores the CA bundle tritonclient would pass.
+                   "ssl_context_factory": lambda **_: endpoint.ssl_context(gevent_ssl.create_default_context)}
+            client = self._tc.InferenceServerClient(
+                endpoint.address, connection_timeout=timeout_s, network_timeout=timeout_s,
+                **(tls if endpoint.tls else {}),
+            )
+            headers: Any = endpoint.http_headers
+        else:
+            ca_cert = endpoint.options.ca_cert
+            # Channel arguments replace tritonclient's own, so its message-size limits come along.
+            channel_args = [("grpc.max_send_message_length", self._tc.MAX_GRPC_MESSAGE_SIZE),
+                            ("grpc.max_receive_message_length", self._tc.MAX_GRPC_MESSAGE_SIZE),
+                            *endpoint.grpc_channel_options]
+            client = self._tc.InferenceServerClient(
+                endpoint.address, ssl=endpoint.tls, root_certificates=str(ca_cert) if ca_cert else None,
+                channel_args=channel_args if endpoint.grpc_channel_options else None,
+            )
+            headers = endpoint.grpc_metadata
+        if headers:
+            client.register_plugin(_Headers(headers))
+        return client
 
     def _only_model(self) -> str:
         # An export also serves <name>-preprocess and <name>-image, which take encoded files:
@@ -126,7 +154,7 @@ class InferenceClient:
         classifiers = [name for name in ready if self._takes_float_images(name)]
         if len(classifiers) != 1:
             raise ClientError(
-                f"name the model to use (--model): the server at {self.url} has "
+                f"name the model to use (--model): the server at {self.endpoint} has "
                 f"{len(classifiers)} ready models that take float images"
                 f"{': ' + ', '.join(classifiers) if classifiers else ''} (ready: {', '.join(ready) or 'none'})"
             )
@@ -141,12 +169,9 @@ class InferenceClient:
         try:
             ready = self._client.is_model_ready(name)
         except Exception as exc:
-            raise ClientError(f"cannot ask {self.url} about model {name!r}: {first_line(exc)}") from None
+            raise ClientError(f"cannot ask {self.endpoint} about model {name!r}: {first_line(exc)}") from None
         if not ready:
-            raise ClientError(
-                f"model {name!r} is not ready on {self.protocol}://{self.url}; "
-                f"ready models: {', '.join(self.ready_models()) or 'none'}"
-            )
+            raise ClientError(f"model {name!r} is not ready on {self.endpoint}{self._ready_models_note()}")
         config = self._json(self._client.get_model_config, name)
         config = config.get("config", config)  # gRPC wraps it, HTTP does not
         inputs, outputs = config.get("input", []), config.get("output", [])
@@ -192,18 +217,32 @@ class InferenceClient:
             parameters=parameters,
         )
 
-    def _json(self, method: Any, *args: Any) -> dict:
+    def _json(self, method: Any, *args: Any, **options: Any) -> dict:
         try:
             if self.protocol == "grpc":
-                return method(*args, as_json=True)
-            return method(*args)
+                return method(*args, as_json=True, **options)
+            return method(*args, **options)
         except Exception as exc:
-            raise ClientError(f"{self.protocol}://{self.url}: {first_line(exc)}") from None
+            if "restricted" in str(exc) and ADMIN_KEY_HEADER in str(exc):
+                raise ClientError(
+                    f"the server at {self.endpoint} restricts this API to holders of its admin key: name the "
+                    "model (--model) or give the key (--admin-key or RESNET_SERVE_ADMIN_KEY)"
+                ) from None
+            raise ClientError(f"{self.endpoint}: {first_line(exc)}") from None
 
     def ready_models(self) -> list[str]:
-        index = self._json(self._client.get_model_repository_index)
+        """The server's ready models, from its repository index (a restricted API: it needs the
+        admin key where the server has one; Triton has no unrestricted list of models)."""
+        index = self._json(self._client.get_model_repository_index, headers=self.endpoint.admin_headers or None)
         entries = index.get("models", []) if isinstance(index, dict) else index
         return sorted(e["name"] for e in entries if e.get("state") == "READY")
+
+    def _ready_models_note(self) -> str:
+        """"; ready models: …" for an error message, or nothing where the list is restricted."""
+        try:
+            return f"; ready models: {', '.join(self.ready_models()) or 'none'}"
+        except ClientError:
+            return ""
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed float32 batch of shape [N, C, H, W]."""

@@ -14,6 +14,11 @@ server for its statistics at each window's edges, so the server split covers the
   A request sent more than 1 ms after its time is counted late; one that finds no free slot
   within ``drop_after_ms`` of its time is dropped, so an overloaded server shows as drops
   rather than as a quietly lower rate.
+
+With `Retries`, a failed request is tried again on a new connection (`RetryingSender`), so a
+load survives a server restart; a window in which a try failed is not measured (its requests
+waited for the restart, and the server's counters started again from zero), and the next one
+is taken instead.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from resnet_serve.client.prepared import (
     PreparedRequest,
     RequestSender,
     RequestTimes,
+    RetryingSender,
     grpc_reason,
     read_grpc_answer,
 )
+from resnet_serve.client.retries import Retries
 from resnet_serve.client.stability import StabilityRule, measure_until_stable
 from resnet_serve.errors import ClientError, first_line
 
@@ -61,6 +68,8 @@ class Window:
     dropped: int
     server_before: ModelStatistics
     server_after: ModelStatistics
+    # Tries that failed and were retried (with Retries only).
+    failed: int = 0
 
     @property
     def requests(self) -> int:
@@ -78,11 +87,13 @@ class Window:
 class LoadGenerator(ABC):
     """Workers that record request timestamps until stopped; `window` reads them out."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, retries: Retries = Retries()) -> None:
         self._records: list[list[RequestTimes]] = [[] for _ in range(workers)]
         self._late: list[list[int]] = [[] for _ in range(workers)]
         self._dropped: list[list[int]] = [[] for _ in range(workers)]
-        self._cursors = {id(lst): 0 for lst in (*self._records, *self._late, *self._dropped)}
+        self._failed: list[list[int]] = [[] for _ in range(workers)]
+        self._cursors = {id(lst): 0 for lst in (*self._records, *self._late, *self._dropped, *self._failed)}
+        self._retries = retries
         self._errors: list[Exception] = []
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -90,6 +101,16 @@ class LoadGenerator(ABC):
     @abstractmethod
     def _targets(self) -> list[Callable[[], None]]:
         """The bodies of the worker threads, each appending to its own lists."""
+
+    def _open(self, request: PreparedRequest, worker: int) -> RequestSender:
+        if not self._retries.count:
+            return request.open()
+        return RetryingSender(request, retries=self._retries, stopping=self.stopping, failures=self._failed[worker])
+
+    @property
+    def failed_tries(self) -> int:
+        """Every try that failed and was retried so far."""
+        return sum(len(failures) for failures in self._failed)
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._guarded, args=(t,), daemon=True) for t in self._targets()]
@@ -129,6 +150,7 @@ class LoadGenerator(ABC):
         self._take(self._records, until_ns, lambda r: r[3])
         self._take(self._late, until_ns, int)
         self._take(self._dropped, until_ns, int)
+        self._take(self._failed, until_ns, int)
 
     def window(
         self, *, began_ns: int, ended_ns: int, batch_size: int, before: ModelStatistics, after: ModelStatistics
@@ -145,22 +167,24 @@ class LoadGenerator(ABC):
             dropped=len(self._take(self._dropped, ended_ns, int)),
             server_before=before,
             server_after=after,
+            failed=len(self._take(self._failed, ended_ns, int)),
         )
 
 
 class ClosedLoop(LoadGenerator):
     """``concurrency`` threads, each with its own sender, each always waiting on one request."""
 
-    def __init__(self, request: PreparedRequest, *, concurrency: int) -> None:
-        super().__init__(concurrency)
+    def __init__(self, request: PreparedRequest, *, concurrency: int, retries: Retries = Retries()) -> None:
+        super().__init__(concurrency, retries=retries)
         self._request = request
 
     def _targets(self) -> list[Callable[[], None]]:
-        return [lambda records=records: self._run(records) for records in self._records]
+        return [lambda worker=worker: self._run(worker) for worker in range(len(self._records))]
 
-    def _run(self, records: list[RequestTimes]) -> None:
+    def _run(self, worker: int) -> None:
         # Opened in the worker's own thread; the connection happens during the warm-up.
-        sender: RequestSender = self._request.open()
+        records = self._records[worker]
+        sender = self._open(self._request, worker)
         send, record, stopping = sender.send, records.append, self.stopping
         try:
             while not stopping.is_set():
@@ -182,7 +206,7 @@ class AsyncClosedLoop(LoadGenerator):
         return [lambda: asyncio.run(self._main())]
 
     async def _main(self) -> None:
-        channels = [grpc.aio.insecure_channel(self._request.url, options=GRPC_OPTIONS) for _ in self._records]
+        channels = [self._request.endpoint.grpc_aio_channel(GRPC_OPTIONS) for _ in self._records]
         try:
             await asyncio.gather(*(self._slot(c, r) for c, r in zip(channels, self._records, strict=True)))
         finally:
@@ -192,10 +216,11 @@ class AsyncClosedLoop(LoadGenerator):
     async def _slot(self, channel: grpc.aio.Channel, records: list[RequestTimes]) -> None:
         request, clock = self._request, time.perf_counter_ns
         call, record, stopping = channel.unary_unary(MODEL_INFER_METHOD), records.append, self.stopping
+        metadata = request.endpoint.grpc_metadata or None
         while not stopping.is_set():
             began = clock()
             try:
-                answer = await call(request.body, timeout=request.timeout_s)
+                answer = await call(request.body, timeout=request.timeout_s, metadata=metadata)
             except grpc.RpcError as exc:
                 raise ClientError(f"inference on {request.model!r} failed: {grpc_reason(exc)}") from None
             answered = clock()
@@ -239,22 +264,22 @@ class OpenLoop(LoadGenerator):
         max_outstanding: int = 16,
         seed: int = 0,
         drop_after_ms: float = 100.0,
+        retries: Retries = Retries(),
     ) -> None:
         if max_outstanding < 1:
             raise ClientError(f"max outstanding requests must be ≥ 1, got {max_outstanding}")
-        super().__init__(max_outstanding)
+        super().__init__(max_outstanding, retries=retries)
         self._request = request
         self._schedule = Schedule(rate=rate, distribution=distribution, seed=seed)
         self._drop_after_ns = int(drop_after_ms * 1e6)
 
     def _targets(self) -> list[Callable[[], None]]:
         self._schedule.begin(time.perf_counter_ns())
-        return [
-            lambda i=i: self._run(self._records[i], self._late[i], self._dropped[i]) for i in range(len(self._records))
-        ]
+        return [lambda worker=worker: self._run(worker) for worker in range(len(self._records))]
 
-    def _run(self, records: list[RequestTimes], late: list[int], dropped: list[int]) -> None:
-        sender: RequestSender = self._request.open()
+    def _run(self, worker: int) -> None:
+        records, late, dropped = self._records[worker], self._late[worker], self._dropped[worker]
+        sender = self._open(self._request, worker)
         take, send, clock, stopping = self._schedule.take, sender.send, time.perf_counter_ns, self.stopping
         try:
             while not stopping.is_set():
@@ -284,7 +309,10 @@ def measure_load(
     label: str,
 ) -> list[Window]:
     """Run ``load``: an unmeasured warm-up, then windows of ``interval_seconds`` until ``rule``
-    holds. Returns the agreeing windows; raises UnstableMeasurementError or the load's error."""
+    holds. Returns the agreeing windows; raises UnstableMeasurementError or the load's error.
+
+    A window in which a try failed (and was retried) is replaced by the next one, at most
+    ``rule.max_trials`` times per level."""
     if warmup_seconds < 0 or interval_seconds <= 0:
         raise ClientError(
             "the warm-up must be ≥ 0 s and the measurement interval > 0 s, "
@@ -296,13 +324,18 @@ def measure_load(
         began, before = time.perf_counter_ns(), statistics()
         load.skip(began)
 
+        replaced = 0
+
         def next_window() -> Window:
-            nonlocal began, before
-            load.stopping.wait(max(began / 1e9 + interval_seconds - time.perf_counter(), 0.0))
-            ended, after = time.perf_counter_ns(), statistics()
-            window = load.window(began_ns=began, ended_ns=ended, batch_size=batch_size, before=before, after=after)
-            began, before = ended, after
-            return window
+            nonlocal began, before, replaced
+            while True:
+                load.stopping.wait(max(began / 1e9 + interval_seconds - time.perf_counter(), 0.0))
+                ended, after = time.perf_counter_ns(), statistics()
+                window = load.window(began_ns=began, ended_ns=ended, batch_size=batch_size, before=before, after=after)
+                began, before = ended, after
+                if not window.failed or replaced >= rule.max_trials:
+                    return window
+                replaced += 1
 
         return measure_until_stable(next_window, rule=rule, label=label)
     finally:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.client.inference import Protocol, ServedModel
+from resnet_serve.client.connection import Endpoint
+from resnet_serve.client.inference import ServedModel
 from resnet_serve.client.load import Distribution
 from resnet_serve.client.results import (
     PERF_ANALYZER_COLUMNS,
@@ -68,12 +69,35 @@ def link_cuda_runtime(folder: Path) -> None:
     (folder / "libcudart.so.12").symlink_to(candidates[0])
 
 
+def connection_arguments(endpoint: Endpoint) -> list[str]:
+    """perf_analyzer's options for the endpoint's address, TLS and headers. Its HTTP client takes
+    the scheme in the URL; version 2.40 sends -H headers over HTTP only, so a gRPC endpoint with
+    headers is refused rather than measured without them."""
+    if endpoint.protocol == "grpc" and endpoint.options.headers:
+        raise ClientError(
+            "perf_analyzer 2.40 cannot send headers over gRPC; use --protocol http or the resnet-serve engine"
+        )
+    ca_cert = endpoint.options.ca_cert
+    if endpoint.protocol == "grpc":
+        arguments = ["-u", endpoint.address, "-i", "grpc"]
+        if endpoint.tls:
+            arguments.append("--ssl-grpc-use-ssl=true")
+            arguments += [f"--ssl-grpc-root-certifications-file={ca_cert}"] if ca_cert else []
+        return arguments
+    arguments = ["-u", str(endpoint) if endpoint.tls else endpoint.address, "-i", "http"]
+    if endpoint.tls:
+        arguments += [f"--ssl-https-ca-certificates-file={ca_cert}"] if ca_cert else []
+        arguments += ["--ssl-https-verify-peer=0", "--ssl-https-verify-host=0"] if endpoint.options.insecure else []
+    for name, value in endpoint.http_headers.items():
+        arguments += ["-H", f"{name}:{value}"]
+    return arguments
+
+
 def perf_analyzer_command(
     binary: Path,
     *,
     model: str,
-    protocol: Protocol,
-    url: str,
+    endpoint: Endpoint,
     batch_size: int,
     concurrency: int | None,
     request_rate: float | None,
@@ -92,7 +116,7 @@ def perf_analyzer_command(
               f"--max-threads={max_threads}"]
     )
     return [
-        str(binary), "-m", model, "-u", url, "-i", protocol, "-b", str(batch_size), *level,
+        str(binary), "-m", model, *connection_arguments(endpoint), "-b", str(batch_size), *level,
         f"--measurement-interval={max(round(measurement_seconds * 1000), 1)}",
         f"--stability-percentage={stability.percentage:g}", f"--max-trials={stability.max_trials}",
         "--percentile=99", "-f", str(csv_path), "--verbose-csv", f"--profile-export-file={export_path}",
@@ -155,8 +179,7 @@ def _profile_figures(path: Path) -> tuple[int, float | None]:
 def run_perf_analyzer(
     *,
     served: ServedModel,
-    protocol: Protocol,
-    url: str,
+    endpoint: Endpoint,
     batch_size: int = 1,
     concurrency: Sequence[int] = (1, 2, 4),
     request_rates: Sequence[float] = (),
@@ -186,7 +209,7 @@ def run_perf_analyzer(
             label = f"perf_analyzer, concurrency {level}" if rate is None else f"perf_analyzer, request rate {rate:g}/s"
             csv_path, export_path = Path(scratch) / f"{index}.csv", Path(scratch) / f"{index}.json"
             command = perf_analyzer_command(
-                binary, model=served.name, protocol=protocol, url=url, batch_size=batch_size, concurrency=level,
+                binary, model=served.name, endpoint=endpoint, batch_size=batch_size, concurrency=level,
                 request_rate=rate, distribution=distribution, max_threads=max_outstanding,
                 measurement_seconds=measurement_seconds, stability=stability, csv_path=csv_path,
                 export_path=export_path,
@@ -207,7 +230,7 @@ def run_perf_analyzer(
                 raise ClientError(f"{label} wrote no result row")
             rows.extend(row if rate is None else replace(row, concurrency=max_outstanding) for row in found)
     return BenchmarkResult(
-        model=served.name, protocol=protocol, url=url, batch_size=batch_size, warmup_seconds=0.0,
+        model=served.name, protocol=endpoint.protocol, url=endpoint.address, batch_size=batch_size, warmup_seconds=0.0,
         measurement_seconds=measurement_seconds, results=rows, engine="perf_analyzer",
         mode="request-rate" if request_rates else "concurrency",
         distribution=distribution if request_rates else None, client=None,

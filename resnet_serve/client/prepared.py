@@ -14,11 +14,15 @@ the answer and turn it into an array of logits, which is timed as the client's r
   client send time is the zero work it does before the call.
 - HTTP: tritonclient builds the binary-tensor body once; the sender posts it over one
   keep-alive connection. Its client send time is the time to write the request to the socket.
+
+Both connect as the request's `Endpoint` says: TLS or not, with its headers (gRPC metadata).
+A `RetryingSender` reconnects and tries a failed request again, to ride out a server restart.
 """
 
 from __future__ import annotations
 
 import http.client
+import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
@@ -28,7 +32,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 
-from resnet_serve.client.inference import Protocol, ServedModel
+from resnet_serve.client.connection import Endpoint, Protocol
+from resnet_serve.client.inference import ServedModel
+from resnet_serve.client.retries import Retries
 from resnet_serve.errors import ClientError, first_line
 
 # The unary method every Triton server offers over gRPC (inference.GRPCInferenceService).
@@ -47,10 +53,9 @@ RequestTimes = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """One inference request of ``batch_size`` images in the wire format of ``protocol``."""
+    """One inference request of ``batch_size`` images in the wire format of its endpoint's protocol."""
 
-    protocol: Protocol
-    url: str
+    endpoint: Endpoint
     model: str
     output_name: str
     batch_size: int
@@ -59,6 +64,10 @@ class PreparedRequest:
     # HTTP only: the length of the JSON header at the start of ``body``.
     json_size: int | None = None
     timeout_s: float = 60.0
+
+    @property
+    def protocol(self) -> Protocol:
+        return self.endpoint.protocol
 
     def open(self) -> RequestSender:
         """A sender with its own connection (not thread-safe: one per thread)."""
@@ -73,12 +82,13 @@ class RequestSender(TypingProtocol):
 
 
 def prepare_request(
-    *, served: ServedModel, batch: np.ndarray, protocol: Protocol, url: str, timeout_s: float = 60.0
+    *, served: ServedModel, batch: np.ndarray, endpoint: Endpoint, timeout_s: float = 60.0
 ) -> PreparedRequest:
     """Serialise ``batch`` ([N, C, H, W], float32) as an inference request for ``served``."""
     served.check_batch(batch)
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     json_size = None
+    protocol = endpoint.protocol
     if protocol == "grpc":
         request = service_pb2.ModelInferRequest(model_name=served.name)
         tensor = request.inputs.add()
@@ -97,7 +107,7 @@ def prepare_request(
     else:
         raise ClientError(f"unknown protocol {protocol!r}; choose http or grpc")
     return PreparedRequest(
-        protocol=protocol, url=url, model=served.name, output_name=served.output_name,
+        endpoint=endpoint, model=served.name, output_name=served.output_name,
         batch_size=int(batch.shape[0]), num_classes=served.num_classes, body=bytes(body),
         json_size=json_size, timeout_s=timeout_s,
     )
@@ -117,15 +127,16 @@ class GrpcSender:
 
     def __init__(self, request: PreparedRequest) -> None:
         self._request = request
-        self._channel = grpc.insecure_channel(request.url, options=GRPC_OPTIONS)
+        self._channel = request.endpoint.grpc_channel(GRPC_OPTIONS)
         # No serializers: the body is already the serialised protobuf, the answer stays bytes.
         self._call = self._channel.unary_unary(MODEL_INFER_METHOD)
+        self._metadata = request.endpoint.grpc_metadata or None
 
     def send(self) -> RequestTimes:
         request = self._request
         began = time.perf_counter_ns()
         try:
-            answer = self._call(request.body, timeout=request.timeout_s)
+            answer = self._call(request.body, timeout=request.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise ClientError(f"inference on {request.model!r} failed: {grpc_reason(exc)}") from None
         answered = time.perf_counter_ns()
@@ -155,11 +166,11 @@ class HttpSender:
     def __init__(self, request: PreparedRequest) -> None:
         import tritonclient.http as httpclient
 
-        host, _, port = request.url.rpartition(":")
         self._request = request
-        self._connection = http.client.HTTPConnection(host, int(port), timeout=request.timeout_s)
+        self._connection = request.endpoint.http_connection(timeout_s=request.timeout_s)
         self._path = f"/v2/models/{request.model}/infer"
         self._headers = {
+            **request.endpoint.http_headers,
             "Content-Type": "application/octet-stream",
             "Inference-Header-Content-Length": str(request.json_size),
         }
@@ -189,3 +200,31 @@ class HttpSender:
 
     def close(self) -> None:
         self._connection.close()
+
+
+
+class RetryingSender:
+    """A sender that reconnects and tries a failed request again as `retries` allows; a request
+    that finally succeeds is timed from its last try. The time of each failed try is appended
+    to `failures`."""
+
+    def __init__(
+        self, request: PreparedRequest, *, retries: Retries, stopping: threading.Event, failures: list[int]
+    ) -> None:
+        self._request = request
+        self._retries = retries
+        self._stopping = stopping
+        self._failures = failures
+        self._sender: RequestSender = request.open()
+
+    def send(self) -> RequestTimes:
+        # Looked up on each try: a retry replaces the sender.
+        return self._retries.call(lambda: self._sender.send(), stopping=self._stopping, before_retry=self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._failures.append(time.perf_counter_ns())
+        self._sender.close()
+        self._sender = self._request.open()
+
+    def close(self) -> None:
+        self._sender.close()

@@ -75,6 +75,8 @@ class ConcurrencyResult:
     late_requests: int | None = None
     dropped_requests: int | None = None
     windows: int = 1
+    # With retries only (None otherwise): the level's tries that failed and were tried again.
+    retried_requests: int | None = None
 
     @property
     def server_us(self) -> float:

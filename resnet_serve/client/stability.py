@@ -78,6 +78,6 @@ def measure_until_stable(next_window: Callable[[], W], *, rule: StabilityRule, l
     figures = ", ".join(f"{w.inferences_per_second:.0f}/s p99 {w.p99_ms:.2f} ms" for w in windows)
     raise UnstableMeasurementError(
         f"{label}: no {rule.windows} consecutive windows within ±{rule.percentage:g}% in "
-        f"{rule.max_trials} windows ({figures}); lengthen the measurement interval, allow more "
-        "trials or a larger stability percentage, or quiet the machine"
+        f"{rule.max_trials} windows ({figures}); lengthen the windows (--measurement-interval), allow more "
+        "of them (--max-trials) or a larger spread (--stability-percentage), or quiet the machine"
     )

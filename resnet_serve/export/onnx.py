@@ -31,6 +31,7 @@ from resnet_serve.errors import ExportError, first_line
 from resnet_serve.export import Exporter
 from resnet_serve.files import asdict_with_paths, replacing_atomically
 from resnet_serve.parity import ParityResult, Tolerance, check_parity
+from resnet_serve.preprocessing import MAX_IMAGE_SIDE
 from resnet_serve.runtimes import OnnxRuntime, compare_runtimes
 
 __all__ = [
@@ -283,7 +284,8 @@ def load_onnx_safely(path: str | os.PathLike[str]) -> onnx.ModelProto:
     checked before any of those files is opened: absolute paths, ``..`` components and paths
     that resolve (symlinks followed) outside the model's folder are refused. Then the external
     data is loaded, ``onnx.checker`` runs its full check, and the graph must look like a
-    ResNet: one float N×C×H×W input, one 2-D output, at least one Conv.
+    ResNet: one float N×C×H×W input whose fixed height and width are at most
+    ``MAX_IMAGE_SIDE``, one 2-D output, at least one Conv.
 
     Raises:
         ExportError: one line saying what is wrong with the file.
@@ -441,12 +443,21 @@ def _check_resnet_like(proto: onnx.ModelProto, *, shown: Path) -> None:
         or len(inputs[0].type.tensor_type.shape.dim) != 4
     ):
         problem = f"its input {inputs[0].name!r} is not a 4-D float N×C×H×W tensor"
+    elif any(d.HasField("dim_value") and d.dim_value > MAX_IMAGE_SIDE for d in _image_dims(inputs[0])):
+        # Test images are allocated at this size before the graph ever runs.
+        height, width = (d.dim_value or d.dim_param or "?" for d in _image_dims(inputs[0]))
+        problem = f"its input {inputs[0].name!r} is {height}×{width}, over the {MAX_IMAGE_SIDE} pixels a side may have"
     elif len(graph.output[0].type.tensor_type.shape.dim) != 2:
         problem = f"its output {graph.output[0].name!r} is not 2-D (batch × classes)"
     elif not any(node.op_type == "Conv" for node in graph.node):
         problem = "it has no Conv node"
     if problem:
         raise ExportError(f"{shown} is not a ResNet-like image classifier: {problem}")
+
+
+def _image_dims(value: onnx.ValueInfoProto) -> list[onnx.TensorShapeProto.Dimension]:
+    """Height and width of an N×C×H×W input."""
+    return list(value.type.tensor_type.shape.dim[2:])
 
 
 def _reported_warnings(caught: list[warnings.WarningMessage]) -> list[str]:

@@ -10,3 +10,11 @@ The python-backend model template that serves ONNX through onnxruntime lives in
 # pinning): newer than 25.07, whose security fixes 24.10 lacks (one crafted request crashes 24.10).
 # The embedded server of the nvidia-pytriton 0.7.0 wheel is older (Triton 2.51.0, the 24.10 release).
 TRITON_CONTAINER_TAG = "26.09-py3"
+
+# The restricted APIs of every server we start or deploy: model (un)loading and the repository
+# index, shared-memory registration, log settings and tracing answer only requests that carry
+# the admin key, in the HTTP header `admin-key` or the gRPC metadata
+# `triton-grpc-protocol-admin-key` (Triton prefixes the key's name on gRPC).
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+ADMIN_KEY_HEADER = "admin-key"
+GRPC_ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"

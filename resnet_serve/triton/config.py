@@ -19,7 +19,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2
 
-from resnet_serve.errors import RepositoryError
+from resnet_serve.errors import RepositoryError, first_line
 
 __all__ = [
     "DATA_TYPES",
@@ -466,7 +466,7 @@ class ModelConfig:
             instance_groups=tuple(
                 InstanceGroup(
                     count=g.count,
-                    kind=model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind),
+                    kind=_enum_name(model_config_pb2.ModelInstanceGroup.Kind, g.kind, "instance group kind"),
                     gpus=tuple(g.gpus),
                 )
                 for g in message.instance_group
@@ -527,7 +527,7 @@ def _merge_tensors(existing: Any, typed: Sequence[TensorConfig], kind: type[Mess
 def _typed_tensor(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput) -> TensorConfig:
     return TensorConfig(
         name=tensor.name,
-        data_type=model_config_pb2.DataType.Name(tensor.data_type),
+        data_type=_enum_name(model_config_pb2.DataType, tensor.data_type, f"tensor {tensor.name!r}: data_type"),
         dims=tuple(tensor.dims),
         label_filename=getattr(tensor, "label_filename", ""),
     )
@@ -538,7 +538,7 @@ def _typed_warmup(warmup: model_config_pb2.ModelWarmup) -> ModelWarmup:
     for name, value in warmup.inputs.items():
         source = value.WhichOneof("input_data_type")
         inputs[name] = WarmupInput(
-            data_type=model_config_pb2.DataType.Name(value.data_type),
+            data_type=_enum_name(model_config_pb2.DataType, value.data_type, f"warm-up input {name!r}: data_type"),
             dims=tuple(value.dims),
             source=_WARMUP_SOURCES[_WARMUP_SOURCES.index(source)] if source else None,
             input_data_file=value.input_data_file,
@@ -546,12 +546,21 @@ def _typed_warmup(warmup: model_config_pb2.ModelWarmup) -> ModelWarmup:
     return ModelWarmup(name=warmup.name, inputs=inputs, batch_size=warmup.batch_size, count=warmup.count)
 
 
+def _enum_name(enum: Any, value: int, what: str) -> str:
+    # The schema's enums are open (proto3): text can hold a number that names nothing.
+    try:
+        return enum.Name(value)
+    except ValueError:
+        raise RepositoryError(f"{what} {value} is not one Triton knows") from None
+
+
 def parse_model_config(text: str) -> model_config_pb2.ModelConfig:
     """Parse config.pbtxt text with Triton's own schema; RepositoryError on invalid text."""
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as error:
-        raise RepositoryError(f"invalid model config: {error}") from None
+    # protobuf checks integer ranges as it assigns, with ValueError rather than ParseError.
+    except (text_format.ParseError, ValueError) as error:
+        raise RepositoryError(f"invalid model config: {first_line(error)}") from None
 
 
 @dataclass(frozen=True)

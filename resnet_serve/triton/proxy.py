@@ -32,7 +32,7 @@ from tritonclient.grpc import model_config_pb2
 
 from resnet_serve.errors import RepositoryError
 from resnet_serve.triton.config import parse_model_config
-from resnet_serve.triton.repository import CONFIG_FILENAME
+from resnet_serve.triton.repository import CONFIG_FILENAME, writer_folder
 
 __all__ = [
     "MODEL_FILE_PARAMETER",
@@ -143,7 +143,9 @@ def _runtime_of(config: model_config_pb2.ModelConfig) -> tuple[str, str]:
 
 def _plan(folder: Path) -> _Plan:
     if folder.name.startswith("."):
-        return _Plan(folder, None, skip_reason="a hidden folder (an interrupted or running export?)")
+        written = writer_folder(folder)
+        reason = written.describe() if written else "a hidden folder (an interrupted or running export?)"
+        return _Plan(folder, None, skip_reason=reason)
     config_path = folder / CONFIG_FILENAME
     if not config_path.is_file():
         return _Plan(folder, None, skip_reason=f"no {CONFIG_FILENAME}")

@@ -21,22 +21,35 @@ config's `parameters`, so any client can read them from the server.
 
 Every write is atomic: the entry is built in a hidden folder inside the repository (earlier
 versions hard-linked in, not copied), read back and checked, then swapped in with renames.
+
+Writers of one entry take turns: each holds an exclusive lock (`fcntl.flock`) on the hidden file
+`.<name>.lock` from reading the entry's versions to the swap, so concurrent exports of one name
+serialise (or, after a timeout, fail with one line) instead of racing on the renames. The
+holder removes the file before it lets go, so a repository at rest has none; a waiter that
+finds it has locked a removed file tries again. The writer's folders carry its pid,
+`.<name>.staging-<pid>-<random>` (the entry being built) and `.<name>.old-<pid>-<random>` (the
+entry it replaces), so that what a killed writer leaves is recognised: the next writer of that
+name removes its staging folder (or puts back an entry it had moved aside), and `serve` skips
+it with a line saying so. Triton loads folders only: a lock file is nothing to it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import io
 import json
 import os
 import re
 import shutil
 import tempfile
-import uuid
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -45,6 +58,7 @@ from PIL import Image
 from resnet_serve.errors import RepositoryError, ResnetServeError, first_line
 from resnet_serve.files import give_default_permissions
 from resnet_serve.preprocessing import Preprocessing
+from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.triton.config import (
     ENSEMBLE_PLATFORM,
     ONNXRUNTIME,
@@ -64,6 +78,7 @@ from resnet_serve.triton.config import (
 
 __all__ = [
     "CONFIG_FILENAME",
+    "ENTRY_LOCK_TIMEOUT_S",
     "IMAGE_INPUT_NAME",
     "INPUT_NAME",
     "LABELS_FILENAME",
@@ -73,6 +88,7 @@ __all__ = [
     "WARMUP_FOLDER",
     "EntrySummary",
     "ModelEntry",
+    "WriterFolder",
     "backend_of",
     "entry_target",
     "image_pipeline_names",
@@ -85,6 +101,7 @@ __all__ = [
     "summarize_repository",
     "write_image_pipeline",
     "write_model_entry",
+    "writer_folder",
 ]
 
 CONFIG_FILENAME = "config.pbtxt"
@@ -96,6 +113,10 @@ IMAGE_INPUT_NAME = "image"
 PREPROCESSING_PARAMETER = "preprocessing"
 TARGET_PARAMETER = "serving_target"
 ACCURACY_PARAMETER = "test_accuracy"
+
+# How long a writer waits for another writer of the same entry. A writer holds the lock only
+# while it writes the entry (export and verification come before), seconds even for large models.
+ENTRY_LOCK_TIMEOUT_S = 120.0
 
 # Triton turns each folder of the repository into a model name that also appears in URLs.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -166,6 +187,52 @@ class EntrySummary:
         }
 
 
+_WRITER_FOLDER = re.compile(r"^\.(?P<entry>.+)\.(?P<kind>staging|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def _pid_running(pid: int) -> bool:
+    if pid < 1:  # 0 would ask about this process's own group; no writer has it
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class WriterFolder:
+    """A hidden folder an entry writer makes in the repository: ``staging`` (the entry it
+    builds) or ``old`` (the entry it replaces, until the swap is done), with its pid."""
+
+    path: Path
+    entry: str
+    kind: Literal["staging", "old"]
+    pid: int
+
+    @property
+    def writer_running(self) -> bool:
+        """Whether the process that made it still runs (a recycled pid reads as running)."""
+        return _pid_running(self.pid)
+
+    def describe(self) -> str:
+        what = "staging folder" if self.kind == "staging" else f"replaced copy of {self.entry!r}"
+        if self.writer_running:
+            return f"the {what} of running export pid {self.pid}"
+        return f"a stale {what} of dead export pid {self.pid} (the next export of {self.entry!r} cleans it up)"
+
+
+def writer_folder(path: Path) -> WriterFolder | None:
+    """The writer folder ``path`` is, or None for any other name."""
+    found = _WRITER_FOLDER.match(path.name)
+    if found is None:
+        return None
+    kind: Literal["staging", "old"] = "staging" if found["kind"] == "staging" else "old"
+    return WriterFolder(path=path, entry=found["entry"], kind=kind, pid=int(found["pid"]))
+
+
 def _check_name(name: str) -> None:
     if not _MODEL_NAME.match(name) or name in (".", ".."):
         raise RepositoryError(
@@ -185,6 +252,14 @@ def image_pipeline_names(classifier: str) -> tuple[str, str]:
 def _onnx_shape(value: onnx.ValueInfoProto) -> list[int | None]:
     # Symbolic or unknown dimensions (the dynamic batch) come back as None.
     return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+
+def _onnx_type_name(elem_type: int) -> str:
+    # A file can hold an element type number that names nothing.
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return f"element type {elem_type}"
 
 
 def onnx_config_mismatches(model_path: Path, config: ModelConfig) -> list[str]:
@@ -225,7 +300,7 @@ def onnx_config_mismatches(model_path: Path, config: ModelConfig) -> list[str]:
                 )
             elif config.max_batch_size and shape[0] is not None:
                 problems.append(f"{described}: batching (max_batch_size > 0) needs a dynamic first dimension")
-            onnx_type = _ONNX_TYPES.get(onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type))
+            onnx_type = _ONNX_TYPES.get(_onnx_type_name(value.type.tensor_type.elem_type))
             if onnx_type is not None and onnx_type != tensor.data_type:
                 problems.append(
                     f"{kind} {tensor.name!r} of {model_path.name} is {onnx_type}, config says {tensor.data_type}"
@@ -403,6 +478,8 @@ def write_model_entry(
     replace_entry: bool = False,
     retarget: bool = False,
     metadata: Mapping[str, str] | None = None,
+    lock_timeout_s: float = ENTRY_LOCK_TIMEOUT_S,
+    reporter: Reporter | None = None,
 ) -> ModelEntry:
     """Add a version to a classifier entry (or create it) atomically and return it.
 
@@ -417,7 +494,9 @@ def write_model_entry(
     where there is one).
 
     A failed write leaves the repository exactly as it was. A server polling the repository
-    may briefly miss the entry between the two renames of the swap.
+    may briefly miss the entry between the two renames of the swap. Writers of one name take
+    turns (see the module notes); one waits at most ``lock_timeout_s`` for another, and
+    ``reporter`` hears of the wait and of what a killed writer left that this one cleaned up.
     """
     metadata = dict(metadata or {})
     input_shape = preprocessing.input_shape
@@ -438,35 +517,38 @@ def write_model_entry(
         preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
         parameters=parameters, warmups=len(warmups), version_policy=version_policy,
     )
-    existing = None if replace_entry else _existing_entry(repository, name)
-    kept = existing.versions if existing else ()
-    if existing is not None:
-        _refuse_incompatible_version(existing, config, class_names, retarget=retarget)
-    if version is None:
-        version = max(kept, default=0) + 1
-    elif version in kept:
-        raise RepositoryError(
-            f"model {name!r} already has version {version}; versions are never overwritten: "
-            "choose another version, or replace the entry"
-        )
-
-    def build(folder: Path) -> None:
+    with _writing_entry(repository, name, timeout_s=lock_timeout_s, reporter=reporter or SilentReporter()):
+        # Read under the lock: a writer that finished while this one waited added a version.
+        existing = None if replace_entry else _existing_entry(repository, name)
+        kept = existing.versions if existing else ()
         if existing is not None:
-            _link_versions(existing, folder)
-        _write_config(folder, config)
-        (folder / LABELS_FILENAME).write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
-        if warmups:
-            (folder / WARMUP_FOLDER).mkdir()
-            for i, image in enumerate(warmups):
-                (folder / WARMUP_FOLDER / f"input_{i}").write_bytes(image.tobytes())
-        _write_model_files(folder / str(version), onnx_path=onnx_path, target=target)
-        problems = (onnx_config_mismatches(folder / str(version) / target.model_filename, config)
-                    if target.model_filename.endswith(".onnx") else [])
-        if problems:
-            raise RepositoryError(f"{onnx_path}: {problems[0]}")
+            _refuse_incompatible_version(existing, config, class_names, retarget=retarget)
+        if version is None:
+            version = max(kept, default=0) + 1
+        elif version in kept:
+            raise RepositoryError(
+                f"model {name!r} already has version {version}; versions are never overwritten: "
+                "choose another version, or replace the entry"
+            )
+        written = version
 
-    _write_entry_atomically(repository, name, build)
-    return read_model_entry(repository=repository, name=name, version=version)
+        def build(folder: Path) -> None:
+            if existing is not None:
+                _link_versions(existing, folder)
+            _write_config(folder, config)
+            (folder / LABELS_FILENAME).write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
+            if warmups:
+                (folder / WARMUP_FOLDER).mkdir()
+                for i, image in enumerate(warmups):
+                    (folder / WARMUP_FOLDER / f"input_{i}").write_bytes(image.tobytes())
+            _write_model_files(folder / str(written), onnx_path=onnx_path, target=target)
+            problems = (onnx_config_mismatches(folder / str(written) / target.model_filename, config)
+                        if target.model_filename.endswith(".onnx") else [])
+            if problems:
+                raise RepositoryError(f"{onnx_path}: {problems[0]}")
+
+        _write_entry_atomically(repository, name, build)
+        return read_model_entry(repository=repository, name=name, version=written)
 
 
 def _existing_entry(repository: Path, name: str) -> ModelEntry | None:
@@ -520,10 +602,99 @@ def _write_model_files(version_folder: Path, *, onnx_path: Path, target: Serving
         _copy_resource("resnet_serve.triton.python_model", target.python_model, version_folder / "model.py")
 
 
-def _write_entry_atomically(repository: Path, name: str, build: Callable[[Path], None]) -> None:
+@contextlib.contextmanager
+def _writing_entry(repository: Path, name: str, *, timeout_s: float, reporter: Reporter) -> Iterator[None]:
+    """Hold the entry's lock (waiting up to ``timeout_s`` for another writer), and clean up
+    what dead writers of it left, before the block writes the entry."""
+    _check_name(name)
+    lock_path = repository / f".{name}.lock"
+    deadline = time.monotonic() + timeout_s
+    waiting = False
+    while True:
+        try:
+            repository.mkdir(parents=True, exist_ok=True)
+            # Appending: a writer that does not hold the lock yet never truncates the holder's pid.
+            lock = lock_path.open("a+", encoding="utf-8")
+        except OSError as error:
+            raise RepositoryError(f"cannot write to model repository {repository}: {first_line(error)}") from None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            holder = _read_holder(lock_path)
+            if time.monotonic() >= deadline:
+                raise RepositoryError(
+                    f"model {name!r} in {repository} is being written by export pid {holder}; "
+                    f"gave up after waiting {timeout_s:g} s"
+                ) from None
+            if not waiting:
+                reporter.message(f"waiting for export pid {holder}, which is writing {name!r} in {repository}")
+                waiting = True
+            time.sleep(0.05)
+            continue
+        if _same_file(lock, lock_path):
+            break
+        lock.close()  # its holder removed it before letting go: lock the file now at that path
+    with lock:
+        try:
+            try:
+                # Who holds it, for a writer that waits; the lock itself is the flock.
+                lock.seek(0)
+                lock.truncate()
+                lock.write(f"{os.getpid()}\n")
+                lock.flush()
+                cleaned = _clean_up_dead_writers(repository, name)
+            except OSError as error:
+                raise RepositoryError(f"cannot write to model repository {repository}: {first_line(error)}") from None
+            for message in cleaned:
+                reporter.message(message)
+            yield
+        finally:
+            # Removed while still held, so the next writer never locks a file that is gone.
+            lock_path.unlink(missing_ok=True)
+
+
+def _read_holder(lock_path: Path) -> str:
     try:
-        repository.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=repository))
+        return lock_path.read_text(encoding="utf-8").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except FileNotFoundError:
+        return False
+
+
+def _clean_up_dead_writers(repository: Path, name: str) -> list[str]:
+    """Remove what killed writers of ``name`` left, and say what was done.
+
+    Called under the entry's lock, so no live writer of ``name`` is at work. A staging folder
+    is half-built and goes. An ``old`` folder is the entry a writer moved aside just before
+    its new one went in: where the entry is missing, the writer died between the two renames,
+    and the old entry is put back; otherwise the swap was done and the old copy goes.
+    """
+    done = []
+    destination = repository / name
+    for path in sorted(repository.glob(f".{glob.escape(name)}.*")):
+        found = writer_folder(path)
+        if found is None or found.entry != name or found.writer_running:
+            continue
+        if found.kind == "old" and not destination.exists():
+            path.rename(destination)
+            done.append(f"restored {name!r} from {path.name}, where export pid {found.pid} left it when it died")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path.name}, {found.describe()}")
+    return done
+
+
+def _write_entry_atomically(repository: Path, name: str, build: Callable[[Path], None]) -> None:
+    """Build the entry in a staging folder and swap it in; the caller holds the entry's lock."""
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-{os.getpid()}-", dir=repository))
         give_default_permissions(staging)
     except OSError as error:
         raise RepositoryError(f"cannot write to model repository {repository}: {error}") from None
@@ -540,7 +711,8 @@ def _swap_in(staging: Path, destination: Path) -> None:
     if not destination.exists():
         staging.rename(destination)
         return
-    old = destination.with_name(f".{destination.name}.old-{uuid.uuid4().hex[:8]}")
+    old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-{os.getpid()}-", dir=destination.parent))
+    # rename() replaces an empty folder: the name is reserved by mkdtemp, then taken over.
     destination.rename(old)
     try:
         staging.rename(destination)
@@ -554,7 +726,13 @@ def _swap_in(staging: Path, destination: Path) -> None:
 
 
 def write_image_pipeline(
-    *, repository: Path, classifier: str, instances: int = 1, max_queue_delay_us: int = 100
+    *,
+    repository: Path,
+    classifier: str,
+    instances: int = 1,
+    max_queue_delay_us: int = 100,
+    lock_timeout_s: float = ENTRY_LOCK_TIMEOUT_S,
+    reporter: Reporter | None = None,
 ) -> tuple[ModelEntry, ModelEntry]:
     """Write `<classifier>-preprocess` and `<classifier>-image` beside a classifier entry.
 
@@ -563,8 +741,21 @@ def write_image_pipeline(
     preprocessing (copies of resnet-serve's code, numpy and Pillow), feeds the classifier and
     returns its logits, labelled through the classification extension. The preprocessing
     model warms up with the classifier's first warm-up image, encoded as PNG. Each entry is
-    replaced whole and atomically; both follow the classifier's latest version.
+    replaced whole and atomically; both follow the classifier's latest version, whose lock is
+    held throughout (and theirs while they are written), as `write_model_entry` holds it.
     """
+    _check_name(classifier)
+    reporter = reporter or SilentReporter()
+    with contextlib.ExitStack() as locks:
+        for name in (classifier, *image_pipeline_names(classifier)):
+            locks.enter_context(_writing_entry(repository, name, timeout_s=lock_timeout_s, reporter=reporter))
+        return _write_image_pipeline(repository=repository, classifier=classifier, instances=instances,
+                                     max_queue_delay_us=max_queue_delay_us)
+
+
+def _write_image_pipeline(
+    *, repository: Path, classifier: str, instances: int, max_queue_delay_us: int
+) -> tuple[ModelEntry, ModelEntry]:
     entry = read_model_entry(repository=repository, name=classifier)
     config = entry.config
     if [t.name for t in config.inputs] != [INPUT_NAME] or [t.name for t in config.outputs] != [OUTPUT_NAME]:

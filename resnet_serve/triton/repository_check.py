@@ -30,6 +30,7 @@ from resnet_serve.triton.repository import (
     model_filename,
     onnx_config_mismatches,
     read_model_entry,
+    writer_folder,
 )
 
 __all__ = ["Problem", "check_repository", "python_imports"]
@@ -69,7 +70,9 @@ def check_repository(*, repository: Path, image: OfficialImage) -> list[Problem]
     folders = sorted(p for p in repository.iterdir() if p.is_dir())
     for folder in folders:
         if folder.name.startswith("."):
-            problems.append(Problem(folder.name, "a hidden folder, which Triton would try to load as a model"))
+            written = writer_folder(folder)
+            what = written.describe() if written else "a hidden folder"
+            problems.append(Problem(folder.name, f"{what}, which Triton would try to load as a model"))
         elif not (folder / CONFIG_FILENAME).is_file():
             problems.append(Problem(folder.name, f"no {CONFIG_FILENAME}"))
         else:

@@ -14,16 +14,27 @@ virtualenv takes three more things this module does for the caller:
   interpreter (it ignores PYTHONPATH) that finds its prefix by looking `python3` up on PATH;
   finding the virtualenv's `python3` makes it read `pyvenv.cfg` and use the virtualenv's
   site-packages (numpy < 2, onnxruntime) instead of the base interpreter's.
+
+What a crash leaves behind is this module's to clean: each start names the python backend's
+shared-memory regions with a prefix of its own (`shm-region-prefix-name`), so `stop` removes
+exactly this server's `/dev/shm` leftovers and never another server's. Triton 2.51 binds its
+HTTP and metrics endpoints with `inet_addr` (a host name became 255.255.255.255, `::1` failed),
+so the address is resolved here and given to Triton as a literal in the form each endpoint
+parses (`ipv6:<address>` for HTTP and metrics, `[<address>]` for gRPC), after a test bind that
+says what is wrong (in use, not this machine's, not resolvable) before Triton starts.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib.metadata
 import importlib.util
+import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -41,17 +52,23 @@ from types import TracebackType
 from typing import IO, Literal
 
 from resnet_serve.errors import MissingDependencyError, RepositoryError, ServerError
+from resnet_serve.triton import ADMIN_KEY_HEADER, RESTRICTED_APIS
 from resnet_serve.triton.proxy import ProxyRepository, ServedEntry, SkippedEntry, build_proxy_repository
 
 __all__ = [
+    "ListenAddress",
     "ModelControl",
     "ServerUrls",
     "TritonInstallation",
     "TritonServer",
+    "check_can_listen",
+    "describe_exit",
     "find_free_port",
     "find_free_ports",
     "find_triton_installation",
+    "generate_admin_key",
     "prepare_backend_directory",
+    "resolve_listen_address",
 ]
 
 # No "poll": the server loads a copy of the repository made at start, which never changes.
@@ -60,6 +77,17 @@ ModelControl = Literal["none", "explicit"]
 _INSTALL_HINT = "the embedded Triton server needs `pip install resnet-serve[embedded]`"
 # glog prefix of tritonserver's error lines: E1127 10:55:32.131418 4424 file.cc:724] "message"
 _ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (.*)$")
+# A frame of the stack dump tritonserver writes when it dies of a signal: " 3# 0x00005556161B67FF in ..."
+_STACK_FRAME = re.compile(r"^\s*\d+# ")
+# Failures of a start that the next start does not repeat: the python backend's shared-memory
+# lock raced with another server's (seen once with three models; it did not recur in 4 tries).
+TRANSIENT_START_FAILURES = ("boost::interprocess::lock_exception",)
+SHARED_MEMORY = Path("/dev/shm")
+# The python backend's own prefix, with a part of ours so that a person who lists /dev/shm sees
+# whose regions they are.
+_SHM_PREFIX = "triton_python_backend_shm_region_resnet_serve_"
+# What a restricted API's key may hold: Triton splits its option at ':', ',' and '='.
+_ADMIN_KEY = re.compile(r"^[A-Za-z0-9._~+/-]{16,}$")
 
 
 @dataclass(frozen=True)
@@ -144,6 +172,87 @@ def prepare_backend_directory(
     return folder
 
 
+@dataclass(frozen=True)
+class ListenAddress:
+    """An address to listen on, resolved to one IP literal, in the forms Triton's endpoints parse."""
+
+    given: str
+    ip: str
+    family: socket.AddressFamily
+
+    @property
+    def is_ipv6(self) -> bool:
+        return self.family == socket.AF_INET6
+
+    @property
+    def http_argument(self) -> str:
+        """For --http-address and --metrics-address (libevhtp reads IPv6 as `ipv6:<address>`)."""
+        return f"ipv6:{self.ip}" if self.is_ipv6 else self.ip
+
+    @property
+    def grpc_argument(self) -> str:
+        """For --grpc-address (Triton appends `:port`, so IPv6 needs its brackets)."""
+        return f"[{self.ip}]" if self.is_ipv6 else self.ip
+
+    @property
+    def local_ip(self) -> str:
+        """Where this machine reaches the server: the loopback address for a wildcard one."""
+        if ipaddress.ip_address(self.ip).is_unspecified:
+            return "::1" if self.is_ipv6 else "127.0.0.1"
+        return self.ip
+
+    @property
+    def client_host(self) -> str:
+        """The host part of the URLs a client uses, IPv6 in brackets."""
+        if self.given in ("0.0.0.0", "127.0.0.1", "localhost"):
+            return "localhost"
+        # A host name stays as given: that is how clients elsewhere know the machine.
+        host = self.local_ip if self.given.strip("[]") == self.ip else self.given
+        return f"[{host}]" if ":" in host else host
+
+
+def resolve_listen_address(address: str) -> ListenAddress:
+    """An IP literal or a host name (the first IPv4 address it resolves to, else its first IPv6
+    one), refused with one line when it is neither."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        if not address or re.fullmatch(r"[\d.]+", address):
+            raise ServerError(f"{address!r} is not a valid IP address") from None
+    else:
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        return ListenAddress(given=address, ip=str(ip), family=family)
+    try:
+        found = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, socket.gaierror) else str(error)
+        raise ServerError(f"cannot resolve the address {address!r} ({reason})") from None
+    found.sort(key=lambda entry: entry[0] != socket.AF_INET)
+    family, _, _, _, sockaddr = found[0]
+    return ListenAddress(given=address, ip=str(sockaddr[0]), family=socket.AddressFamily(family))
+
+
+def check_can_listen(address: ListenAddress, port: int, *, label: str) -> None:
+    """Bind a socket as tritonserver will, so that a port or address that cannot be used is
+    reported as what it is before Triton starts."""
+    with socket.socket(address.family, socket.SOCK_STREAM) as sock:
+        # Same option tritonserver binds with: a port in TIME_WAIT is usable, a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address.ip, port))
+        except OSError as error:
+            where = f"{label} port {port} on {address.ip}"
+            if error.errno == errno.EADDRINUSE:
+                reason = "is already in use (another server running? choose other ports)"
+            elif error.errno == errno.EADDRNOTAVAIL:
+                reason = f"cannot be used: {address.given} is not an address of this machine"
+            elif error.errno == errno.EACCES:
+                reason = "needs privileges to listen on (ports below 1024 do)"
+            else:
+                reason = f"cannot be used: {error.strerror}"
+            raise ServerError(f"{where} {reason}") from None
+
+
 def find_free_ports(count: int, *, address: str = "127.0.0.1") -> list[int]:
     """`count` distinct TCP ports that are free now (another process may still take them)."""
     sockets: list[socket.socket] = []
@@ -166,14 +275,26 @@ def find_free_port(*, address: str = "127.0.0.1") -> int:
 
 
 def port_in_use(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Same option tritonserver binds with: a port in TIME_WAIT is usable, a listener is not.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return True
+    try:
+        check_can_listen(resolve_listen_address(address), port, label="")
+    except ServerError:
+        return True
     return False
+
+
+def generate_admin_key() -> str:
+    """A random key for the restricted APIs (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def describe_exit(code: int) -> str:
+    """`code 1`, or `signal 11 (SIGSEGV)` for a process a signal ended (Popen's negative codes)."""
+    if code >= 0:
+        return f"code {code}"
+    try:
+        return f"signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"signal {-code}"
 
 
 def _die_with_parent() -> None:
@@ -193,6 +314,13 @@ class TritonServer:
 
     After `start`, `served` lists the entries the server loads and `skipped` the ones it
     cannot run, each with its reason. `repository` itself is only read.
+
+    With `admin_key`, the restricted APIs (`resnet_serve.triton.RESTRICTED_APIS`) answer only
+    requests that carry it; without, anyone who can connect may use them. The key is on
+    tritonserver's command line, which other users of this machine can read (`ps`).
+
+    A server can be started again after it stopped or died (see `triton.supervisor`): each
+    start builds a fresh copy of the repository and appends to the same log.
     """
 
     def __init__(
@@ -208,6 +336,7 @@ class TritonServer:
         model_control: ModelControl = "none",
         load_models: Sequence[str] = (),
         exit_timeout_s: int = 5,
+        admin_key: str | None = None,
         cache_dir: Path | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
@@ -228,9 +357,15 @@ class TritonServer:
         if any(arg.split("=")[0] in ("--model-repository", "--model-store") for arg in extra_args):
             # tritonserver would load that folder as well, as it is, beside the served copy.
             raise ServerError("give the model repository as repository=, not in extra_args")
+        if admin_key is not None and not _ADMIN_KEY.match(admin_key):
+            raise ServerError(
+                "an admin key needs at least 16 characters, each a letter, a digit or one of . _ ~ + / -"
+            )
         self.repository = repository.resolve()
         self.ports = ports
         self.address = address
+        self.listen = resolve_listen_address(address)
+        self.admin_key = admin_key
         self.log_file = log_file
         self.log_verbose = log_verbose
         self.model_control = model_control
@@ -240,11 +375,15 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        # Where this start's part of the log begins (a restarted server appends to the log).
+        self._log_offset = 0
+        self._starts = 0
         self._proxy: ProxyRepository | None = None
+        self._shm_prefix = ""
 
     @property
     def urls(self) -> ServerUrls:
-        host = "localhost" if self.address in ("0.0.0.0", "127.0.0.1") else self.address
+        host = self.listen.client_host
         return ServerUrls(
             http=f"{host}:{self.ports['http']}",
             grpc=f"{host}:{self.ports['grpc']}",
@@ -290,9 +429,9 @@ class TritonServer:
             f"--http-port={self.ports['http']}",
             f"--grpc-port={self.ports['grpc']}",
             f"--metrics-port={self.ports['metrics']}",
-            f"--http-address={self.address}",
-            f"--grpc-address={self.address}",
-            f"--metrics-address={self.address}",
+            f"--http-address={self.listen.http_argument}",
+            f"--grpc-address={self.listen.grpc_argument}",
+            f"--metrics-address={self.listen.http_argument}",
             # Without a GPU the GPU metrics only add warnings to the log.
             "--allow-gpu-metrics=false",
             f"--model-control-mode={self.model_control}",
@@ -300,7 +439,14 @@ class TritonServer:
             # On SIGTERM tritonserver waits this long for in-flight requests and for clients'
             # idle keep-alive connections; its default (30 s) makes every Ctrl-C slow.
             f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
         ]
+        if self.admin_key:
+            apis = ",".join(RESTRICTED_APIS)
+            args += [
+                f"--http-restricted-api={apis}:{ADMIN_KEY_HEADER}={self.admin_key}",
+                f"--grpc-restricted-protocol={apis}:{ADMIN_KEY_HEADER}={self.admin_key}",
+            ]
         args += [f"--load-model={name}" for name in self._models_to_load()]
         return [*args, *self.extra_args]
 
@@ -323,11 +469,7 @@ class TritonServer:
         installation = find_triton_installation()
         backend_directory = prepare_backend_directory(installation, cache_dir=self.cache_dir)
         for label, port in self.ports.items():
-            if port_in_use(self.address, port):
-                raise ServerError(
-                    f"{label} port {port} on {self.address} is already in use "
-                    "(another server running? choose other ports)"
-                )
+            check_can_listen(self.listen, port, label=label)
         if self.log_file is None:
             handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(handle)
@@ -345,10 +487,14 @@ class TritonServer:
             raise
         try:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_file, "wb")  # noqa: SIM115 - closed in stop()
+            # A restart appends, so the log of the run that died stays readable.
+            self._log = open(self.log_file, "ab" if self._starts else "wb")  # noqa: SIM115 - closed in stop()
+            self._log_offset = self._log.tell()
         except OSError as error:
             self._remove_proxy()
             raise ServerError(f"cannot write the server log {self.log_file}: {error}") from None
+        self._starts += 1
+        self._shm_prefix = f"{_SHM_PREFIX}{secrets.token_hex(4)}_"
         try:
             self._process = subprocess.Popen(
                 self.command(installation, backend_directory, model_repository=proxy_folder),
@@ -369,14 +515,17 @@ class TritonServer:
             shutil.rmtree(self._proxy.path, ignore_errors=True)
 
     def _url(self, path: str) -> str:
-        host = "127.0.0.1" if self.address == "0.0.0.0" else self.address
+        ip = self.listen.local_ip
+        host = f"[{ip}]" if self.listen.is_ipv6 else ip
         return f"http://{host}:{self.ports['http']}{path}"
 
     def _get(self, path: str) -> tuple[int, bytes]:
         return self._request(urllib.request.Request(self._url(path)))
 
     def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        return self._request(urllib.request.Request(self._url(path), data=body, method="POST"))
+        # Only the repository index is asked for here, which the admin key guards.
+        headers = {ADMIN_KEY_HEADER: self.admin_key} if self.admin_key else {}
+        return self._request(urllib.request.Request(self._url(path), data=body, headers=headers, method="POST"))
 
     @staticmethod
     def _request(request: urllib.request.Request) -> tuple[int, bytes]:
@@ -417,10 +566,16 @@ class TritonServer:
         if self._process is None:
             raise ServerError("tritonserver was not started")
         deadline = time.monotonic() + timeout
+        retried = False
         while True:
             code = self._process.poll()
             if code is not None:
-                raise ServerError(self._failure(f"tritonserver exited with code {code}"))
+                if not retried and any(failure in self._run_log() for failure in TRANSIENT_START_FAILURES):
+                    retried = True
+                    self.stop()
+                    self.start()
+                    continue
+                raise ServerError(self._failure(f"tritonserver exited with {describe_exit(code)}"))
             if self._get("/v2/health/ready")[0] == 200:
                 pending = self._unready_models(models)
                 if not pending:
@@ -439,20 +594,43 @@ class TritonServer:
             raise ServerError(self._failure(f"models failed to load ({reasons})"))
         return [n for n in models if self._get(f"/v2/models/{n}/ready")[0] != 200]
 
+    def _run_log(self) -> str:
+        """The log of the current (or last) start."""
+        if self.log_file is None:
+            return ""
+        try:
+            with open(self.log_file, "rb") as handle:
+                handle.seek(self._log_offset)
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, *, lines: int = 3) -> list[str]:
+        """The last lines of the current (or last) start's log that say something: not the
+        frames of a stack dump, each line at most 300 characters."""
+        meaningful = [line.strip()[:300] for line in self._run_log().splitlines()
+                      if line.strip() and not _STACK_FRAME.match(line)]
+        return meaningful[-lines:]
+
     def _failure(self, headline: str) -> str:
         """One line: what went wrong plus the server's last error messages and the log path."""
         errors: list[str] = []
-        if self.log_file and self.log_file.is_file():
-            for line in self.log_file.read_text(errors="replace").splitlines():
-                match = _ERROR_LINE.match(line)
-                if match:
-                    message = match.group(1).strip('"').split("\\n")[0]
-                    if "CudaDriverHelper" not in message:  # every GPU-less start logs this
-                        errors.append(message[:300])
-                elif line.startswith("error:"):
-                    errors.append(line[:300])
+        for line in self._run_log().splitlines():
+            match = _ERROR_LINE.match(line)
+            if match:
+                message = match.group(1).strip('"').split("\\n")[0]
+                if "CudaDriverHelper" not in message:  # every GPU-less start logs this
+                    errors.append(message[:300])
+            elif line.startswith("error:"):
+                errors.append(line[:300])
         details = f": {' | '.join(errors[-3:])}" if errors else ""
         return f"{headline}{details} (log: {self.log_file})"
+
+    def shared_memory_regions(self) -> list[Path]:
+        """The python backend's shared-memory regions of the current (or last) start."""
+        if not self._shm_prefix or not SHARED_MEMORY.is_dir():
+            return []
+        return sorted(SHARED_MEMORY.glob(f"{self._shm_prefix}*"))
 
     def wait_for_exit(self, timeout: float | None = None) -> int | None:
         """Block until tritonserver exits (or `timeout` passes); return its exit code."""
@@ -464,7 +642,8 @@ class TritonServer:
             return None
 
     def stop(self, *, grace_period: float | None = None) -> int | None:
-        """SIGTERM, then SIGKILL after `grace_period` s; also ends leftover python stubs.
+        """SIGTERM, then SIGKILL after `grace_period` s; also ends leftover python stubs and
+        removes this start's shared-memory regions, which a crashed server leaves behind.
 
         The grace period defaults to the exit timeout plus time to unload the models.
         """
@@ -486,6 +665,8 @@ class TritonServer:
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        for region in self.shared_memory_regions():
+            region.unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -204,8 +204,10 @@ def test_bad_files_get_an_error_answer_and_the_server_keeps_serving(
     }
 
     for reason, bad in bad_files.items():
-        with pytest.raises(InferenceServerException, match=reason):
+        with pytest.raises(InferenceServerException, match=reason) as refused:
             classify_bytes(client, "photo-image", [bad], k=1)
+        # The client's error, through the ensemble too (HTTP 400, not 500).
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
         assert parse(classify_bytes(client, "tiny-image", [good], k=1)[0][0]) == expected
 
 

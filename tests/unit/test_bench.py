@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 
+from resnet_serve.cli import app
 from resnet_serve.client.bench import summarize_windows
 from resnet_serve.client.inference import ModelStatistics
 from resnet_serve.client.load import Schedule, Window
@@ -52,6 +55,14 @@ def test_a_noisy_source_is_reported_unstable_with_every_window():
     assert message.startswith("concurrency 4: no 3 consecutive windows within ±10% in 6 windows")
     assert message.count("/s p99") == 6 and "\n" not in message
     assert isinstance(error.value, ClientError)  # the CLI turns it into one line and exit 1
+    # Once it named --measurement-seconds, which bench does not have.
+    named = set(re.findall(r"--[a-z-]+", message))
+    assert named and named <= bench_options()
+
+
+def bench_options() -> set[str]:
+    command = typer.main.get_command(app).commands["bench"]  # type: ignore[attr-defined]
+    return {name for parameter in command.params for name in parameter.opts}
 
 
 def test_p99_that_jumps_is_unstable_even_at_a_steady_throughput():

@@ -4,6 +4,7 @@ file can be wrong."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -279,15 +280,27 @@ class Booby:
         return (_touch, (str(self.marker),))
 
 
-def test_pickles_with_code_are_refused_unexecuted(tmp_path: Path, resnet18: torch.nn.Module) -> None:
+@pytest.mark.parametrize("form", ["zip", "legacy", "raw"])
+def test_pickles_with_code_are_refused_unexecuted_naming_the_callable(
+    tmp_path: Path, resnet18: torch.nn.Module, form: str
+) -> None:
     marker = tmp_path / "executed"
     path = tmp_path / "trap.pth"
-    torch.save({"state_dict": resnet18.state_dict(), "args": Booby(marker)}, path)
-    with pytest.raises(CheckpointError, match=r"refusing .*trap.pth: it contains Python objects other than tensors \(.*_touch\)"):
+    checkpoint = {"state_dict": resnet18.state_dict(), "args": Booby(marker)}
+    if form == "raw":
+        # A plain pickle, as pickle.dump writes it, which torch.load reads too. Without the
+        # tensors: pickled by plain pickle they would be refused first, for their own loader.
+        path.write_bytes(pickle.dumps({"args": Booby(marker)}, protocol=2))
+    else:
+        torch.save(checkpoint, path, _use_new_zipfile_serialization=form == "zip")
+    with pytest.raises(CheckpointError, match=r"refusing .*trap.pth: loading it would call test_checkpoints\._touch,"):
         import_foreign_weights(path, architecture="resnet18")
     assert not marker.exists()
     # The trap is real: an unrestricted load runs it.
-    torch.load(path, weights_only=False)
+    if form == "raw":
+        pickle.loads(path.read_bytes())
+    else:
+        torch.load(path, weights_only=False)
     assert marker.exists()
 
 

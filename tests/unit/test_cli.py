@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import onnx
@@ -185,3 +186,106 @@ def test_export_choices_come_from_the_exporters_vocabulary(tmp_path: Path, optio
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert message in " ".join(result.output.replace("│", " ").split())
     assert not (tmp_path / "repo").exists()
+
+
+# --- options and output paths, refused before any work ---
+
+# Commands whose counts are checked before the checkpoint is read get one that does not exist.
+NEVER_READ = "never-read.safetensors"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["train", "--limit", "-5"], ["train", "--epochs", "-1"], ["train", "--batch-size", "-1"],
+        ["train", "--pad", "-1"],
+        ["export", NEVER_READ, "--verify-images", "-3"], ["export", NEVER_READ, "--calibration-images", "-3"],
+        ["export", NEVER_READ, "--max-batch-size", "-1"], ["export", NEVER_READ, "--warmup-images", "-1"],
+        ["export", NEVER_READ, "--instances", "0"], ["export", NEVER_READ, "--version", "0"],
+        ["export", NEVER_READ, "--format", "tensorrt", "--workspace-mb", "-1"],
+        ["fold", NEVER_READ, "--verify-images", "-1"],
+        ["verify", NEVER_READ, "--images", "-1"], ["verify", NEVER_READ, "--calibration-images", "-2"],
+        ["verify", NEVER_READ, "--threads", "-1"],
+        ["evaluate", "--limit", "-3"], ["evaluate", "--batch-size", "0"], ["evaluate", "--concurrency", "-1"],
+        ["classify", "x.png", "--top-k", "-1"],
+        ["experiment", "degradation", "--limit", "-1"], ["experiment", "degradation", "--test-limit", "-1"],
+        ["experiment", "degradation", "--epochs", "-1"],
+        ["experiment", "gradients", "--steps", "-1"], ["experiment", "gradients", "--batch-size", "-1"],
+        ["demo", "--epochs", "-1"],
+    ],
+    ids=" ".join,
+)
+def test_counts_below_their_least_are_one_line_before_any_work(
+    arguments: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # In an empty folder: whatever a command would write lands here, and nothing may.
+    monkeypatch.chdir(tmp_path)
+    value = next(a for a in arguments if a.lstrip("-").isdigit() and a.startswith("-") or a == "0")
+    result = runner.invoke(app, arguments)
+    assert_one_line_error(result, value)
+    assert NEVER_READ not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    return {"DIR": str(tmp_path / "folder"), "FILE": str(tmp_path / "file"), "UNDER_FILE": str(tmp_path / "file" / "x.json"),
+            "OUT": str(tmp_path / "new.safetensors"), "CKPT": str(tmp_path / NEVER_READ)}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("train -o DIR", "DIR is a folder; give a file name"),
+        ("train -o OUT --json DIR", "DIR is a folder"),
+        ("train -o OUT --json UNDER_FILE", "cannot write UNDER_FILE: FILE is a file, not a folder"),
+        ("train -o OUT --json /dev/null", "/dev/null exists and is not a regular file"),
+        ("import CKPT --arch resnet18 -o DIR", "DIR is a folder"),
+        ("fold CKPT -o DIR", "DIR is a folder"),
+        ("fold CKPT --json DIR", "DIR is a folder"),
+        ("export CKPT --json DIR", "DIR is a folder"),
+        ("export CKPT --repository FILE", "FILE is a file, not a folder"),
+        ("verify CKPT --json DIR", "DIR is a folder"),
+        ("verify CKPT --keep-artifacts FILE", "FILE is a file, not a folder"),
+        ("evaluate --json DIR", "DIR is a folder"),
+        ("classify x.png --json DIR", "DIR is a folder"),
+        ("bench --json DIR", "DIR is a folder"),
+        ("bench --csv DIR", "DIR is a folder"),
+        ("bench --plot UNDER_FILE", "FILE is a file, not a folder"),
+        ("report --evaluate CKPT -o FILE", "FILE is a file, not a folder"),
+        ("report --evaluate CKPT --screenshot DIR", "DIR is a folder"),
+        ("demo --summary DIR", "DIR is a folder"),
+        ("demo --workdir FILE", "FILE is a file, not a folder"),
+        ("experiment degradation -o FILE", "FILE is a file, not a folder"),
+        ("experiment gradients -o UNDER_FILE", "FILE is a file, not a folder"),
+    ],
+)
+def test_unusable_output_paths_are_one_line_before_any_work(
+    arguments: str, message: str, paths: dict[str, str], tmp_path: Path
+):
+    def placed(text: str) -> str:
+        return re.sub(r"\b(UNDER_FILE|FILE|DIR|OUT|CKPT)\b", lambda word: paths[word[1]], text)
+
+    before = sorted(tmp_path.rglob("*"))
+    result = runner.invoke(app, placed(arguments).split())
+    assert_one_line_error(result, placed(message))
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_fold_never_writes_over_its_input(tmp_path: Path):
+    from resnet_serve.pipeline import default_fold_output
+
+    assert default_fold_output(Path("a/r20.safetensors")) == Path("a/r20.folded.onnx")
+    assert default_fold_output(Path("a.folded.onnx")) == Path("a.folded.folded.onnx")
+    assert default_fold_output(Path("model")) == Path("model.folded.onnx")
+    source = tmp_path / "a.folded.onnx"
+    source.write_bytes(b"the user's model")
+    for output in (source, tmp_path / "." / "a.folded.onnx"):
+        result = runner.invoke(app, ["fold", str(source), "-o", str(output)])
+        assert_one_line_error(result, "refusing to fold", "onto itself")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(source)
+    assert_one_line_error(runner.invoke(app, ["fold", str(source), "-o", str(link)]), "onto itself")
+    assert source.read_bytes() == b"the user's model"

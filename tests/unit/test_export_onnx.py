@@ -9,7 +9,8 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from hostile import classifier_graph, onnx_with_external_weight
+from onnx import numpy_helper
 from samples import fashion_mnist, with_realistic_batchnorm
 from torch import nn
 
@@ -17,6 +18,7 @@ from resnet_serve.errors import ExportError
 from resnet_serve.export.onnx import OnnxExportResult, OnnxOptions, count_ops, export_onnx, load_onnx_safely
 from resnet_serve.fold import fold_batchnorm
 from resnet_serve.models import create_model
+from resnet_serve.preprocessing import MAX_IMAGE_SIDE
 
 METADATA = {"architecture": "resnet20", "dataset": "fashion-mnist"}
 
@@ -201,47 +203,14 @@ def test_dynamo_exporter_writes_opset_18_quietly(
 # ---- load_onnx_safely: a user's file is checked before anything it points to is opened.
 
 
-def _classifier_graph(*, conv: bool = True, inputs: int = 1) -> onnx.ModelProto:
-    """Conv → GlobalAveragePool → Flatten, with its weight as an initializer."""
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "weight")
-    first = (
-        helper.make_node("Conv", ["x", "weight"], ["features"], pads=[1, 1, 1, 1])
-        if conv
-        else helper.make_node("Relu", ["x"], ["features"])
-    )
-    graph = helper.make_graph(
-        [first, helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["logits"])],
-        "classifier",
-        [helper.make_tensor_value_info(f"x{i}" if i else "x", TensorProto.FLOAT, ["n", 1, 8, 8]) for i in range(inputs)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4 if conv else 1])],
-        initializer=[weight] if conv else [],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _with_external_weight(folder: Path, location: str) -> Path:
-    """Save a classifier whose weight lives in external data, then point it at ``location``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model.onnx"
-    onnx.save(_classifier_graph(), path, save_as_external_data=True, location="weight.bin", size_threshold=0)
-    proto = onnx.load(path, load_external_data=False)
-    for entry in proto.graph.initializer[0].external_data:
-        if entry.key == "location":
-            entry.value = location
-    onnx.save(proto, path)
-    return path
-
-
 def test_safe_loader_accepts_external_data_inside_the_folder(tmp_path: Path) -> None:
-    proto = load_onnx_safely(_with_external_weight(tmp_path, "weight.bin"))
+    proto = load_onnx_safely(onnx_with_external_weight(tmp_path, "weight.bin"))
     assert numpy_helper.to_array(proto.graph.initializer[0]).shape == (4, 1, 3, 3)
 
 
 @pytest.mark.parametrize("location", ["/etc/passwd", "../outside/weight.bin", "sub/../../outside/weight.bin"])
 def test_safe_loader_refuses_external_data_outside_the_folder(tmp_path: Path, location: str) -> None:
-    path = _with_external_weight(tmp_path / "model", location)
+    path = onnx_with_external_weight(tmp_path / "model", location)
     # The target exists, so only the check (not a missing file) can stop the load.
     (tmp_path / "outside").mkdir()
     (tmp_path / "model" / "weight.bin").replace(tmp_path / "outside" / "weight.bin")
@@ -250,7 +219,7 @@ def test_safe_loader_refuses_external_data_outside_the_folder(tmp_path: Path, lo
 
 
 def test_safe_loader_refuses_a_symlink_pointing_outside(tmp_path: Path) -> None:
-    path = _with_external_weight(tmp_path / "model", "weight.bin")
+    path = onnx_with_external_weight(tmp_path / "model", "weight.bin")
     (tmp_path / "secret.bin").write_bytes((tmp_path / "model" / "weight.bin").read_bytes())
     (tmp_path / "model" / "weight.bin").unlink()
     (tmp_path / "model" / "weight.bin").symlink_to(tmp_path / "secret.bin")
@@ -263,8 +232,8 @@ def test_safe_loader_refuses_a_symlink_pointing_outside(tmp_path: Path) -> None:
     [
         (lambda p: p.write_bytes(b"\x08\x07 this is not protobuf \xff\xff"), "is not a valid ONNX model"),
         (lambda p: p.write_bytes(b""), "is not a valid ONNX model"),
-        (lambda p: onnx.save(_classifier_graph(conv=False), p), "not a ResNet-like image classifier: it has no Conv"),
-        (lambda p: onnx.save(_classifier_graph(inputs=2), p), "2 inputs and 1 outputs"),
+        (lambda p: onnx.save(classifier_graph(conv=False), p), "not a ResNet-like image classifier: it has no Conv"),
+        (lambda p: onnx.save(classifier_graph(inputs=2), p), "2 inputs and 1 outputs"),
     ],
 )
 def test_safe_loader_refuses_malformed_or_foreign_graphs(tmp_path: Path, write, message: str) -> None:
@@ -272,3 +241,14 @@ def test_safe_loader_refuses_malformed_or_foreign_graphs(tmp_path: Path, write, 
     write(path)
     with pytest.raises(ExportError, match=message):
         load_onnx_safely(path)
+
+
+def test_safe_loader_bounds_fixed_image_sides_before_any_image_is_made(tmp_path: Path) -> None:
+    path = tmp_path / "user.onnx"
+    for height, width in ((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), ("height", "width"), (1, 100_000)):
+        onnx.save(classifier_graph(height=height, width=width), path)
+        if isinstance(height, str) or max(height, width) <= MAX_IMAGE_SIDE:
+            assert load_onnx_safely(path).graph.input[0].name == "x"
+        else:
+            with pytest.raises(ExportError, match=r"input 'x' is 1×100000, over the 4096 pixels a side may have"):
+                load_onnx_safely(path)

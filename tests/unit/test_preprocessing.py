@@ -6,19 +6,18 @@ from __future__ import annotations
 import ast
 import io
 import json
-import struct
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import decompression_bomb, png_header_only
 from PIL import Image
 
 import resnet_serve.preprocessing as preprocessing_module
 from resnet_serve.datasets import InMemoryDataset
 from resnet_serve.errors import DatasetError, ImageError
-from resnet_serve.preprocessing import MAX_IMAGE_PIXELS, Preprocessing
+from resnet_serve.preprocessing import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, Preprocessing
 
 GRAY = Preprocessing(channels=1, height=2, width=2, mean=(0.5,), std=(0.25,))
 
@@ -264,22 +263,6 @@ def test_cmyk_bilevel_and_palette_files_keep_their_colours() -> None:
 # --- Decompression bombs: refused from the header, before any pixel is decoded ---
 
 
-def grayscale_png(width: int, height: int, pixel_data: bytes) -> bytes:
-    """An 8-bit grayscale PNG put together chunk by chunk, so its header may declare a size
-    that its compressed pixel data does not hold."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixel_data) + chunk(b"IEND", b"")
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """Opens, but fails to decode: a refusal that names its size was made before decoding."""
-    return grayscale_png(width, height, zlib.compress(bytes(64)))
-
-
 def test_pixel_limit_is_checked_before_decoding() -> None:
     # 8,000×8,000 is exactly the limit: only its (truncated) data stops it.
     with pytest.raises(ImageError, match="at-limit.png: not a readable image"):
@@ -295,9 +278,7 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
 
 def test_a_real_bomb_is_refused_and_decodes_under_a_higher_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     # A valid 3,000×2,000 PNG of 67 KB that decodes to 6 MB: a bomb for a 5-megapixel limit.
-    compressor = zlib.compressobj(9)
-    rows = b"".join(compressor.compress(b"\x00" + bytes(3_000)) for _ in range(2_000)) + compressor.flush()
-    data = grayscale_png(3_000, 2_000, rows)
+    data = decompression_bomb(3_000, 2_000)
     assert len(data) < 100_000
     monkeypatch.setattr(preprocessing_module, "MAX_IMAGE_PIXELS", 5_000_000)
     with pytest.raises(ImageError, match=r"3000×2000 is 6,000,000 pixels, more than the 5,000,000"):
@@ -330,3 +311,22 @@ def test_damaged_files_fail_as_image_errors_only(format: str, rng: np.random.Gen
             assert "\n" not in str(error)
             refused += 1
     assert refused > 0
+
+
+def test_sizes_are_bounded_before_anything_is_allocated() -> None:
+    at_limit = Preprocessing(channels=3, height=MAX_IMAGE_SIDE, width=224, mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert at_limit.input_shape == (3, 4096, 224)
+    for sizes in ({"height": MAX_IMAGE_SIDE + 1}, {"width": 20_000}, {"resize": MAX_IMAGE_SIDE + 1}):
+        with pytest.raises(DatasetError, match="over the 4096 pixels a side may have"):
+            Preprocessing(**{"channels": 1, "height": 28, "width": 28, "mean": (0.5,), "std": (0.25,)} | sizes)
+    with pytest.raises(DatasetError, match="preprocessing width must be an integer, got True"):
+        Preprocessing(channels=1, height=28, width=True, mean=(0.5,), std=(0.25,))
+
+
+def test_an_image_too_elongated_to_resize_is_refused_before_resizing() -> None:
+    # 64,000 × 1 pixels is a small image; with its shorter side scaled to 256 it would be 4 gigapixels.
+    strip = encoded(Image.new("L", (64_000, 1)), "PNG")
+    imagenet_like = Preprocessing(channels=1, height=224, width=224, mean=(0.5,), std=(0.25,), resize=256)
+    with pytest.raises(DatasetError, match=r"strip.png: 64000×1 resized to a shorter side of 256 would be "
+                                           r"16384000×256, more than the 64,000,000 pixels"):
+        imagenet_like.prepare_encoded(strip, name="strip.png")

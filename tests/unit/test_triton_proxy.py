@@ -3,11 +3,13 @@ rest, skipped entries with their reasons; built from real repository entries on 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+from hostile import dead_pid
 from openvino_entry import convert_to_openvino_entry
 from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
 from tritonclient.grpc import model_config_pb2
@@ -182,12 +184,19 @@ def test_entries_the_server_cannot_run_are_skipped_with_their_reason(tmp_path: P
     (repository / "torch" / "config.pbtxt").write_text('name: "torch" platform: "pytorch_libtorch"\n')
     (repository / "no-config" / "1").mkdir(parents=True)
     (repository / ".served.staging-1234").mkdir()
+    # What a killed and a running writer of "served" leave (write_model_entry names them so).
+    dead, running = dead_pid(), os.getpid()
+    (repository / f".served.staging-{dead}-k1ll3d").mkdir()
+    (repository / f".served.old-{running}-w0rk1n").mkdir()
 
     proxy = build(repository, tmp_path)
 
     assert proxy.served_names == ("served",)
-    assert proxy.skipped == (
+    assert proxy.skipped == tuple(sorted((
+        SkippedEntry(f".served.old-{running}-w0rk1n", f"the replaced copy of 'served' of running export pid {running}"),
         SkippedEntry(".served.staging-1234", "a hidden folder (an interrupted or running export?)"),
+        SkippedEntry(f".served.staging-{dead}-k1ll3d",
+                     f"a stale staging folder of dead export pid {dead} (the next export of 'served' cleans it up)"),
         SkippedEntry("no-config", "no config.pbtxt"),
         SkippedEntry("torch", "the embedded server cannot run 'pytorch_libtorch' entries "
                               "(it runs python, ensemble, onnxruntime and openvino ones)"),
@@ -195,7 +204,7 @@ def test_entries_the_server_cannot_run_are_skipped_with_their_reason(tmp_path: P
                             "for; the embedded server has neither (serve it in the official container)"),
         SkippedEntry("trt-image", "its step 'trt' is skipped"),
         SkippedEntry("trt-image-twice", "its step 'trt-image' is skipped"),
-    )
+    ), key=lambda skipped: skipped.name))
     assert sorted(p.name for p in proxy.path.iterdir()) == ["served"]
 
 

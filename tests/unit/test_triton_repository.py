@@ -4,6 +4,7 @@ pipeline entries, atomic writes and failed writes."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from google.protobuf import text_format
+from hostile import dead_pid
 from PIL import Image
 from samples import FASHION_PREPROCESSING, fashion_mnist, fashion_test_set
 from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier
@@ -403,3 +405,117 @@ def test_summary_lists_versions_sizes_and_recorded_accuracy(tmp_path: Path, onnx
     assert summaries["tiny-preprocess"].target == "python"
     assert tiny.to_dict()["versions"] == [{"version": 1, "bytes": onnx_path.stat().st_size},
                                           {"version": 2, "bytes": onnx_path.stat().st_size}]
+
+
+# --- writers that run at once, or die part of the way ---
+
+_WRITER = """
+import json, sys, time
+from pathlib import Path
+from resnet_serve.preprocessing import Preprocessing
+from resnet_serve.triton.repository import write_image_pipeline, write_model_entry
+repository, onnx_path, go = map(Path, sys.argv[1:4])
+preprocessing = Preprocessing.from_dict(json.loads(sys.argv[4]))
+while not go.exists():
+    time.sleep(0.005)
+versions = []
+for _ in range(3):
+    entry = write_model_entry(repository=repository, name="m", onnx_path=onnx_path,
+                              class_names=json.loads(sys.argv[5]), preprocessing=preprocessing)
+    write_image_pipeline(repository=repository, classifier="m")
+    versions.append(entry.version)
+print(json.dumps(versions))
+"""
+
+
+def test_writers_of_one_name_at_once_take_turns_without_errors_or_leftovers(tmp_path: Path, onnx_path: Path) -> None:
+    """Four real processes, each adding three versions of "m" and rewriting its image pipeline,
+    released at the same moment."""
+    repository, go = tmp_path / "repository", tmp_path / "go"
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(repository), str(onnx_path), str(go),
+             json.dumps(PREPROCESSING.to_dict()), json.dumps(CLASS_NAMES)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(4)
+    ]
+    go.touch()
+    results = [writer.communicate(timeout=120) for writer in writers]
+
+    assert [writer.returncode for writer in writers] == [0] * 4, [err for _, err in results]
+    written = [version for out, _ in results for version in json.loads(out)]
+    assert sorted(written) == list(range(1, 13))  # every version once: none lost, none written twice
+    assert sorted(p.name for p in repository.iterdir()) == ["m", "m-image", "m-preprocess"]
+    assert read_model_entry(repository=repository, name="m").versions == tuple(range(1, 13))
+
+
+def test_a_writer_waits_for_the_one_writing_and_gives_up_in_one_line(tmp_path: Path, onnx_path: Path) -> None:
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    lock = repository / ".tiny.lock"
+    with lock.open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        heard: list[str] = []
+        with pytest.raises(RepositoryError, match=r"^model 'tiny' in .* is being written by export pid 4242; "
+                                                  r"gave up after waiting 0.2 s$"):
+            write(repository, onnx_path, lock_timeout_s=0.2, reporter=Heard(heard))
+        assert heard == [f"waiting for export pid 4242, which is writing 'tiny' in {repository}"]
+    # Let go: the next write proceeds, and takes the lock file away with it.
+    assert write(repository, onnx_path).version == 1
+    assert sorted(p.name for p in repository.iterdir()) == ["tiny"]
+
+
+class Heard:
+    """A reporter that keeps the messages library code sends."""
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = messages
+
+    def start(self, description: str, total: int | None = None) -> None: ...
+
+    def advance(self, steps: int = 1, **fields: float | str) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+def test_the_next_writer_cleans_up_after_a_dead_one_and_leaves_a_running_ones_folders(
+    tmp_path: Path, onnx_path: Path
+) -> None:
+    repository = tmp_path / "repository"
+    write(repository, onnx_path)
+    dead, running = dead_pid(), os.getpid()
+    # A dead writer's half-built entry and its swapped-out copy (the swap was done), and a
+    # folder of a writer that still runs (in this layout only a recycled pid can do that).
+    for name in (f".tiny.staging-{dead}-half", f".tiny.old-{dead}-done", f".tiny.staging-{running}-busy"):
+        (repository / name / "1").mkdir(parents=True)
+    (repository / ".tiny.lock").write_text(f"{dead}\n")  # left by the dead writer too
+    heard: list[str] = []
+
+    assert write(repository, onnx_path, reporter=Heard(heard)).version == 2
+    assert sorted(heard) == [
+        f"removed .tiny.old-{dead}-done, a stale replaced copy of 'tiny' of dead export pid {dead} "
+        "(the next export of 'tiny' cleans it up)",
+        f"removed .tiny.staging-{dead}-half, a stale staging folder of dead export pid {dead} "
+        "(the next export of 'tiny' cleans it up)",
+    ]
+    assert sorted(p.name for p in repository.iterdir()) == [f".tiny.staging-{running}-busy", "tiny"]
+
+
+def test_an_entry_a_dead_writer_had_moved_aside_is_put_back(tmp_path: Path, onnx_path: Path) -> None:
+    """Killed between the two renames of the swap: the entry is gone, its old copy hidden."""
+    repository = tmp_path / "repository"
+    write(repository, onnx_path)
+    dead = dead_pid()
+    (repository / "tiny").rename(repository / f".tiny.old-{dead}-moved")
+    heard: list[str] = []
+
+    entry = write(repository, onnx_path, reporter=Heard(heard))
+    assert heard == [f"restored 'tiny' from .tiny.old-{dead}-moved, where export pid {dead} left it when it died"]
+    assert entry.versions == (1, 2)  # the restored version 1 kept, the new one added
+    assert sorted(p.name for p in repository.iterdir()) == ["tiny"]

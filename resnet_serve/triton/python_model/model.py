@@ -111,8 +111,13 @@ class TritonPythonModel:
             return self._error(error)
 
     def _error(self, error: Exception) -> Any:
+        # onnxruntime calls an input it cannot take (a shape or type the model does not accept,
+        # which Triton lets through where the config has -1 dims) InvalidArgument: the client's
+        # error, answered as such (HTTP 400). Any other failure is the model's (HTTP 500).
+        invalid = type(error).__name__ == "InvalidArgument"
+        code = pb_utils.TritonError.INVALID_ARG if invalid else pb_utils.TritonError.INTERNAL
         return pb_utils.InferenceResponse(
-            output_tensors=[], error=pb_utils.TritonError(f"{self.error_prefix}: {error}")
+            output_tensors=[], error=pb_utils.TritonError(f"{self.error_prefix}: {error}", code)
         )
 
     def _run(self, batches: list[list[np.ndarray]]) -> list[list[np.ndarray]]:

@@ -10,7 +10,8 @@ resnet-serve's interpreter.
 Config: input `image` TYPE_STRING [1] (one encoded JPEG/PNG/... file per batch row), output
 `input` TYPE_FP32 [C, H, W], parameter `preprocessing` (the Preprocessing JSON). An image that
 cannot be used (not an image, truncated, more pixels than the decompression-bomb limit) fails
-its own request only, with the reason, and the model keeps serving.
+its own request only, with the reason, as an invalid argument (HTTP 400: the client's error), and
+the model keeps serving; any other failure is the model's own (HTTP 500).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import triton_python_backend_utils as pb_utils
 # this entry was written with.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from resnet_serve.errors import ImageError  # noqa: E402
 from resnet_serve.preprocessing import Preprocessing  # noqa: E402
 
 
@@ -53,7 +55,8 @@ class TritonPythonModel:
                 [self.preprocessing.prepare_encoded(bytes(item)) for item in encoded.reshape(-1)]
             )
         except Exception as error:  # noqa: BLE001 - a failure is answered, never raised
+            code = pb_utils.TritonError.INVALID_ARG if isinstance(error, ImageError) else pb_utils.TritonError.INTERNAL
             return pb_utils.InferenceResponse(
-                output_tensors=[], error=pb_utils.TritonError(f"{type(error).__name__}: {error}")
+                output_tensors=[], error=pb_utils.TritonError(f"{type(error).__name__}: {error}", code)
             )
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)])

@@ -27,7 +27,7 @@ from resnet_serve.errors import ClientError, OutputError, ResnetServeError, firs
 from resnet_serve.export import CalibrationMethod, Exporter, ExportFormat, Precision
 from resnet_serve.files import check_output_file, check_output_folder, replacing_atomically
 from resnet_serve.parity import DEFAULT_MIN_AGREEMENT, DEFAULT_RTOL, ParityResult, Tolerance, check_parity
-from resnet_serve.reporting import RichReporter
+from resnet_serve.rich_progress import RichReporter
 from resnet_serve.runtimes import RUNTIMES
 from resnet_serve.selection import ImageSelection
 from resnet_serve.triton.config import SERVING_TARGETS, TENSORRT_PLAN, InstanceKind

@@ -7,8 +7,7 @@ external assets, so it can be mailed or archived) and a markdown twin with the P
 
 Plots are drawn with matplotlib's Agg backend: latency (p50, p99) against throughput for one
 or several benchmark runs, the per-request time split (client, network, server queue and
-compute) per level, and the confusion matrix of an evaluation. (`reporting.py` is something
-else: the CLI's live progress bars.)
+compute) per level, and the confusion matrix of an evaluation.
 """
 
 from __future__ import annotations

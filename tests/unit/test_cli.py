@@ -289,3 +289,16 @@ def test_fold_never_writes_over_its_input(tmp_path: Path):
     link.symlink_to(source)
     assert_one_line_error(runner.invoke(app, ["fold", str(source), "-o", str(link)]), "onto itself")
     assert source.read_bytes() == b"the user's model"
+
+
+def test_no_command_gives_one_flag_to_two_options() -> None:
+    import typer.main
+
+    def commands(group, path: str):
+        for name, command in getattr(group, "commands", {}).items():
+            yield f"{path} {name}", command
+            yield from commands(command, f"{path} {name}")
+
+    for path, command in commands(typer.main.get_command(app), "resnet-serve"):
+        flags = [flag for parameter in command.params for flag in (*parameter.opts, *parameter.secondary_opts)]
+        assert len(flags) == len(set(flags)), f"{path}: {sorted({f for f in flags if flags.count(f) > 1})}"

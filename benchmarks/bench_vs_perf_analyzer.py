@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from resnet_serve.client.bench import benchmark_served_model  # noqa: E402
 from resnet_serve.client.results import describe_machine  # noqa: E402
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError  # noqa: E402
-from resnet_serve.data import Preprocessing  # noqa: E402
 from resnet_serve.export.onnx import export_onnx  # noqa: E402
 from resnet_serve.fold import fold_batchnorm  # noqa: E402
 from resnet_serve.models import create_model  # noqa: E402
+from resnet_serve.preprocessing import Preprocessing  # noqa: E402
 from resnet_serve.triton.repository import write_model_entry  # noqa: E402
 from resnet_serve.triton.server import TritonServer, find_free_ports  # noqa: E402
 

@@ -106,7 +106,7 @@ def main() -> None:
                                                   "client", "inferences_per_second", "p50_ms")}), flush=True)
     summary = summarize(runs)
     result = {
-        "machine": describe_machine(), "shared_machine_load_average": {"before": load_before, "after": os.getloadavg()},
+        "machine": describe_machine(), "load_average": {"before": load_before, "after": os.getloadavg()},
         "seconds": time.time() - began, "rounds": args.rounds, "interval_ms": args.interval_ms,
         "stability_percentage": args.stability_percentage, "max_trials": args.max_trials,
         "summary": summary, "runs": runs,
@@ -178,9 +178,9 @@ def markdown(result: dict) -> str:
 
     lines = [
         "# `resnet-serve bench` vs perf_analyzer 2.40, interleaved, one embedded server, gRPC", "",
-        f"Machine: {result['machine']}. Shared with other work: load average "
-        f"{result['shared_machine_load_average']['before'][0]:.1f} before, "
-        f"{result['shared_machine_load_average']['after'][0]:.1f} after. {result['rounds']} rounds, "
+        f"Machine: {result['machine']}. Load average (the benchmark's own load included) "
+        f"{result['load_average']['before'][0]:.1f} before, "
+        f"{result['load_average']['after'][0]:.1f} after. {result['rounds']} rounds, "
         f"windows {result['interval_ms']} ms (ResNet-50: 2.5× at batch 1, 5× at batch 8), "
         f"stable within ±{result['stability_percentage']:g}% "
         f"in at most {result['max_trials']} windows. Medians over rounds; ratio = ours / perf_analyzer "

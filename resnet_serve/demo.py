@@ -76,7 +76,7 @@ class DemoSummary:
             ("agreement with PyTorch top-1",
              f"{self.agreement:.2%} (target ≥ {AGREEMENT_TARGET:.1%}: "
              f"{'met' if self.agreement_target_met else 'MISSED'})"),
-            ("classified over", " and ".join(self.classified_over)),
+            ("classified over", ", ".join(self.classified_over)),
             (f"p50 latency, batch 1, concurrency 1 ({bench.protocol})", f"{self.p50_ms:.2f} ms"),
             ("onnxruntime in-process p50, batch 1", f"{self.onnxruntime_p50_ms:.2f} ms"),
             (f"best throughput, batch 1 (concurrency {'/'.join(str(r.concurrency) for r in bench.results)})",
@@ -113,20 +113,20 @@ def run_demo(
     with _embedded_server(repository, log_file=workdir / "tritonserver.log") as server:
         urls = server.urls
         answers = {
-            protocol: classify_files(paths=images, model=MODEL_NAME, protocol=protocol, url=url)
-            for protocol, url in (("http", urls.http), ("grpc", urls.grpc))
+            way: classify_files(paths=images, model=MODEL_NAME, protocol=protocol, url=url)
+            for way, protocol, url in (("HTTP", "http", urls.http), ("gRPC", "grpc", urls.grpc))
         }
-        labels = {p: [i.predictions[0].label for i in a.images] for p, a in answers.items()}
+        labels = {way: [i.predictions[0].label for i in a.images] for way, a in answers.items()}
         # The same files as bytes: decoded and prepared by the server's <name>-image ensemble.
         server_side = classify_files_server_side(
             paths=images, model=f"{MODEL_NAME}-image", protocol="grpc", url=urls.grpc, top_k=1
         )
-        labels["grpc, server-side preprocessing"] = [i.top[0].label for i in server_side.images]
+        labels["gRPC (image files, preprocessed by the server)"] = [i.top[0].label for i in server_side.images]
         if len({tuple(found) for found in labels.values()}) != 1:
             raise ClientError(f"the ways of asking disagree on the same images: {labels}")
         reporter.message(
             "classified over HTTP and gRPC: "
-            + ", ".join(f"{Path(i.path).name} → {i.predictions[0].label}" for i in answers["http"].images)
+            + ", ".join(f"{Path(i.path).name} → {i.predictions[0].label}" for i in answers["HTTP"].images)
         )
         evaluation = evaluate_test_set(
             model=MODEL_NAME, protocol="grpc", url=urls.grpc, data_dir=data_dir,
@@ -152,7 +152,7 @@ def run_demo(
         onnxruntime_p50_ms=in_process.p50_ms,
         top1_target_met=evaluation.top1 >= TOP1_TARGET,
         agreement_target_met=evaluation.agreement >= AGREEMENT_TARGET,
-        classified_over=sorted(labels),
+        classified_over=list(labels),
         train=trained,
         export=exported,
         evaluation=evaluation,

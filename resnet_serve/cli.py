@@ -642,6 +642,7 @@ def tune(
     from resnet_serve.report import write_tuning_plot
     from resnet_serve.tuning.search import TuneOptions, tune_model_entry
 
+    _check_outputs(output / "tune.json", output / "pareto.png", folders=(output,))
     options = TuneOptions(
         p99_budget_ms=p99_ms, concurrency=concurrency, batch_size=batch_size,
         space=SearchSpace(

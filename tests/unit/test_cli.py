@@ -260,6 +260,7 @@ def paths(tmp_path: Path) -> dict[str, str]:
         ("demo --workdir FILE", "FILE is a file, not a folder"),
         ("experiment degradation -o FILE", "FILE is a file, not a folder"),
         ("experiment gradients -o UNDER_FILE", "FILE is a file, not a folder"),
+        ("tune r20 -o FILE", "FILE is a file, not a folder"),
     ],
 )
 def test_unusable_output_paths_are_one_line_before_any_work(

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.triton
 runner = CliRunner()
 # Short windows and a loose stability rule: this checks what tune does, not how steady 2 shared
 # cores are.
-QUICK = ["-p", "300", "-s", "1000", "-r", "3", "--warmup", "0.3"]
+QUICK = ["--measurement-interval", "300", "-s", "1000", "-r", "3", "--warmup", "0.3"]
 
 
 def test_a_short_tune_measures_every_candidate_and_writes_the_winner_as_a_served_version(

@@ -21,10 +21,13 @@ class ImageClassification:
 
 @dataclass(frozen=True)
 class ClassificationResult:
+    """Each file's top classes: ranked here from the served logits (``classify_files``) or by
+    the server's classification extension (``classify_files_server_side``)."""
+
     model: str
     protocol: str
     url: str
-    images: list[ImageClassification]
+    images: list[ImageClassification] | list[ServerSideClassification]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,17 +156,6 @@ class ServerSideClassification:
     top: list[LabelledScore]
 
 
-@dataclass(frozen=True)
-class ServerSideResult:
-    model: str
-    protocol: str
-    url: str
-    images: list[ServerSideClassification]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def _parse_labelled(entry: bytes | str, shown: str) -> LabelledScore:
     # "score:index:label"; the label itself may contain colons.
     text = entry.decode("utf-8") if isinstance(entry, bytes) else entry
@@ -182,7 +174,7 @@ def classify_files_server_side(
     url: str | None = None,
     top_k: int = 3,
     connection: ConnectionOptions | None = None,
-) -> ServerSideResult:
+) -> ClassificationResult:
     """Top-k labels of each image file, prepared on the server: the files' bytes go to an image
     ensemble (`<model>-image`, written beside every exported classifier), which decodes them
     with the model's own preprocessing and answers through the classification extension.
@@ -203,7 +195,7 @@ def classify_files_server_side(
         rows = []
         for start in range(0, len(encoded), limit):
             rows.extend(client.classify(encoded[start : start + limit], top_k=top_k))
-        return ServerSideResult(
+        return ClassificationResult(
             model=client.model.name,
             protocol=protocol,
             url=client.url,

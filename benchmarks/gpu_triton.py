@@ -96,7 +96,8 @@ parameters {{ key: "preprocessing" value {{ string_value: '%(preprocessing)s' }}
 '''
 
 
-def write_repository(repository: Path) -> None:
+def write_repository(repository: Path) -> str:
+    """Write the entry; return its config.pbtxt."""
     import torch
 
     from resnet_serve.checkpoints import IMAGENET_PREPROCESSING
@@ -113,7 +114,9 @@ def write_repository(repository: Path) -> None:
     (version / "model.py").write_text(MODEL_PY % {"buckets": BUCKETS})
     # The client reads the input's preprocessing from the entry, as from any that export writes.
     preprocessing = json.dumps(IMAGENET_PREPROCESSING.to_dict())
-    (repository / NAME / "config.pbtxt").write_text(CONFIG % {"preprocessing": preprocessing})
+    config = CONFIG % {"preprocessing": preprocessing}
+    (repository / NAME / "config.pbtxt").write_text(config)
+    return config
 
 
 def main() -> None:
@@ -136,7 +139,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpu-triton-") as scratch_name:
         scratch = Path(scratch_name)
-        write_repository(scratch / "repository")
+        config = write_repository(scratch / "repository")
         http, grpc, metrics = find_free_ports(3)
         log = args.output.with_suffix(".tritonserver.log")
         server = TritonServer(repository=scratch / "repository", http_port=http, grpc_port=grpc,
@@ -166,7 +169,7 @@ def main() -> None:
         "what": "ResNet-50 (folded, 224², random weights), FP16 channels-last CUDA graphs in a python-backend "
                 "model on the embedded Triton 2.51, gRPC, perf_analyzer 2.40",
         "date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0), "machine": describe_machine(),
-        "torch": torch.__version__, "config": CONFIG.split("parameters")[0], "interval_ms": args.interval_ms,
+        "torch": torch.__version__, "config": config, "interval_ms": args.interval_ms,
         "seconds": time.time() - began, "results": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ import importlib.util
 import ipaddress
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -253,13 +254,42 @@ def check_can_listen(address: ListenAddress, port: int, *, label: str) -> None:
             raise ServerError(f"{where} {reason}") from None
 
 
-def find_free_ports(count: int, *, address: str = "127.0.0.1") -> list[int]:
-    """`count` distinct TCP ports that are free now (another process may still take them)."""
-    sockets: list[socket.socket] = []
+# Where ports to listen on are drawn from: registered ports below the kernel's ephemeral range.
+LISTEN_PORTS_FROM = 10_000
+
+
+def _ephemeral_ports_start() -> int:
+    """The first port the kernel hands to outgoing connections (Linux's default: 32768)."""
     try:
-        # Hold every socket open until all are chosen so that the kernel cannot hand out the
-        # same port twice.
-        for _ in range(count):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def find_free_ports(count: int, *, address: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports that are free now (another process may still take them).
+
+    They are drawn below the ephemeral range: a port the kernel chose there (``bind(0)``) is
+    one it may give the very next outgoing connection (a client, a python stub), so a server
+    about to listen on it found it taken (seen once in the test suite: "http port … is already
+    in use").
+    """
+    sockets: list[socket.socket] = []
+    ports = list(range(LISTEN_PORTS_FROM, max(LISTEN_PORTS_FROM, _ephemeral_ports_start())))
+    random.shuffle(ports)
+    try:
+        # Hold every socket open until all are chosen so that no port is chosen twice.
+        for port in ports:
+            if len(sockets) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((address, port))
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+        while len(sockets) < count:  # no room below the ephemeral range: let the kernel choose
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind((address, 0))
             sockets.append(sock)

@@ -12,9 +12,12 @@ import pytest
 from resnet_serve.client.retries import Retries
 from resnet_serve.errors import ClientError, ServerError
 from resnet_serve.triton.server import (
+    LISTEN_PORTS_FROM,
     TritonServer,
+    _ephemeral_ports_start,
     check_can_listen,
     describe_exit,
+    find_free_ports,
     find_triton_installation,
     generate_admin_key,
     resolve_listen_address,
@@ -121,3 +124,12 @@ def test_retries_try_again_until_a_call_succeeds_or_they_run_out() -> None:
         Retries(count=5, first_backoff_s=60.0, max_backoff_s=60.0).call(
             lambda: (_ for _ in ()).throw(ClientError("refused")), stopping=stopping)
     assert [Retries(count=5).backoff_s(n) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0]
+
+
+def test_free_ports_are_drawn_below_the_ephemeral_range_where_outgoing_connections_take_theirs() -> None:
+    ports = find_free_ports(3)
+    assert len(set(ports)) == 3
+    assert all(LISTEN_PORTS_FROM <= port < _ephemeral_ports_start() for port in ports)
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))

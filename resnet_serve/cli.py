@@ -30,7 +30,7 @@ from resnet_serve.parity import DEFAULT_MIN_AGREEMENT, DEFAULT_RTOL, ParityResul
 from resnet_serve.rich_progress import RichReporter
 from resnet_serve.runtimes import RUNTIMES
 from resnet_serve.selection import ImageSelection
-from resnet_serve.triton.config import SERVING_TARGETS, TENSORRT_PLAN, InstanceKind
+from resnet_serve.triton.config import SERVING_TARGETS, TENSORRT_PLAN, GpuAccelerator, InstanceKind
 from resnet_serve.tuning.space import SearchSpace
 
 app = typer.Typer(
@@ -281,13 +281,15 @@ def export(
     target: Annotated[OnnxTargetName, typer.Option(help="onnxruntime (Triton's onnxruntime backend, CPU or GPU), openvino (Triton's OpenVINO backend: CPU, INT8, BF16) or python-onnxruntime (Triton's python backend running onnxruntime, only where it is installed). An engine (--format tensorrt) is served by tensorrt-plan.")] = "onnxruntime",
     version: Annotated[int | None, typer.Option(help="Version folder to write (default: the next number); earlier versions stay.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace the whole entry, all its versions, instead of adding a version.")] = False,
-    max_batch_size: Annotated[int, typer.Option(help="Largest batch the server accepts.")] = 64,
+    max_batch_size: Annotated[int | None, typer.Option(help="Largest batch the server accepts (default: 64; 1 for openvino, whose backend fails any other total batch).")] = None,
     instances: Annotated[int, typer.Option(help="Model instances in the server.")] = 1,
     instance_kind: Annotated[InstanceKind, typer.Option(help="auto (the GPU where there is one), cpu or gpu.")] = "auto",
     preferred_batch_sizes: Annotated[str, typer.Option(help="Dynamic batcher's preferred batch sizes, comma-separated (default: none).")] = "",
     max_queue_delay_us: Annotated[int, typer.Option(help="Longest a request waits for others to batch with, in µs.")] = 100,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads per instance (default: the backend's).")] = None,
     bf16: Annotated[bool, typer.Option("--bf16", help="openvino target: compute in bfloat16.")] = False,
+    batch_padding: Annotated[bool, typer.Option("--batch-padding", help="openvino target: ENABLE_BATCH_PADDING, so a --max-batch-size above 1 pads every execution to it (its pad size is never reset: see docs/backend-contract.md).")] = False,
+    gpu_accelerator: Annotated[GpuAccelerator | None, typer.Option(help="onnxruntime target: the execution accelerator of its GPU instances: tensorrt-fp16, tensorrt-fp32 (onnxruntime's TensorRT provider, engines cached in /tmp) or cuda.")] = None,
     warmup_images: Annotated[int, typer.Option(help="Real test images written as Triton warm-up requests (0: none).")] = 4,
     image_pipeline: Annotated[bool, typer.Option("--image-pipeline/--no-image-pipeline", help="Also write <name>-preprocess and the ensemble <name>-image, which take encoded JPEG/PNG files.")] = True,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")] = None,
@@ -321,8 +323,8 @@ def export(
         serving=ServingOptions(
             target=target, version=version, replace=replace, max_batch_size=max_batch_size, instances=instances,
             instance_kind=instance_kind, preferred_batch_sizes=tuple(_levels(preferred_batch_sizes)),
-            max_queue_delay_us=max_queue_delay_us, threads=threads, bf16=bf16, warmup_images=warmup_images,
-            image_pipeline=image_pipeline,
+            max_queue_delay_us=max_queue_delay_us, threads=threads, bf16=bf16, batch_padding=batch_padding,
+            gpu_accelerator=gpu_accelerator, warmup_images=warmup_images, image_pipeline=image_pipeline,
         ),
         onnx=OnnxOptions(exporter=exporter, opset=opset, dynamic_hw=dynamic_hw, simplify=simplify),
         tolerance=Tolerance(rtol=rtol),
@@ -634,7 +636,8 @@ def tune(
     calibration_images: CalibrationImagesOption = _SELECTION.calibration_images,
     calibration_method: Annotated[CalibrationMethod, typer.Option(help="openvino-int8: minmax, entropy or percentile.")] = "minmax",
     min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement of an OpenVINO runtime with onnxruntime FP32, a fraction.")] = DEFAULT_MIN_AGREEMENT,
-    write: Annotated[bool, typer.Option("--write/--no-write", help="Write the chosen configuration as the entry's next version.")] = True,
+    write: Annotated[bool, typer.Option("--write/--no-write", help="Write the chosen configuration as the entry's next version (and its -preprocess/-image pipeline to the same batch limit).")] = True,
+    instance_kind: Annotated[InstanceKind | None, typer.Option(help="Instance kind of the written version: auto, cpu or gpu (default: the entry's own; cpu for an OpenVINO winner). Candidates are measured on this machine's CPU either way.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for tune.json (every measurement) and pareto.png.")] = Path("tune-output"),
 ) -> None:
     """Search serving configurations of an entry on the embedded server (Model Analyzer style) and write the fastest within --p99-ms as its next version."""
@@ -654,7 +657,7 @@ def tune(
         quick=quick, max_candidates=max_candidates, warmup_seconds=warmup, measurement_seconds=measurement_interval / 1000,
         stability=StabilityRule(percentage=stability_percentage, max_trials=max_trials),
         selection=ImageSelection(data_dir=data, verify_images=verify_images, calibration_images=calibration_images),
-        calibration_method=calibration_method, min_agreement=min_agreement, write=write,
+        calibration_method=calibration_method, min_agreement=min_agreement, write=write, instance_kind=instance_kind,
     )
     result = tune_model_entry(repository=repository, name=name, options=options, reporter=RichReporter(err_console))
     for check in result.runtimes:
@@ -699,7 +702,7 @@ def tune(
     chosen = result.measurement(result.chosen)
     speedup = "" if result.speedup is None else f" ({result.speedup:.2f}× the current configuration)"
     if result.written_version is not None:
-        console.print(f"[green]✓[/] wrote {result.chosen} ({chosen.candidate.describe()}) as version {result.written_version} of {result.model}{speedup}; earlier versions stay on disk", highlight=False, soft_wrap=True)
+        console.print(f"[green]✓[/] wrote {result.chosen} ({chosen.candidate.describe()}) as version {result.written_version} of {result.model}{speedup}; earlier versions stay on disk; figures measured on this machine's CPU", highlight=False, soft_wrap=True)
     elif result.chosen == "current":
         console.print(f"[green]✓[/] the current configuration of {result.model} is the fastest within the budget; nothing written", highlight=False)
     else:
@@ -909,18 +912,20 @@ def repo_list(
 def repo_check(
     repository: RepositoryOption = DEFAULT_REPOSITORY,
     image: Annotated[str, typer.Option(help="deploy (the image deploy/Dockerfile builds: the pinned official image plus Pillow) or an official tag such as 24.10-py3.")] = "deploy",
+    host: Annotated[Literal["auto", "any", "cpu", "gpu"], typer.Option(help="The host the container runs on: cpu, gpu, any (both: what compose's two profiles serve), or auto (gpu for entries whose instance groups ask for KIND_GPU, any for the rest).")] = "auto",
 ) -> None:
-    """Would each entry load in that image? Backends, python imports, model vs config, labels, TensorRT plans; one line per problem."""
+    """Would each entry load, and answer, in that image? The backend contract (core and the official backends: docs/backend-contract.md), python imports, TensorRT plans, labels; one line per problem, warnings marked."""
     from resnet_serve.triton.images import find_image
     from resnet_serve.triton.repository_check import check_repository
 
     facts = find_image(image)
-    problems = check_repository(repository=repository, image=facts)
+    problems = check_repository(repository=repository, image=facts, host=host)
     for problem in problems:
         err_console.print(str(problem), highlight=False, soft_wrap=True, markup=False)
-    if problems:
+    if any(problem.severity == "error" for problem in problems):
         raise typer.Exit(1)
-    console.print(f"[green]✓[/] every entry of {repository} would load in {facts.reference}", highlight=False, soft_wrap=True)
+    warned = f" ({len(problems)} warning{'s' * (len(problems) > 1)})" if problems else ""
+    console.print(f"[green]✓[/] every entry of {repository} would load in {facts.reference}{warned}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

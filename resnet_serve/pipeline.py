@@ -32,8 +32,10 @@ from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.runtimes import RUNTIMES, compare_runtimes
 from resnet_serve.selection import ImageSelection, calibration_images, verification_images
 from resnet_serve.triton.config import (
+    GPU_ACCELERATORS,
     TENSORRT_PLAN,
     TRITON_INSTANCE_KINDS,
+    GpuAccelerator,
     InstanceKind,
     ServingTarget,
     get_serving_target,
@@ -70,7 +72,12 @@ class ServingOptions:
         version: the version folder to write; None takes the next number. Earlier versions
             stay on disk.
         replace: replace the whole entry (all its versions) instead of adding a version.
-        max_batch_size / instances / instance_kind: Triton's batching limit and instance group.
+        max_batch_size / instances / instance_kind: Triton's batching limit (None: the target's,
+            64, or 1 for openvino, whose backend fails any other total batch) and instance group.
+        batch_padding: openvino: ENABLE_BATCH_PADDING, which lets max_batch_size exceed 1 by
+            padding every execution to it (see resnet_serve.triton.contract.openvino).
+        gpu_accelerator: onnxruntime: the execution accelerator its GPU instances use,
+            ``tensorrt-fp16``, ``tensorrt-fp32`` or ``cuda`` (None: onnxruntime's CUDA provider alone).
         preferred_batch_sizes / max_queue_delay_us: the dynamic batcher's settings.
         threads: intra-op threads per instance (the key the target's backend reads).
         bf16: OpenVINO computes in bfloat16 (openvino target only).
@@ -85,13 +92,15 @@ class ServingOptions:
     target: str = "onnxruntime"
     version: int | None = None
     replace: bool = False
-    max_batch_size: int = 64
+    max_batch_size: int | None = None
     instances: int = 1
     instance_kind: InstanceKind = "auto"
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 100
     threads: int | None = None
     bf16: bool = False
+    batch_padding: bool = False
+    gpu_accelerator: GpuAccelerator | None = None
     warmup_images: int = 4
     image_pipeline: bool = True
 
@@ -102,9 +111,15 @@ class ServingOptions:
             raise ExportError(
                 f"unknown instance kind {self.instance_kind!r}; choose one of {', '.join(TRITON_INSTANCE_KINDS)}"
             )
+        if self.max_batch_size is None:
+            object.__setattr__(self, "max_batch_size", get_serving_target(self.target).max_batch_size)
         for option in ("max_batch_size", "instances"):
             if getattr(self, option) < 1:
                 raise ExportError(f"{option} must be ≥ 1, got {getattr(self, option)}")
+        if self.gpu_accelerator is not None and self.gpu_accelerator not in GPU_ACCELERATORS:
+            raise ExportError(
+                f"unknown GPU accelerator {self.gpu_accelerator!r}; choose one of {', '.join(GPU_ACCELERATORS)}"
+            )
         if self.version is not None and self.version < 1:
             raise ExportError(f"model versions start at 1, got {self.version}")
         if self.replace and self.version is not None:
@@ -361,6 +376,8 @@ def export_to_repository(
             max_queue_delay_us=serving.max_queue_delay_us,
             intra_op_threads=serving.threads,
             bf16=serving.bf16,
+            batch_padding=serving.batch_padding,
+            gpu_accelerator=serving.gpu_accelerator,
             warmup_images=images[: serving.warmup_images] if serving.warmup_images else None,
             metadata={
                 "architecture": meta.architecture,

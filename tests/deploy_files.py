@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -31,6 +32,8 @@ OBJECT_STORAGE = K8S / "components" / "object-storage"
 PROMETHEUS_ADAPTER = K8S / "prometheus-adapter"
 KSERVE = (K8S / "kserve" / "base", K8S / "kserve" / "canary")
 SCHEMAS = Path(__file__).resolve().parent / "deploy_schemas"
+# What the image runs instead of tritonserver: it adds explicit model control and the models.
+ENTRYPOINT = DEPLOY / "resnet-serve-triton"
 
 # The admin APIs that only answer requests carrying the key (issue 12).
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
@@ -127,6 +130,30 @@ def restricted_api_arguments(key: str) -> list[str]:
         f"--http-restricted-api={apis}:{ADMIN_KEY_HEADER}={key}",
         f"--grpc-restricted-protocol={apis}:{ADMIN_KEY_HEADER}={key}",
     ]
+
+
+def tritonserver_arguments(
+    command: Sequence[str], environment: Mapping[str, str], *, repository: Path | None = None
+) -> list[str]:
+    """The arguments tritonserver gets from a deploy file's command (``resnet-serve-triton`` and
+    its arguments), found by running deploy/resnet-serve-triton itself with a stand-in for
+    tritonserver that prints them; ``repository`` replaces the one the arguments name (the
+    script looks into it for the image pipeline)."""
+    if command[0] != ENTRYPOINT.name:
+        raise ValueError(f"{command[0]!r} runs instead of {ENTRYPOINT.name}")
+    arguments = [a for a in command[1:] if repository is None or not a.startswith(("--model-repository=",
+                                                                                    "--model-store="))]
+    if repository is not None:
+        arguments.append(f"--model-repository={repository}")
+    with tempfile.TemporaryDirectory() as folder:
+        stand_in = Path(folder) / "tritonserver"
+        stand_in.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+        stand_in.chmod(0o755)
+        done = run(["sh", ENTRYPOINT, *arguments],
+                   env={"PATH": os.environ["PATH"], **environment, "TRITONSERVER": str(stand_in)})
+    if done.returncode != 0:
+        raise ValueError(done.stderr.strip())
+    return json.loads(done.stdout)
 
 
 def loaded_models(arguments: Iterable[str]) -> list[str]:

@@ -231,11 +231,17 @@ class InferenceClient:
             raise ClientError(f"{self.endpoint}: {first_line(exc)}") from None
 
     def ready_models(self) -> list[str]:
-        """The server's ready models, from its repository index (a restricted API: it needs the
-        admin key where the server has one; Triton has no unrestricted list of models)."""
-        index = self._json(self._client.get_model_repository_index, headers=self.endpoint.admin_headers or None)
-        entries = index.get("models", []) if isinstance(index, dict) else index
-        return sorted(e["name"] for e in entries if e.get("state") == "READY")
+        """The server's ready models, from the statistics endpoint, which Triton leaves open
+        (it names every loaded model) and the readiness of each; the repository index, which
+        needs the admin key where the server has one, only where statistics are restricted too."""
+        try:
+            stats = self._json(self._client.get_inference_statistics)
+            names = sorted({entry["name"] for entry in stats.get("model_stats", [])})
+        except ClientError:
+            index = self._json(self._client.get_model_repository_index, headers=self.endpoint.admin_headers or None)
+            entries = index.get("models", []) if isinstance(index, dict) else index
+            return sorted(e["name"] for e in entries if e.get("state") == "READY")
+        return [name for name in names if self._client.is_model_ready(name)]
 
     def _ready_models_note(self) -> str:
         """"; ready models: …" for an error message, or nothing where the list is restricted."""

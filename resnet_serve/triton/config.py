@@ -33,6 +33,9 @@ __all__ = [
     "TRITON_INSTANCE_KINDS",
     "DynamicBatching",
     "EnsembleStep",
+    "ExecutionAccelerator",
+    "GPU_ACCELERATORS",
+    "GpuAccelerator",
     "InstanceGroup",
     "InstanceKind",
     "ModelConfig",
@@ -50,6 +53,7 @@ DATA_TYPES: frozenset[str] = frozenset(
     name for name in model_config_pb2.DataType.keys() if name != "TYPE_INVALID"
 )
 INSTANCE_KINDS: frozenset[str] = frozenset(model_config_pb2.ModelInstanceGroup.Kind.keys())
+_INPUT_FORMATS: frozenset[str] = frozenset(model_config_pb2.ModelInput.Format.keys())
 # What an export asks for, and Triton's kind for it. "auto" leaves the kind to the target
 # (KIND_AUTO for onnxruntime: the GPU where there is one, so one repository serves on a GPU box
 # and in compose's CPU profile).
@@ -76,13 +80,16 @@ class TensorConfig:
 
     `dims` exclude the batch dimension whenever the model's `max_batch_size` is above 0.
     `label_filename` names a file in the model folder that Triton's classification
-    extension uses to label this output; it is only valid on outputs.
+    extension uses to label this output; it is only valid on outputs. `format` declares an
+    image input's layout (FORMAT_NCHW or FORMAT_NHWC, which need 3 dims), as generic Triton
+    image clients require; it is only valid on inputs.
     """
 
     name: str
     data_type: str
     dims: tuple[int, ...]
     label_filename: str = ""
+    format: str = "FORMAT_NONE"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
@@ -98,6 +105,13 @@ class TensorConfig:
         _check_dims(f"tensor {self.name!r}", self.dims)
         if self.label_filename:
             _check_plain_file_name(f"tensor {self.name!r} label_filename", self.label_filename)
+        if self.format not in _INPUT_FORMATS:
+            raise RepositoryError(
+                f"tensor {self.name!r}: unknown format {self.format!r} (one of {', '.join(sorted(_INPUT_FORMATS))})"
+            )
+        # Triton's own rule (model_config_utils.cc ValidateModelInput): an image layout has C, H and W.
+        if self.format in ("FORMAT_NCHW", "FORMAT_NHWC") and len(self.dims) != 3:
+            raise RepositoryError(f"tensor {self.name!r}: {self.format} needs 3 dims, got {list(self.dims)}")
 
 
 @dataclass(frozen=True)
@@ -226,6 +240,20 @@ class ModelWarmup:
 
 
 @dataclass(frozen=True)
+class ExecutionAccelerator:
+    """`ModelOptimizationPolicy.ExecutionAccelerators.Accelerator`: an execution provider the
+    onnxruntime backend puts before its default one, with the provider's own parameters."""
+
+    name: str
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parameters", dict(self.parameters))
+        if not self.name:
+            raise RepositoryError("an execution accelerator needs a name")
+
+
+@dataclass(frozen=True)
 class ResponseCache:
     """`ModelResponseCache`. Written explicitly (off by default) so a reader sees the choice."""
 
@@ -281,10 +309,11 @@ class ModelConfig:
     model_warmup: tuple[ModelWarmup, ...] = ()
     response_cache: ResponseCache | None = None
     ensemble_steps: tuple[EnsembleStep, ...] = ()
+    gpu_accelerators: tuple[ExecutionAccelerator, ...] = ()
     parsed: model_config_pb2.ModelConfig | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("inputs", "outputs", "instance_groups", "model_warmup", "ensemble_steps"):
+        for name in ("inputs", "outputs", "instance_groups", "model_warmup", "ensemble_steps", "gpu_accelerators"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "parameters", dict(self.parameters))
         owner = f"model {self.name!r}"
@@ -305,6 +334,9 @@ class ModelConfig:
             raise RepositoryError(
                 f"{owner}: label_filename is only valid on outputs, not on inputs {labelled_inputs}"
             )
+        formatted_outputs = [t.name for t in self.outputs if t.format != "FORMAT_NONE"]
+        if formatted_outputs:
+            raise RepositoryError(f"{owner}: format is only valid on inputs, not on outputs {formatted_outputs}")
         if self.dynamic_batching is not None:
             if self.max_batch_size == 0:
                 raise RepositoryError(f"{owner}: dynamic batching needs max_batch_size > 0")
@@ -387,6 +419,14 @@ class ModelConfig:
             message.parameters[key].string_value = value
         self._merge_policies(message)
         self._merge_ensemble(message)
+        accelerators = message.optimization.execution_accelerators.gpu_execution_accelerator
+        del accelerators[:]
+        for accelerator in self.gpu_accelerators:
+            accelerators.add(name=accelerator.name).parameters.update(accelerator.parameters)
+        if not message.optimization.execution_accelerators.ListFields():
+            message.optimization.ClearField("execution_accelerators")
+        if not message.optimization.ListFields():
+            message.ClearField("optimization")
         return message
 
     def _merge_policies(self, message: model_config_pb2.ModelConfig) -> None:
@@ -488,6 +528,10 @@ class ModelConfig:
                 )
                 for step in message.ensemble_scheduling.step
             ),
+            gpu_accelerators=tuple(
+                ExecutionAccelerator(name=a.name, parameters=dict(a.parameters))
+                for a in message.optimization.execution_accelerators.gpu_execution_accelerator
+            ),
             parsed=copy,
         )
 
@@ -519,6 +563,8 @@ def _merge_tensors(existing: Any, typed: Sequence[TensorConfig], kind: type[Mess
         message.dims.extend(tensor.dims)
         if isinstance(message, model_config_pb2.ModelOutput):
             message.label_filename = tensor.label_filename
+        else:
+            message.format = model_config_pb2.ModelInput.Format.Value(tensor.format)
         merged.append(message)
     del existing[:]
     existing.extend(merged)
@@ -530,6 +576,8 @@ def _typed_tensor(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOu
         data_type=_enum_name(model_config_pb2.DataType, tensor.data_type, f"tensor {tensor.name!r}: data_type"),
         dims=tuple(tensor.dims),
         label_filename=getattr(tensor, "label_filename", ""),
+        format=_enum_name(model_config_pb2.ModelInput.Format, tensor.format, f"tensor {tensor.name!r}: format")
+        if isinstance(tensor, model_config_pb2.ModelInput) else "FORMAT_NONE",
     )
 
 
@@ -571,7 +619,8 @@ class ServingTarget:
     the config's `default_model_filename` when Triton loads it directly. `python_model` names a
     template in `resnet_serve/triton/python_model/` that is copied in as `model.py`, for targets
     where Triton's python backend runs the model file itself. `threads_parameter` is the config
-    parameter through which the target's runtime takes its thread count.
+    parameter through which the target's runtime takes its thread count. `max_batch_size` is
+    the batch limit an entry gets unless another is asked for.
     """
 
     name: str
@@ -582,6 +631,7 @@ class ServingTarget:
     threads_parameter: str = ""
     python_model: str = ""
     description: str = ""
+    max_batch_size: int = 64
 
     @property
     def copies_python_model(self) -> bool:
@@ -618,6 +668,9 @@ OPENVINO = ServingTarget(
     threads_parameter="INFERENCE_NUM_THREADS",
     description="Triton's OpenVINO backend: CPU deployments, INT8 (QDQ ONNX) and BF16 "
     "(HINT_BF16) on CPUs that have the instructions",
+    # The backend fixes the model's batch to max_batch_size and fails any other total (see
+    # resnet_serve.triton.contract.openvino): one image per execution, instances for concurrency.
+    max_batch_size=1,
 )
 TENSORRT_PLAN = ServingTarget(
     name="tensorrt-plan",
@@ -642,6 +695,20 @@ PYTHON_ONNXRUNTIME = ServingTarget(
 )
 SERVING_TARGETS: dict[str, ServingTarget] = {
     target.name: target for target in (ONNXRUNTIME, OPENVINO, TENSORRT_PLAN, PYTHON_ONNXRUNTIME)
+}
+
+
+# What `export --gpu-accelerator` writes into an onnxruntime entry: the onnxruntime backend's
+# documented configurations (onnxruntime_backend README, "ONNX Runtime with TensorRT
+# optimization" and "... with CUDA Execution Provider optimization"). Its GPU instances build
+# TensorRT engines on first use, cached in /tmp, which the deploy files mount writable.
+GpuAccelerator = Literal["tensorrt-fp16", "tensorrt-fp32", "cuda"]
+_TENSORRT_COMMON = {"max_workspace_size_bytes": str(1 << 30), "trt_engine_cache_enable": "1",
+                    "trt_engine_cache_path": "/tmp/onnxruntime-tensorrt-cache"}
+GPU_ACCELERATORS: dict[str, ExecutionAccelerator] = {
+    "tensorrt-fp16": ExecutionAccelerator("tensorrt", {"precision_mode": "FP16", **_TENSORRT_COMMON}),
+    "tensorrt-fp32": ExecutionAccelerator("tensorrt", {"precision_mode": "FP32", **_TENSORRT_COMMON}),
+    "cuda": ExecutionAccelerator("cuda", {"cudnn_conv_use_max_workspace": "0", "use_ep_level_unified_stream": "1"}),
 }
 
 

@@ -5,11 +5,16 @@ repository written for the official container names `onnxruntime_onnx` and `open
 `build_proxy_repository` mirrors a repository into another folder without writing a byte into
 the original:
 
+- every entry is first checked as `repo check` checks it (``repository_check.check_entries``,
+  the backend contract on a host without a GPU): an entry the official container would refuse
+  is skipped with the rule it breaks, so the embedded server is exactly as strict as the
+  official one, and one bad entry never stops the others;
 - python-backend and ensemble entries are mirrored as they are;
 - `onnxruntime_onnx` and `openvino` entries become python-backend proxies with the same name,
-  version folders, inputs, outputs, labels, batching, instance count, parameters, warmup and
+  version folders, inputs, outputs, labels, batching, instance groups, parameters, warmup and
   version policy. The template `python_model/model.py` runs the entry's own model file in
-  onnxruntime or OpenVINO, with the settings the official backend reads from the same config;
+  onnxruntime or OpenVINO, with the settings the official backend reads from the same config
+  and the request-time behaviour of the contract (OpenVINO's fixed batch and its padding);
 - entries this server cannot run (a TensorRT plan, another backend) are skipped with a reason,
   and so is every ensemble with a skipped step, so the server serves the rest.
 
@@ -31,8 +36,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from resnet_serve.errors import RepositoryError
-from resnet_serve.triton.config import parse_model_config
-from resnet_serve.triton.repository import CONFIG_FILENAME, writer_folder
+from resnet_serve.triton.contract import EntryFacts, read_version_number
+from resnet_serve.triton.images import deploy_image
+from resnet_serve.triton.repository import CONFIG_FILENAME
+from resnet_serve.triton.repository_check import EntryCheck, check_entries
 
 __all__ = [
     "MODEL_FILE_PARAMETER",
@@ -49,11 +56,7 @@ RUNTIME_PARAMETER = "proxy_runtime"
 MODEL_FILE_PARAMETER = "proxy_model_file"
 
 PYTHON_MODEL_FILENAME = "model.py"
-# The official OpenVINO backend's settings for models with a fixed batch size, which the proxy
-# does not implement.
-_IGNORED_OPENVINO_PARAMETERS = ("ENABLE_BATCH_PADDING", "SKIP_OV_DYNAMIC_BATCHSIZE")
-# What the official backends load when the config has no default_model_filename.
-_DEFAULT_MODEL_FILES = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
+_PROXIED = ("onnxruntime", "openvino")
 
 # Fields a proxy keeps as they are: the python backend and Triton's core handle them.
 _KEPT_FIELDS = frozenset({
@@ -106,76 +109,22 @@ class ProxyRepository:
         return tuple(entry.name for entry in self.served)
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """What to do with one entry folder: how to serve it, or why not."""
-
-    folder: Path
-    config: model_config_pb2.ModelConfig | None
-    runtime: str = ""
-    skip_reason: str = ""
-
-
 def _template() -> Path:
     template = resources.files("resnet_serve.triton").joinpath("python_model", PYTHON_MODEL_FILENAME)
     return Path(str(template))
 
 
-def _runtime_of(config: model_config_pb2.ModelConfig) -> tuple[str, str]:
-    """(runtime, "") for an entry the embedded server can load, ("", why not) otherwise."""
-    if config.backend == "python":
-        return "python", ""
-    if config.platform == "ensemble":
-        return "ensemble", ""
-    if config.platform == "onnxruntime_onnx" or config.backend == "onnxruntime":
-        return "onnxruntime", ""
-    if config.backend == "openvino":
-        return "openvino", ""
-    if config.platform == "tensorrt_plan" or config.backend == "tensorrt":
-        return "", ("a TensorRT plan needs Triton's tensorrt backend and the GPU it was built for; "
-                    "the embedded server has neither (serve it in the official container)")
-    named = config.backend or config.platform
+def _cannot_run(facts: EntryFacts) -> str:
+    """Why the embedded server cannot run an entry ("" when it can)."""
+    if facts.backend in ("python", "ensemble", *_PROXIED):
+        return ""
+    if facts.backend == "tensorrt":
+        return ("a TensorRT plan needs Triton's tensorrt backend and the GPU it was built for; "
+                "the embedded server has neither (serve it in the official container)")
+    named = facts.backend or facts.config.backend or facts.config.platform
     if not named:
-        return "", "its config names no backend or platform"
-    return "", (f"the embedded server cannot run {named!r} entries "
-                "(it runs python, ensemble, onnxruntime and openvino ones)")
-
-
-def _plan(folder: Path) -> _Plan:
-    if folder.name.startswith("."):
-        written = writer_folder(folder)
-        reason = written.describe() if written else "a hidden folder (an interrupted or running export?)"
-        return _Plan(folder, None, skip_reason=reason)
-    config_path = folder / CONFIG_FILENAME
-    if not config_path.is_file():
-        return _Plan(folder, None, skip_reason=f"no {CONFIG_FILENAME}")
-    # One broken entry must not keep the others from being served: Triton in the official
-    # container, with explicit model control, would not even read an entry it was not told to load.
-    try:
-        config = parse_model_config(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        return _Plan(folder, None, skip_reason=f"cannot read {CONFIG_FILENAME}: {error}")
-    except RepositoryError as error:
-        return _Plan(folder, None, skip_reason=f"{CONFIG_FILENAME}: {error}")
-    runtime, reason = _runtime_of(config)
-    return _Plan(folder, config, runtime=runtime, skip_reason=reason)
-
-
-def _skip_ensembles_of_skipped(plans: dict[str, _Plan]) -> None:
-    """Skip every ensemble one of whose steps is skipped, until none is left to skip."""
-    changed = True
-    while changed:
-        changed = False
-        for name, plan in plans.items():
-            if plan.runtime != "ensemble" or plan.config is None:
-                continue
-            for step in plan.config.ensemble_scheduling.step:
-                step_plan = plans.get(step.model_name)
-                if step_plan is not None and step_plan.skip_reason:
-                    plans[name] = _Plan(plan.folder, plan.config,
-                                        skip_reason=f"its step {step.model_name!r} is skipped")
-                    changed = True
-                    break
+        return ""  # core cannot tell its backend either: the contract says so
+    return f"the embedded server cannot run {named!r} entries (it runs python, ensemble, onnxruntime and openvino ones)"
 
 
 def _mirror_tree(source: Path, destination: Path, *, leave_out: Iterable[str] = (),
@@ -199,14 +148,14 @@ def _mirror_tree(source: Path, destination: Path, *, leave_out: Iterable[str] = 
             os.symlink(item.resolve(), destination / item.name)
 
 
-def _versions(folder: Path) -> tuple[int, ...]:
-    return tuple(sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()))
+def _version_folders(folder: Path) -> list[str]:
+    """The folders core reads as versions under their own names (``7``, not ``07`` or ``7a``)."""
+    return [p.name for p in folder.iterdir() if p.is_dir() and str(read_version_number(p.name)) == p.name]
 
 
-def _proxy_config(
-    config: model_config_pb2.ModelConfig, runtime: str
-) -> tuple[model_config_pb2.ModelConfig, list[str]]:
-    """The python-backend config that runs `config`'s model file in `runtime`, and its notes."""
+def _proxy_config(facts: EntryFacts) -> tuple[model_config_pb2.ModelConfig, list[str]]:
+    """The python-backend config that runs the entry's model file in its runtime, and its notes."""
+    config, runtime = facts.config, facts.backend
     proxy = model_config_pb2.ModelConfig()
     proxy.CopyFrom(config)
     notes: list[str] = []
@@ -224,62 +173,63 @@ def _proxy_config(
             dropped = [field.name]
         if dropped:
             notes.append(f"dropped {', '.join(dropped)}: only the official backend implements it")
-    if runtime == "openvino":
-        ignored = sorted(key for key in _IGNORED_OPENVINO_PARAMETERS if key in config.parameters)
-        if ignored:
-            notes.append(f"ignores {', '.join(ignored)}: the proxy runs each batch at its real size")
-    model_file = config.default_model_filename or _DEFAULT_MODEL_FILES[runtime]
     for field in _REPLACED_FIELDS:
         proxy.ClearField(field)
     proxy.backend = "python"
     proxy.parameters[RUNTIME_PARAMETER].string_value = runtime
-    proxy.parameters[MODEL_FILE_PARAMETER].string_value = model_file
-    for group in proxy.instance_group:
-        if group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU:
-            notes.append("instance_group kind KIND_GPU runs on the CPU here")
-        # The python stub runs the model on the CPU; KIND_AUTO would mean the same here.
-        group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
-        group.ClearField("gpus")
+    proxy.parameters[MODEL_FILE_PARAMETER].string_value = facts.model_filename
+    if runtime == "onnxruntime":
+        # Core gives onnxruntime CPU groups without a count 2 instances, python ones 1
+        # (model_config_utils.cc SetDefaultInstanceCount); the proxy must get the backend's.
+        if not proxy.instance_group:
+            proxy.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
+        for group in proxy.instance_group:
+            if group.count < 1:
+                group.count = 2
     return proxy, notes
 
 
 def build_proxy_repository(*, source: Path, destination: Path) -> ProxyRepository:
     """Mirror `source` into the empty folder `destination`, with proxies where needed.
 
+    Every entry is checked first, for the official image deploy/ builds on a host without a
+    GPU: what that container would refuse is skipped with its reason, and so is what this
+    server cannot run.
+
     Raises:
-        RepositoryError: `source` is not a folder, or an entry's config.pbtxt does not parse.
+        RepositoryError: `source` is not a folder, or the copy cannot be written.
     """
-    if not source.is_dir():
-        raise RepositoryError(f"model repository {source} does not exist")
-    plans = {folder.name: _plan(folder) for folder in sorted(source.iterdir()) if folder.is_dir()}
-    _skip_ensembles_of_skipped(plans)
+    checks = check_entries(source, host="cpu", triton_version=deploy_image().triton_version, cannot_run=_cannot_run)
     template = _template()
     served: list[ServedEntry] = []
     skipped: list[SkippedEntry] = []
     try:
-        for name, plan in plans.items():
-            if plan.skip_reason or plan.config is None:
-                skipped.append(SkippedEntry(name=name, reason=plan.skip_reason))
-                continue
-            target = destination / name
-            versions = _versions(plan.folder)
-            if plan.runtime in ("python", "ensemble"):
-                _mirror_tree(plan.folder, target)
-                served.append(ServedEntry(name=name, served_as="mirror", runtime=plan.runtime,
-                                          versions=versions))
-                continue
-            config, notes = _proxy_config(plan.config, plan.runtime)
-            _mirror_tree(plan.folder, target, leave_out=[CONFIG_FILENAME])
-            # Written before tritonserver starts: no reader can see it half-written.
-            (target / CONFIG_FILENAME).write_text(text_format.MessageToString(config), encoding="utf-8")
-            for version in versions:
-                link = target / str(version) / PYTHON_MODEL_FILENAME
-                # A model.py beside an ONNX or IR file is not this entry's code; the proxy's is.
-                link.unlink(missing_ok=True)
-                os.symlink(template, link)
-            served.append(ServedEntry(name=name, served_as="proxy", runtime=plan.runtime,
-                                      versions=versions, notes=tuple(notes)))
+        for check in checks:
+            if check.refused or check.facts is None:
+                skipped.append(SkippedEntry(name=check.name, reason=check.reason))
+            else:
+                served.append(_serve(check, check.facts, destination / check.name, template))
     except OSError as error:
         raise RepositoryError(f"cannot build the served copy of {source} in {destination}: {error}") \
             from None
     return ProxyRepository(path=destination, served=tuple(served), skipped=tuple(skipped))
+
+
+def _serve(check: EntryCheck, facts: EntryFacts, target: Path, template: Path) -> ServedEntry:
+    versions = tuple(sorted(int(name) for name in _version_folders(check.folder)))
+    warnings = [f"{p.message} [{p.rule}]" if p.rule else p.message for p in check.problems]
+    if facts.backend in ("python", "ensemble"):
+        _mirror_tree(check.folder, target)
+        return ServedEntry(name=check.name, served_as="mirror", runtime=facts.backend, versions=versions,
+                           notes=tuple(warnings))
+    config, notes = _proxy_config(facts)
+    _mirror_tree(check.folder, target, leave_out=[CONFIG_FILENAME])
+    # Written before tritonserver starts: no reader can see it half-written.
+    (target / CONFIG_FILENAME).write_text(text_format.MessageToString(config), encoding="utf-8")
+    for version in versions:
+        link = target / str(version) / PYTHON_MODEL_FILENAME
+        # A model.py beside an ONNX or IR file is not this entry's code; the proxy's is.
+        link.unlink(missing_ok=True)
+        os.symlink(template, link)
+    return ServedEntry(name=check.name, served_as="proxy", runtime=facts.backend, versions=versions,
+                       notes=(*notes, *warnings))

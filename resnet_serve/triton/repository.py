@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnx
 from PIL import Image
+from tritonclient.grpc import model_config_pb2
 
 from resnet_serve.errors import RepositoryError, ResnetServeError, first_line
 from resnet_serve.files import give_default_permissions
@@ -61,10 +61,13 @@ from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.triton.config import (
     ENSEMBLE_PLATFORM,
+    GPU_ACCELERATORS,
     ONNXRUNTIME,
     OPENVINO,
     DynamicBatching,
     EnsembleStep,
+    ExecutionAccelerator,
+    GpuAccelerator,
     InstanceGroup,
     ModelConfig,
     ModelWarmup,
@@ -75,6 +78,8 @@ from resnet_serve.triton.config import (
     WarmupInput,
     get_serving_target,
 )
+from resnet_serve.triton.contract import EntryFacts, entry_host, entry_violations
+from resnet_serve.triton.images import deploy_image
 
 __all__ = [
     "CONFIG_FILENAME",
@@ -92,10 +97,8 @@ __all__ = [
     "backend_of",
     "entry_target",
     "image_pipeline_names",
-    "label_count_mismatches",
     "list_model_entries",
     "model_filename",
-    "onnx_config_mismatches",
     "read_model_entry",
     "read_warmup_images",
     "summarize_repository",
@@ -126,11 +129,6 @@ _DEFAULT_MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "
 _PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt",
                       "pytorch_libtorch": "pytorch", "tensorflow_savedmodel": "tensorflow",
                       "tensorflow_graphdef": "tensorflow", ENSEMBLE_PLATFORM: ENSEMBLE_PLATFORM}
-# ONNX element types and the Triton data types they arrive as.
-_ONNX_TYPES = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "BFLOAT16": "TYPE_BF16", "DOUBLE": "TYPE_FP64",
-               "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
-               "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16", "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64",
-               "BOOL": "TYPE_BOOL", "STRING": "TYPE_STRING"}
 
 # What a `<name>-preprocess` entry imports besides numpy, Pillow and the stub: resnet-serve
 # modules copied into its version folder as resnet_serve/<name> (package, file, copied name).
@@ -246,87 +244,6 @@ def image_pipeline_names(classifier: str) -> tuple[str, str]:
     return f"{classifier}-preprocess", f"{classifier}-image"
 
 
-# --- checks shared by the writer and `repo check` ---
-
-
-def _onnx_shape(value: onnx.ValueInfoProto) -> list[int | None]:
-    # Symbolic or unknown dimensions (the dynamic batch) come back as None.
-    return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-
-
-def _onnx_type_name(elem_type: int) -> str:
-    # A file can hold an element type number that names nothing.
-    try:
-        return onnx.TensorProto.DataType.Name(elem_type)
-    except ValueError:
-        return f"element type {elem_type}"
-
-
-def onnx_config_mismatches(model_path: Path, config: ModelConfig) -> list[str]:
-    """Where an ONNX file and the config beside it disagree: tensor names, dims, data types.
-
-    With `max_batch_size` > 0 every tensor needs a dynamic first (batch) dimension that the
-    config's dims leave out. An unreadable file is one mismatch.
-    """
-    try:
-        graph = onnx.load(str(model_path), load_external_data=False).graph
-    except Exception as error:  # noqa: BLE001 - onnx raises several unrelated types
-        return [f"{model_path.name} is not a readable ONNX model ({first_line(error)})"]
-    initializers = {tensor.name for tensor in graph.initializer}
-    found = {
-        "input": {v.name: v for v in graph.input if v.name not in initializers},
-        "output": {v.name: v for v in graph.output},
-    }
-    problems = []
-    for kind, tensors in (("input", config.inputs), ("output", config.outputs)):
-        for tensor in tensors:
-            value = found[kind].get(tensor.name)
-            if value is None:
-                problems.append(
-                    f"config {kind} {tensor.name!r} is not an {kind} of {model_path.name} "
-                    f"({kind}s: {', '.join(found[kind]) or 'none'})"
-                )
-                continue
-            shape = _onnx_shape(value)
-            expected: list[int | None] = [None, *tensor.dims] if config.max_batch_size else list(tensor.dims)
-            described = f"{kind} {tensor.name!r} of {model_path.name} has shape {shape}"
-            if len(shape) != len(expected) or any(
-                got is not None and want not in (None, -1) and got != want
-                for got, want in zip(shape, expected, strict=False)
-            ):
-                dims = ", ".join(map(str, tensor.dims))
-                problems.append(
-                    f"{described}, config says [{'batch, ' if config.max_batch_size else ''}{dims}]"
-                )
-            elif config.max_batch_size and shape[0] is not None:
-                problems.append(f"{described}: batching (max_batch_size > 0) needs a dynamic first dimension")
-            onnx_type = _ONNX_TYPES.get(_onnx_type_name(value.type.tensor_type.elem_type))
-            if onnx_type is not None and onnx_type != tensor.data_type:
-                problems.append(
-                    f"{kind} {tensor.name!r} of {model_path.name} is {onnx_type}, config says {tensor.data_type}"
-                )
-    return problems
-
-
-def label_count_mismatches(entry_path: Path, config: ModelConfig) -> list[str]:
-    """Outputs whose label file is missing or names another number of classes than they have."""
-    problems = []
-    for tensor in config.outputs:
-        if not tensor.label_filename:
-            continue
-        labels = entry_path / tensor.label_filename
-        if not labels.is_file():
-            problems.append(f"output {tensor.name!r} names {tensor.label_filename}, which is not there")
-            continue
-        count = len(labels.read_text(encoding="utf-8").splitlines())
-        classes = int(np.prod(tensor.dims))
-        if count != classes:
-            problems.append(
-                f"{tensor.label_filename} has {count} class names, output {tensor.name!r} has {classes} classes"
-            )
-    return problems
-
-
 # --- writing ---
 
 
@@ -383,13 +300,16 @@ def _classifier_config(
     parameters: Mapping[str, str],
     warmups: int,
     version_policy: VersionPolicy | None,
+    gpu_accelerators: tuple[ExecutionAccelerator, ...],
 ) -> ModelConfig:
     return ModelConfig(
         name=name,
         backend=target.backend,
         platform=target.platform,
         max_batch_size=max_batch_size,
-        inputs=(TensorConfig(name=INPUT_NAME, data_type="TYPE_FP32", dims=input_shape),),
+        # Declared NCHW, as Triton's image-classification examples declare theirs: generic image
+        # clients (image_client.py) refuse an input without a layout.
+        inputs=(TensorConfig(name=INPUT_NAME, data_type="TYPE_FP32", dims=input_shape, format="FORMAT_NCHW"),),
         outputs=(
             TensorConfig(
                 name=OUTPUT_NAME, data_type="TYPE_FP32", dims=(num_classes,), label_filename=LABELS_FILENAME
@@ -414,10 +334,13 @@ def _classifier_config(
         # Explicitly off: identical requests are rare for images, and a cache would hide the
         # model's own latency from benchmarks.
         response_cache=ResponseCache(enable=False),
+        gpu_accelerators=gpu_accelerators,
     )
 
 
-def _runtime_parameters(target: ServingTarget, *, intra_op_threads: int | None, bf16: bool) -> dict[str, str]:
+def _runtime_parameters(
+    target: ServingTarget, *, intra_op_threads: int | None, bf16: bool, batch_padding: bool
+) -> dict[str, str]:
     parameters = {}
     if intra_op_threads is not None:
         if intra_op_threads < 1:
@@ -430,6 +353,11 @@ def _runtime_parameters(target: ServingTarget, *, intra_op_threads: int | None, 
             raise RepositoryError(f"bf16 is an option of the {OPENVINO.name} target, not of {target.name}")
         # The only value the OpenVINO backend accepts for this key.
         parameters["HINT_BF16"] = "YES"
+    if batch_padding:
+        if target is not OPENVINO:
+            raise RepositoryError(f"batch padding is an option of the {OPENVINO.name} target, not of {target.name}")
+        # The only value that turns it on: 'true' or '1' would leave it off without a word.
+        parameters["ENABLE_BATCH_PADDING"] = "YES"
     return parameters
 
 
@@ -465,7 +393,7 @@ def write_model_entry(
     class_names: Sequence[str],
     preprocessing: Preprocessing,
     target: ServingTarget = ONNXRUNTIME,
-    max_batch_size: int = 64,
+    max_batch_size: int | None = None,
     version: int | None = None,
     instances: int = 1,
     instance_kind: str | None = None,
@@ -473,6 +401,8 @@ def write_model_entry(
     max_queue_delay_us: int = 100,
     intra_op_threads: int | None = None,
     bf16: bool = False,
+    batch_padding: bool = False,
+    gpu_accelerator: GpuAccelerator | None = None,
     warmup_images: np.ndarray | None = None,
     version_policy: VersionPolicy | None = None,
     replace_entry: bool = False,
@@ -490,7 +420,12 @@ def write_model_entry(
     version change the target when Triton loads the same file from every version under both
     (``model.onnx`` for onnxruntime and openvino): the new target then serves them all.
     ``warmup_images`` (a few real preprocessed images, N×C×H×W) become Triton warm-up
-    requests. ``instance_kind`` defaults to the target's (KIND_AUTO for onnxruntime: the GPU
+    requests. ``gpu_accelerator`` (onnxruntime) names the execution accelerator its GPU
+    instances use (``GPU_ACCELERATORS``). ``max_batch_size`` defaults to the target's (1 for
+    OpenVINO, whose backend fails any other total batch; ``batch_padding`` lets it pad
+    instead). The staged entry is checked against the backend contract: what the official
+    container would refuse is not written.
+    ``instance_kind`` defaults to the target's (KIND_AUTO for onnxruntime: the GPU
     where there is one).
 
     A failed write leaves the repository exactly as it was. A server polling the repository
@@ -509,13 +444,17 @@ def write_model_entry(
         **metadata,
         PREPROCESSING_PARAMETER: preprocessing_json,
         TARGET_PARAMETER: target.name,
-        **_runtime_parameters(target, intra_op_threads=intra_op_threads, bf16=bf16),
+        **_runtime_parameters(target, intra_op_threads=intra_op_threads, bf16=bf16, batch_padding=batch_padding),
     }
+    if gpu_accelerator is not None and target is not ONNXRUNTIME:
+        raise RepositoryError(f"a GPU accelerator is an option of the {ONNXRUNTIME.name} target, not of {target.name}")
     config = _classifier_config(
         name=name, target=target, input_shape=input_shape, num_classes=len(class_names),
-        max_batch_size=max_batch_size, instances=instances, instance_kind=instance_kind,
+        max_batch_size=target.max_batch_size if max_batch_size is None else max_batch_size,
+        instances=instances, instance_kind=instance_kind,
         preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
         parameters=parameters, warmups=len(warmups), version_policy=version_policy,
+        gpu_accelerators=() if gpu_accelerator is None else (GPU_ACCELERATORS[gpu_accelerator],),
     )
     with _writing_entry(repository, name, timeout_s=lock_timeout_s, reporter=reporter or SilentReporter()):
         # Read under the lock: a writer that finished while this one waited added a version.
@@ -542,13 +481,24 @@ def write_model_entry(
                 for i, image in enumerate(warmups):
                     (folder / WARMUP_FOLDER / f"input_{i}").write_bytes(image.tobytes())
             _write_model_files(folder / str(written), onnx_path=onnx_path, target=target)
-            problems = (onnx_config_mismatches(folder / str(written) / target.model_filename, config)
-                        if target.model_filename.endswith(".onnx") else [])
-            if problems:
-                raise RepositoryError(f"{onnx_path}: {problems[0]}")
+            _refuse_what_would_not_load(folder, name=name, config=config, source=onnx_path)
 
         _write_entry_atomically(repository, name, build)
         return read_model_entry(repository=repository, name=name, version=written)
+
+
+def _refuse_what_would_not_load(
+    folder: Path, *, name: str, config: ModelConfig, source: Path | None = None,
+    repository: Mapping[str, model_config_pb2.ModelConfig] | None = None,
+) -> None:
+    """The staged entry against the backend contract, for the official image deploy/ builds:
+    an entry the official container would refuse is never swapped in."""
+    message = config.to_protobuf()
+    facts = EntryFacts(folder=folder, entry_name=name, config=message, host=entry_host(message),
+                       triton_version=deploy_image().triton_version, repository=repository or {})
+    errors = [v for v in entry_violations(facts) if v.severity == "error"]
+    if errors:
+        raise RepositoryError(f"{source or name}: the official container would refuse model {name!r}: {errors[0]}")
 
 
 def _existing_entry(repository: Path, name: str) -> ModelEntry | None:
@@ -825,12 +775,15 @@ def _write_image_pipeline(
             (folder / WARMUP_FOLDER).mkdir()
             # One TYPE_STRING element: its byte length (4 bytes, little-endian), then the bytes.
             (folder / WARMUP_FOLDER / IMAGE_INPUT_NAME).write_bytes(len(warmup_png).to_bytes(4, "little") + warmup_png)
+        _refuse_what_would_not_load(folder, name=preprocess_name, config=preprocess_config)
 
     def build_image(folder: Path) -> None:
         _write_config(folder, image_config)
         shutil.copyfile(entry.labels_path, folder / LABELS_FILENAME)
         # An ensemble has no model file, but Triton serves only versions that have a folder.
         (folder / "1").mkdir()
+        steps = {classifier: config.to_protobuf(), preprocess_name: preprocess_config.to_protobuf()}
+        _refuse_what_would_not_load(folder, name=image_name, config=image_config, repository=steps)
 
     _write_entry_atomically(repository, preprocess_name, build_preprocess)
     _write_entry_atomically(repository, image_name, build_image)

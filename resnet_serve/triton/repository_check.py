@@ -1,39 +1,42 @@
-"""Would each entry of a repository load in a given Triton image? (`resnet-serve repo check`)
+"""Would each entry of a repository load in the official container? One module for `repo check`
+and for `serve`, which loads only what passes, so the two never disagree.
 
-Checked per entry, against the facts of `resnet_serve.triton.images`:
-- its backend (or platform) is in the image;
-- a python-backend model's imports (read with `ast`, in every .py file of its version folders)
-  are in the image's python backend, the standard library, or the version folder itself;
-- an ONNX file agrees with the config (tensor names, dims, data types), and each labelled
-  output has as many class names as classes;
-- a TensorRT plan's sidecar names the image's TensorRT version and a GPU it supports;
-- an ensemble's steps name entries that exist, with tensors those entries have.
+Per entry:
+- the folder: a hidden one (a writer's staging folder, or anything Triton would try as a model),
+  a ``config.pbtxt`` that reads and parses with Triton's own schema;
+- the contract (``resnet_serve.triton.contract``): what core and the entry's official backend
+  refuse, on the host it is checked for;
+- with an image named (`repo check`): its backends, its python backend's packages (the imports of
+  python-backend models), the TensorRT version a plan was built with and the GPUs the image runs;
+- resnet-serve's own: a label file naming another number of classes than its output has (a
+  warning: Triton serves it, with labels that are off).
 
-Every problem is one line; none means the entry should load.
+And across entries: an ensemble with a refused step is refused, as core refuses it.
 """
 
 from __future__ import annotations
 
 import ast
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from resnet_serve.errors import ExportError, ResnetServeError
-from resnet_serve.triton.config import ENSEMBLE_PLATFORM, ModelConfig
+import numpy as np
+from tritonclient.grpc import model_config_pb2
+
+from resnet_serve.errors import ExportError, RepositoryError
+from resnet_serve.triton.config import parse_model_config
+from resnet_serve.triton.contract import EntryFacts, Host, Severity, When, entry_host, entry_violations
 from resnet_serve.triton.images import OfficialImage
-from resnet_serve.triton.repository import (
-    CONFIG_FILENAME,
-    backend_of,
-    label_count_mismatches,
-    model_filename,
-    onnx_config_mismatches,
-    read_model_entry,
-    writer_folder,
-)
+from resnet_serve.triton.repository import CONFIG_FILENAME, writer_folder
 
-__all__ = ["Problem", "check_repository", "python_imports"]
+__all__ = ["CheckedHost", "EntryCheck", "Problem", "check_entries", "check_repository", "python_imports"]
+
+# "auto": an entry whose instance groups ask for KIND_GPU is meant for a GPU host and checked for
+# one; any other entry must load on both (compose's GPU and CPU profiles serve one repository).
+CheckedHost = Host | Literal["auto"]
 
 # Provided by the python backend's stub process itself.
 _STUB_MODULES = frozenset({"triton_python_backend_utils"})
@@ -41,13 +44,45 @@ _STUB_MODULES = frozenset({"triton_python_backend_utils"})
 
 @dataclass(frozen=True)
 class Problem:
-    """One reason an entry would not load (or not serve correctly) in the image."""
+    """One reason an entry would not load (``when`` "load") or would answer requests with
+    errors ("request") in the image; ``rule`` is the contract rule it breaks, "" for the others."""
 
     entry: str
     message: str
+    rule: str = ""
+    severity: Severity = "error"
+    when: When = "load"
 
     def __str__(self) -> str:
-        return f"{self.entry}: {self.message}"
+        warning = "warning: " if self.severity == "warning" else ""
+        return f"{self.entry}: {warning}{self.message}" + (f" [{self.rule}]" if self.rule else "")
+
+
+@dataclass(frozen=True)
+class EntryCheck:
+    """One folder of a repository: the entry as core reads it (None without a config that
+    parses) and its problems."""
+
+    name: str
+    folder: Path
+    facts: EntryFacts | None
+    problems: tuple[Problem, ...]
+
+    @property
+    def refused(self) -> bool:
+        """Whether the official container would not load it (an entry that loads and then fails
+        requests is served: the proxies fail them as the backend does)."""
+        return any(self._refusals())
+
+    def _refusals(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error" and p.when == "load"]
+
+    @property
+    def reason(self) -> str:
+        """The first refusal, as `serve` says why it skipped the entry."""
+        first, *more = self._refusals()
+        rule = f" [{first.rule}]" if first.rule else ""
+        return first.message + rule + (f" (and {len(more)} more: resnet-serve repo check lists them)" if more else "")
 
 
 def python_imports(source: str) -> set[str]:
@@ -61,53 +96,112 @@ def python_imports(source: str) -> set[str]:
     return names - {"__future__"}
 
 
-def check_repository(*, repository: Path, image: OfficialImage) -> list[Problem]:
-    """Every problem that would keep an entry of `repository` from loading in `image`."""
+def _read_config(folder: Path) -> tuple[model_config_pb2.ModelConfig | None, str]:
+    if folder.name.startswith("."):
+        written = writer_folder(folder)
+        what = written.describe() if written else "a hidden folder"
+        return None, f"{what}, which Triton would try to load as a model"
+    path = folder / CONFIG_FILENAME
+    if not path.is_file():
+        return None, f"no {CONFIG_FILENAME}"
+    try:
+        return parse_model_config(path.read_text(encoding="utf-8")), ""
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f"cannot read {CONFIG_FILENAME}: {error}"
+    except RepositoryError as error:
+        return None, f"{CONFIG_FILENAME}: {error}"
+
+
+def check_entries(
+    repository: Path,
+    *,
+    host: CheckedHost,
+    triton_version: str,
+    image: OfficialImage | None = None,
+    cannot_run: Callable[[EntryFacts], str] | None = None,
+) -> list[EntryCheck]:
+    """Every folder of ``repository``, checked for the official container of ``triton_version``
+    on ``host`` (and, with ``image``, against what that image holds). ``cannot_run`` says why
+    the server the repository is checked for cannot run an entry ("" where it can): that is
+    then its only problem.
+
+    Raises:
+        RepositoryError: ``repository`` is not a folder.
+    """
+    if not repository.is_dir():
+        raise RepositoryError(f"model repository {repository} does not exist")
+    folders = sorted(p for p in repository.iterdir() if p.is_dir())
+    read = {folder.name: _read_config(folder) for folder in folders}
+    configs = {name: config for name, (config, _) in read.items() if config is not None}
+    checks: dict[str, EntryCheck] = {}
+    for folder in folders:
+        config, unreadable = read[folder.name]
+        if config is None:
+            checks[folder.name] = EntryCheck(folder.name, folder, None, (Problem(folder.name, unreadable),))
+            continue
+        facts = EntryFacts(folder=folder, config=config, host=entry_host(config) if host == "auto" else host,
+                           triton_version=triton_version, repository=configs)
+        reason = cannot_run(facts) if cannot_run else ""
+        if reason:
+            # Nothing else matters to a server that cannot run the entry at all.
+            checks[folder.name] = EntryCheck(folder.name, folder, facts, (Problem(folder.name, reason),))
+            continue
+        problems = [Problem(folder.name, v.message, v.rule, v.severity, v.when) for v in entry_violations(facts)]
+        problems += [Problem(folder.name, m, severity="warning") for m in _label_counts(folder, config)]
+        if image is not None:
+            problems += [Problem(folder.name, m) for m in _image_problems(facts, image)]
+        checks[folder.name] = EntryCheck(folder.name, folder, facts, tuple(problems))
+    return list(_refuse_ensembles_of_refused(checks).values())
+
+
+def _label_counts(folder: Path, config: model_config_pb2.ModelConfig) -> Iterator[str]:
+    """Label files naming another number of classes than their output has: Triton serves them
+    (label_provider.cc never counts), labelling some classes wrongly or not at all."""
+    for tensor in config.output:
+        labels = folder / tensor.label_filename
+        if not tensor.label_filename or not labels.is_file():
+            continue
+        count = len(labels.read_text(encoding="utf-8", errors="replace").splitlines())
+        classes = int(np.prod(tensor.dims))
+        if count != classes:
+            yield f"{tensor.label_filename} has {count} class names, output {tensor.name!r} has {classes} classes"
+
+
+def _refuse_ensembles_of_refused(checks: dict[str, EntryCheck]) -> dict[str, EntryCheck]:
+    """An ensemble whose step is refused is refused too (model_repository_manager.cc:1812-1862),
+    and so on up, until nothing changes."""
+    changed = True
+    while changed:
+        changed = False
+        for name, check in checks.items():
+            if check.facts is None or check.facts.backend != "ensemble" or check.refused:
+                continue
+            bad = [s.model_name for s in check.facts.config.ensemble_scheduling.step
+                   if s.model_name in checks and checks[s.model_name].refused]
+            if bad:
+                problem = Problem(name, f"ensemble '{name}' depends on '{bad[0]}' which is not valid")
+                checks[name] = EntryCheck(name, check.folder, check.facts, (*check.problems, problem))
+                changed = True
+    return checks
+
+
+def check_repository(*, repository: Path, image: OfficialImage, host: CheckedHost = "auto") -> list[Problem]:
+    """`repo check`: every problem of every entry, for ``image`` on ``host``."""
     if not repository.is_dir():
         return [Problem(str(repository), "no such model repository")]
-    configs: dict[str, ModelConfig] = {}
-    problems: list[Problem] = []
-    folders = sorted(p for p in repository.iterdir() if p.is_dir())
-    for folder in folders:
-        if folder.name.startswith("."):
-            written = writer_folder(folder)
-            what = written.describe() if written else "a hidden folder"
-            problems.append(Problem(folder.name, f"{what}, which Triton would try to load as a model"))
-        elif not (folder / CONFIG_FILENAME).is_file():
-            problems.append(Problem(folder.name, f"no {CONFIG_FILENAME}"))
-        else:
-            try:
-                configs[folder.name] = read_model_entry(repository=repository, name=folder.name).config
-            except ResnetServeError as error:
-                problems.append(Problem(folder.name, str(error)))
-    for name, config in configs.items():
-        problems += [Problem(name, message) for message in _entry_problems(repository / name, config, image, configs)]
-    return problems
+    checks = check_entries(repository, host=host, triton_version=image.triton_version, image=image)
+    return [problem for check in checks for problem in check.problems]
 
 
-def _entry_problems(
-    folder: Path, config: ModelConfig, image: OfficialImage, configs: dict[str, ModelConfig]
-) -> Iterator[str]:
-    backend = backend_of(config)
-    if backend not in image.backends:
-        yield f"backend {backend!r} is not in {image.reference}"
-    yield from label_count_mismatches(folder, config)
-    if config.platform == ENSEMBLE_PLATFORM:
-        yield from _ensemble_problems(config, configs)
-        return
-    filename = model_filename(config)
-    versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
-    for version in versions:
-        version_folder = folder / str(version)
-        model_path = version_folder / filename if filename else None
-        if model_path is not None and not model_path.is_file():
-            yield f"version {version} has no {filename}"
-            continue
-        if backend == "python":
+def _image_problems(facts: EntryFacts, image: OfficialImage) -> Iterator[str]:
+    if facts.backend and facts.backend not in image.backends:
+        yield f"backend {facts.backend!r} is not in {image.reference}"
+    for version in facts.versions:
+        version_folder = facts.version_path(version)
+        if facts.backend == "python" and version_folder.is_dir():
             yield from _import_problems(version_folder, image)
-        if model_path is not None and model_path.suffix == ".onnx":
-            yield from (f"version {version}: {m}" for m in onnx_config_mismatches(model_path, config))
-        if model_path is not None and model_path.suffix == ".plan":
+        model_path = version_folder / facts.model_filename
+        if facts.backend == "tensorrt" and model_path.is_file():
             yield from (f"version {version}: {m}" for m in _plan_problems(model_path, image))
 
 
@@ -172,16 +266,3 @@ def _version(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split("."))
     except ValueError:
         return ()
-
-
-def _ensemble_problems(config: ModelConfig, configs: dict[str, ModelConfig]) -> Iterator[str]:
-    for step in config.ensemble_steps:
-        model = configs.get(step.model_name)
-        if model is None:
-            yield f"ensemble step {step.model_name!r} is not an entry of this repository"
-            continue
-        for kind, mapping, tensors in (("input", step.input_map, model.inputs),
-                                       ("output", step.output_map, model.outputs)):
-            names = {t.name for t in tensors}
-            for tensor in sorted(set(mapping) - names):
-                yield f"ensemble step {step.model_name!r} maps {kind} {tensor!r}, which that model does not have"

@@ -27,13 +27,15 @@ One run:
    chosen runtime's model file and a config with the chosen settings.
 
 Versions and the config: Triton's config belongs to the model, not to a version, so the tuned
-settings cannot be given to the new version alone; they apply to the entry. The config names
+settings cannot be given to the new version alone; they apply to the entry; the entry's image
+pipeline (``-preprocess``, ``-image``) is rewritten to its new batch limit. The config names
 ``version_policy: latest 1``, so the tuned version is the one served, and the earlier versions
 stay on disk untouched. All of them hold a ``model.onnx``, which both targets read, so any
 earlier version can be served again under the tuned config (a ``specific`` version policy): a
 rollback of the model that needs no other change. The settings it replaced, and the figures
-measured, are kept in the config's ``tuning`` parameter. The instance kind is pinned to
-KIND_CPU: the settings were measured on the CPU.
+measured, and where they were measured (this machine's CPU), are kept in the config's
+``tuning`` parameter. The instance kind stays the entry's own (a GPU deployment stays on its
+GPU; OpenVINO runs on the CPU only) unless ``instance_kind`` names another.
 """
 
 from __future__ import annotations
@@ -73,14 +75,23 @@ from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.runtimes import OnnxRuntime, OpenVinoRuntime, compare_runtimes
 from resnet_serve.selection import ImageSelection, calibration_images, verification_images
-from resnet_serve.triton.config import OPENVINO, SERVING_TARGETS, VersionPolicy
+from resnet_serve.triton.config import (
+    OPENVINO,
+    SERVING_TARGETS,
+    TRITON_INSTANCE_KINDS,
+    InstanceKind,
+    ServingTarget,
+    VersionPolicy,
+)
 from resnet_serve.triton.repository import (
     PREPROCESSING_PARAMETER,
     TARGET_PARAMETER,
     ModelEntry,
     entry_target,
+    image_pipeline_names,
     read_model_entry,
     read_warmup_images,
+    write_image_pipeline,
     write_model_entry,
 )
 from resnet_serve.triton.server import TritonServer, find_free_ports
@@ -128,7 +139,11 @@ class TuneOptions:
             every candidate.
         selection / calibration_method / min_agreement: the test images that check the
             OpenVINO runtimes and the training images that calibrate INT8, as export uses them.
-        write: write the chosen configuration as a new version (False: measure only).
+        write: write the chosen configuration as a new version (False: measure only), and the
+            entry's image pipeline (``-preprocess``, ``-image``) to match its batch limit.
+        instance_kind: the instance kind the written version gets (None: the entry's own, or
+            KIND_CPU for an OpenVINO winner, the only kind that backend runs). Candidates are
+            measured on this machine's CPU whatever it is.
         cores: the CPU cores instances × threads may use (None: those this process may run on).
 
     Raises:
@@ -148,6 +163,7 @@ class TuneOptions:
     calibration_method: CalibrationMethod = "minmax"
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     write: bool = True
+    instance_kind: InstanceKind | None = None
     cores: int | None = None
     # What an OpenVINO runtime must keep of onnxruntime FP32: the top-1 class.
     agreement_tolerance: Tolerance = field(init=False)
@@ -169,6 +185,10 @@ class TuneOptions:
         object.__setattr__(self, "agreement_tolerance", Tolerance(rtol=None, min_top1_agreement=self.min_agreement))
         if self.cores is not None and self.cores < 1:
             raise TuningError(f"cores must be ≥ 1, got {self.cores}")
+        if self.instance_kind is not None and self.instance_kind not in TRITON_INSTANCE_KINDS:
+            raise TuningError(
+                f"unknown instance kind {self.instance_kind!r}; choose one of {', '.join(TRITON_INSTANCE_KINDS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -469,7 +489,9 @@ class _Measurer:
             "preferred_batch_sizes": (candidate.preferred_batch_size,) if candidate.preferred_batch_size else (),
             "max_queue_delay_us": candidate.max_queue_delay_us,
             "instances": candidate.instances,
+            # Measured on this machine's CPU, whatever the entry will run on.
             "instance_kind": "KIND_CPU",
+            "batch_padding": candidate.batch_padding,
             "intra_op_threads": candidate.threads,
             "warmup_images": self.warmup_images,
             "metadata": self.metadata,
@@ -530,6 +552,9 @@ class _Measurer:
         record = {
             "date": time.strftime("%Y-%m-%d"),
             "machine": describe_machine(),
+            # The figures are this machine's CPU through the embedded server's proxies, whatever
+            # the instance kind written: a GPU deployment's own figures need a measurement there.
+            "measured_on": "CPU, through the embedded Triton server (python-backend proxies of the official backends)",
             "concurrency": self.options.concurrency,
             "batch_size": self.options.batch_size,
             "p99_budget_ms": self.options.p99_budget_ms,
@@ -545,7 +570,33 @@ class _Measurer:
         }
         arguments = self.entry_arguments(chosen.candidate)
         arguments["metadata"] = {**arguments["metadata"], TUNING_PARAMETER: json.dumps(record, sort_keys=True)}
-        return write_model_entry(
+        arguments["instance_kind"] = self._written_instance_kind(arguments["target"])
+        written = write_model_entry(
             repository=repository, **arguments, version_policy=VersionPolicy(kind="latest", num_versions=1),
             retarget=True,
+        )
+        self._rewrite_image_pipeline(repository)
+        return written
+
+    def _written_instance_kind(self, target: ServingTarget) -> str | None:
+        """The kind the user asked for; else the entry's own, so a GPU deployment stays on its
+        GPU (OpenVINO runs on the CPU only: its target's kind)."""
+        if self.options.instance_kind is not None:
+            return TRITON_INSTANCE_KINDS[self.options.instance_kind]
+        if target is OPENVINO or not self.entry.config.instance_groups:
+            return None
+        return self.entry.config.instance_groups[0].kind
+
+    def _rewrite_image_pipeline(self, repository: Path) -> None:
+        """``-preprocess`` and ``-image`` follow the classifier's new batch limit: core refuses
+        an ensemble whose batching steps allow less than it does (ensemble_utils.cc:288-302)."""
+        preprocess, image = image_pipeline_names(self.entry.name)
+        if not (repository / preprocess).is_dir() or not (repository / image).is_dir():
+            return
+        current = read_model_entry(repository=repository, name=preprocess).config
+        batching = current.dynamic_batching
+        write_image_pipeline(
+            repository=repository, classifier=self.entry.name,
+            instances=sum(group.count for group in current.instance_groups) or 1,
+            max_queue_delay_us=batching.max_queue_delay_microseconds if batching else 0,
         )

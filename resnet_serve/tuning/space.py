@@ -13,6 +13,11 @@ the combinations that cannot load or cannot differ, each left out with its reaso
 - `max_batch_size` 1: nothing is ever batched, so the queue delay and preferred sizes cannot
   change anything; one candidate stays (no preferred size, the smallest delay).
 
+Every candidate is one the official backend accepts: an OpenVINO candidate with
+`max_batch_size` above 1 gets `ENABLE_BATCH_PADDING`, without which the backend fails every
+execution that is not exactly `max_batch_size` images; it is then measured with the padding the
+backend does (the compute of `max_batch_size` images for every batch).
+
 Quick mode walks the same space one setting at a time (``SETTINGS`` order) instead of
 measuring its whole grid.
 """
@@ -71,10 +76,17 @@ class Candidate:
     instances: int
     threads: int | None
 
+    @property
+    def batch_padding(self) -> bool:
+        """Whether the official backend must pad: OpenVINO fixes its batch to max_batch_size and
+        fails any other total unless ENABLE_BATCH_PADDING pads every execution to it."""
+        return TUNED_RUNTIMES[self.runtime].target is OPENVINO and self.max_batch_size > 1
+
     def describe(self) -> str:
         preferred = self.preferred_batch_size or "–"
         threads = "default" if self.threads is None else self.threads
-        return (f"{self.runtime}, max batch {self.max_batch_size}, preferred {preferred}, "
+        padded = ", every batch padded to it" if self.batch_padding else ""
+        return (f"{self.runtime}, max batch {self.max_batch_size}{padded}, preferred {preferred}, "
                 f"delay {self.max_queue_delay_us} µs, {self.instances} instance(s) × {threads} thread(s)")
 
 

@@ -43,11 +43,12 @@ from deploy_files import (
     render_compose,
     triton_container,
     triton_metric_names,
+    tritonserver_arguments,
 )
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.errors import ServerError
-from resnet_serve.pipeline import ExportOptions, export_to_repository
+from resnet_serve.pipeline import ExportOptions, ServingOptions, export_to_repository
 from resnet_serve.selection import ImageSelection
 from resnet_serve.triton.server import TritonInstallation, TritonServer, find_free_port, find_free_ports
 
@@ -87,42 +88,56 @@ class DeployedTriton(TritonServer):
         ]
 
 
-def compose_arguments() -> list[str]:
-    command = render_compose(profiles=("cpu",), environment={"TRITON_ADMIN_KEY": KEY})["services"]["triton-cpu"]["command"]
-    assert command[0] == "tritonserver"
-    return command[1:]
+def compose_service() -> dict:
+    return render_compose(profiles=("cpu",), environment={"TRITON_ADMIN_KEY": KEY})["services"]["triton-cpu"]
 
 
-def deployment_arguments() -> list[str]:
+def compose_arguments(repository: Path) -> list[str]:
+    service = compose_service()
+    return tritonserver_arguments(service["command"], service["environment"], repository=repository)
+
+
+def deployment_arguments(repository: Path) -> list[str]:
     manifests = kustomize(K8S / "overlays" / "cpu")
     triton = triton_container(manifests)
-    return expand(triton["args"], environment_of(triton, manifests, secrets={"admin-key": KEY}))
+    environment = environment_of(triton, manifests, secrets={"admin-key": KEY})
+    return tritonserver_arguments([*triton["command"], *expand(triton["args"], environment)], environment,
+                                  repository=repository)
 
 
-def inferenceservice_arguments() -> list[str]:
+def inferenceservice_arguments(repository: Path) -> list[str]:
     model = only(kustomize(KSERVE[0]), "InferenceService")["spec"]["predictor"]["model"]
-    return KSERVE_RUNTIME_ARGUMENTS + expand(model["args"], environment_of(model, [], secrets={"admin-key": KEY}))
+    environment = environment_of(model, [], secrets={"admin-key": KEY})
+    return tritonserver_arguments(
+        [*model["command"], "tritonserver", *KSERVE_RUNTIME_ARGUMENTS, *expand(model["args"], environment)],
+        environment, repository=repository)
+
+
+def export(checkpoint: Path, repository: Path, *, image_pipeline: bool) -> list[str]:
+    """The entries an export of the model the deploy files name writes, beside a broken entry."""
+    classifier = compose_service()["environment"]["TRITON_MODEL"]
+    report = export_to_repository(
+        checkpoint=checkpoint, repository=repository,
+        options=ExportOptions(name=classifier, selection=ImageSelection(verify_images=16),
+                              serving=ServingOptions(image_pipeline=image_pipeline)),
+    )
+    (repository / "broken").mkdir()
+    (repository / "broken" / "config.pbtxt").write_text("this is not a model configuration\n")
+    return [classifier, *(path.name for path in report.image_pipeline or ())]
 
 
 @pytest.fixture(scope="module")
 def repository(trained_resnet20: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every model the deploy files load, and one broken entry they do not."""
     repository = tmp_path_factory.mktemp("deploy-repository")
-    classifier, *image_pipeline = loaded_models(compose_arguments())
-    # The classifier's export writes the image-pipeline entries the deploy files load beside it.
-    report = export_to_repository(
-        checkpoint=trained_resnet20, repository=repository,
-        options=ExportOptions(name=classifier, selection=ImageSelection(verify_images=16)),
-    )
-    assert [path.name for path in report.image_pipeline] == image_pipeline
-    (repository / "broken").mkdir()
-    (repository / "broken" / "config.pbtxt").write_text("this is not a model configuration\n")
+    exported = export(trained_resnet20, repository, image_pipeline=True)
+    assert loaded_models(compose_arguments(repository)) == exported
     return repository
 
 
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[DeployedTriton]:
-    with DeployedTriton(compose_arguments(), repository=repository,
+    with DeployedTriton(compose_arguments(repository), repository=repository,
                         log_file=repository.parent / "compose-triton.log") as running:
         yield running
 
@@ -172,16 +187,30 @@ def test_compose_arguments_load_exactly_the_named_models_beside_a_broken_entry(s
 @pytest.mark.parametrize("arguments", [deployment_arguments, inferenceservice_arguments],
                          ids=["k8s-deployment", "kserve-inferenceservice"])
 def test_kubernetes_arguments_are_accepted(repository: Path, arguments, tmp_path: Path):
-    with DeployedTriton(arguments(), repository=repository, log_file=tmp_path / "triton.log") as deployed:
-        assert list(deployed.load_models) == loaded_models(compose_arguments())
+    with DeployedTriton(arguments(repository), repository=repository, log_file=tmp_path / "triton.log") as deployed:
+        assert list(deployed.load_models) == loaded_models(compose_arguments(repository))
         index = assert_admin_apis_need_the_key(deployed)
         assert {m["name"] for m in index if m.get("state") == "READY"} == set(deployed.load_models)
 
 
+@pytest.mark.parametrize("arguments", [compose_arguments, deployment_arguments], ids=["compose", "k8s-deployment"])
+def test_an_export_without_the_image_pipeline_is_served_by_the_same_files(
+    trained_resnet20: Path, arguments, tmp_path: Path
+):
+    """Loading the -preprocess and -image entries of an export that has none made tritonserver exit at start."""
+    repository = tmp_path / "repository"
+    exported = export(trained_resnet20, repository, image_pipeline=False)
+    given = arguments(repository)
+    assert loaded_models(given) == exported and len(exported) == 1
+    with DeployedTriton(given, repository=repository, log_file=tmp_path / "triton.log") as deployed:
+        index = assert_admin_apis_need_the_key(deployed)
+        assert {m["name"]: m.get("state") for m in index} == {exported[0]: "READY"}
+
+
 def test_the_server_rejects_broken_arguments(repository: Path, tmp_path: Path):
     """The checks above mean something: a misspelt restricted API stops tritonserver at once."""
-    broken = [a.replace("shared-memory", "shared-memroy") for a in compose_arguments()]
-    assert broken != compose_arguments()
+    broken = [a.replace("shared-memory", "shared-memroy") for a in compose_arguments(repository)]
+    assert broken != compose_arguments(repository)
     log = tmp_path / "triton.log"
     with pytest.raises(ServerError, match="exited"), DeployedTriton(broken, repository=repository, log_file=log):
         pass

@@ -15,6 +15,7 @@ from deploy_files import (
     option,
     render_compose,
     restricted_api_arguments,
+    tritonserver_arguments,
 )
 
 KEY = "compose-test-key"
@@ -66,11 +67,40 @@ def test_triton_runs_the_extended_image_read_only_as_non_root(gpu: dict):
     assert option(triton["command"], "--model-repository") == "/models"
 
 
-def test_only_the_named_models_load_and_one_variable_names_them():
-    command = render_compose(environment={"TRITON_ADMIN_KEY": KEY, "TRITON_MODEL": "resnet50-imagenet"})[
-        "services"]["triton"]["command"]
-    assert option(command, "--model-control-mode") == "explicit"
-    assert loaded_models(command) == ["resnet50-imagenet", "resnet50-imagenet-preprocess", "resnet50-imagenet-image"]
+def exported(repository: Path, name: str, *, image_pipeline: bool) -> Path:
+    """The entry folders an export writes, as far as the entrypoint looks (their config.pbtxt)."""
+    for entry in (name, *((f"{name}-preprocess", f"{name}-image") if image_pipeline else ())):
+        (repository / entry).mkdir(parents=True)
+        (repository / entry / "config.pbtxt").write_text(f'name: "{entry}"\n')
+    return repository
+
+
+@pytest.mark.parametrize("image_pipeline", [True, False], ids=["exported", "no-image-pipeline"])
+def test_only_the_named_model_and_its_exported_image_pipeline_load(tmp_path: Path, image_pipeline: bool):
+    service = render_compose(environment={"TRITON_ADMIN_KEY": KEY, "TRITON_MODEL": "resnet50-imagenet"})[
+        "services"]["triton"]
+    repository = exported(tmp_path, "resnet50-imagenet", image_pipeline=image_pipeline)
+
+    arguments = tritonserver_arguments(service["command"], service["environment"], repository=repository)
+
+    assert option(arguments, "--model-control-mode") == "explicit"
+    pipeline = ["resnet50-imagenet-preprocess", "resnet50-imagenet-image"] if image_pipeline else []
+    assert loaded_models(arguments) == ["resnet50-imagenet", *pipeline]
+    # A repository the entrypoint cannot look into (object storage) is told by TRITON_IMAGE_PIPELINE.
+    remote = [a if not a.startswith("--model-repository=") else "--model-repository=s3://bucket/models"
+              for a in service["command"]]
+    assert loaded_models(tritonserver_arguments(remote, service["environment"]))[1:] == [
+        "resnet50-imagenet-preprocess", "resnet50-imagenet-image"]
+    assert loaded_models(tritonserver_arguments(remote, {**service["environment"], "TRITON_IMAGE_PIPELINE": "no"})) \
+        == ["resnet50-imagenet"]
+
+
+def test_the_entrypoint_refuses_a_model_list_it_cannot_make():
+    command = ["resnet-serve-triton", "--model-repository=/models"]
+    with pytest.raises(ValueError, match="set TRITON_MODEL"):
+        tritonserver_arguments(command, {})
+    with pytest.raises(ValueError, match="TRITON_IMAGE_PIPELINE must be auto, yes or no, not 'maybe'"):
+        tritonserver_arguments(command, {"TRITON_MODEL": "m", "TRITON_IMAGE_PIPELINE": "maybe"})
 
 
 def test_admin_apis_answer_only_with_the_key_header(gpu: dict):

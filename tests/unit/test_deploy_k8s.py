@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from deploy_files import (
+    ENTRYPOINT,
     K8S,
     KSERVE,
     OVERLAYS,
@@ -31,6 +32,7 @@ from deploy_files import (
     option,
     restricted_api_arguments,
     triton_container,
+    tritonserver_arguments,
     with_object_storage,
 )
 
@@ -183,15 +185,24 @@ def test_pods_outlive_tritons_exit_timeout(overlays: dict[str, list[dict]], over
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_arguments_load_the_configured_models_with_restricted_admin_apis(overlays: dict[str, list[dict]], overlay: str):
+def test_arguments_load_the_configured_models_with_restricted_admin_apis(
+    overlays: dict[str, list[dict]], overlay: str, tmp_path: Path
+):
     manifests = overlays[overlay]
     triton = triton_container(manifests)
-    assert triton["command"] == ["tritonserver"]
+    assert triton["command"] == [ENTRYPOINT.name]
     # The admin key is only ever a reference to a Secret.
     (key,) = [e for e in triton["env"] if e["name"] == "TRITON_ADMIN_KEY"]
     assert set(key) == {"name", "valueFrom"} and set(key["valueFrom"]) == {"secretKeyRef"}
-    arguments = expand(triton["args"], environment_of(triton, manifests, secrets={"admin-key": KEY}))
-    assert option(arguments, "--model-repository") == "/models"
+    environment = environment_of(triton, manifests, secrets={"admin-key": KEY})
+    given = expand(triton["args"], environment)
+    assert option(given, "--model-repository") == "/models"
+    # The entrypoint loads the image pipeline where the export wrote it: here, a repository with one.
+    repository = tmp_path / "models"
+    for entry in ("resnet20-fashion", "resnet20-fashion-preprocess", "resnet20-fashion-image"):
+        (repository / entry).mkdir(parents=True)
+        (repository / entry / "config.pbtxt").write_text(f'name: "{entry}"\n')
+    arguments = tritonserver_arguments([*triton["command"], *given], environment, repository=repository)
     assert option(arguments, "--model-control-mode") == "explicit"
     assert loaded_models(arguments) == ["resnet20-fashion", "resnet20-fashion-preprocess", "resnet20-fashion-image"]
     assert set(restricted_api_arguments(KEY)) <= set(arguments)
@@ -252,9 +263,14 @@ def test_kserve_serves_the_triton_runtime_over_v2_with_a_canary(rendered: dict[s
     assert {k: v for k, v in canary["model"].items() if k != "storageUri"} == {
         k: v for k, v in model.items() if k != "storageUri"}
     # The same Triton options as the Deployment (KServe supplies the repository and ports).
-    deployment_arguments = [a for a in triton_container(overlays["cpu"])["args"] if not a.startswith("--model-repository")]
-    assert model["args"] == deployment_arguments
+    deployment = triton_container(overlays["cpu"])
+    assert model["command"] == deployment["command"] == [ENTRYPOINT.name]
+    assert model["args"] == [a for a in deployment["args"] if not a.startswith("--model-repository")]
     account = only(rendered["kserve/base"], "ServiceAccount")
     assert base["serviceAccountName"] == account["metadata"]["name"]
     assert account["secrets"] == [{"name": "resnet-serve-object-storage"}]
-    assert loaded_models(expand(model["args"], environment_of(model, [], secrets={"admin-key": KEY})))[0] == "resnet20-fashion"
+    # KServe's runtime gives "tritonserver --model-store=/mnt/models ..." before these; the files are local there.
+    environment = environment_of(model, [], secrets={"admin-key": KEY})
+    arguments = tritonserver_arguments(
+        [ENTRYPOINT.name, "tritonserver", "--model-store=/mnt/models", *expand(model["args"], environment)], environment)
+    assert loaded_models(arguments) == ["resnet20-fashion"] and "tritonserver" not in arguments

@@ -201,7 +201,21 @@ def test_onnx_pass_folds_every_conv_batchnorm_pair(
     assert (report.folded, report.batchnorm_nodes, len(report.unfolded)) == (folded, left, left)
     assert count_ops(report.path).get("BatchNormalization", 0) == left
     assert report.parity is not None and report.parity.n_images == 64
-    assert report.parity.max_abs_relative <= 1e-6 and report.parity.top1_agreement == 1.0
+    assert report.parity.top1_agreement == 1.0
+    # The bound comes from the arithmetic, measured on this CPU's own kernels (AVX2 and AVX-512
+    # sum in different orders): folding is exact in exact arithmetic, so folded32 - unfolded32 =
+    # (folded32 - exact) - (unfolded32 - exact). The folded graph runs the same convolutions with
+    # each weight rounded once more (relative 2^-24, the size of one float32 product's rounding),
+    # so its own float32 error is at most about twice the unfolded graph's: the difference is
+    # then at most about 3x the unfolded graph's error; 4x leaves room for the rounding of the
+    # folded biases. A real defect (a dropped epsilon, a wrong channel) is orders above it.
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()(torch.from_numpy(real_images).double()).numpy()
+    run = {path: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+           .run(None, {"input": real_images})[0] for path in (unfolded, report.path)}
+    unfolded_error = np.abs(run[unfolded] - exact).max()
+    assert np.abs(run[report.path] - exact).max() <= 2 * unfolded_error
+    assert report.parity.max_abs <= 4 * unfolded_error
     onnx.checker.check_model(report.path, full_check=True)
     # Each fold stores 3C fewer values: γ, β, mean and var out, a bias in.
     assert report.params_before - report.params_after == 3 * folded_channels

@@ -82,11 +82,14 @@ def test_a_python_import_missing_in_the_image(tmp_path: Path, onnx_path: Path) -
     assert lines == [
         f"tiny: 1/model.py imports onnxruntime, which {official}",
         f"tiny: 1/model.py imports openvino, which {official}",
+        # Core refuses an ensemble with a step it refused.
+        "tiny-image: ensemble 'tiny-image' depends on 'tiny-preprocess' which is not valid",
         f"tiny-preprocess: 1/resnet_serve/preprocessing.py imports PIL, which {official}",
     ]
     # deploy/Dockerfile adds Pillow, not onnxruntime.
     assert [line.split(",")[0] for line in check(tmp_path)] == [
-        "tiny: 1/model.py imports onnxruntime", "tiny: 1/model.py imports openvino"
+        "tiny: 1/model.py imports onnxruntime", "tiny: 1/model.py imports openvino",
+        "tiny-image: ensemble 'tiny-image' depends on 'tiny' which is not valid",
     ]
 
 
@@ -97,7 +100,9 @@ def test_a_dims_mismatch_between_model_file_and_config(tmp_path: Path, onnx_path
     (folder / "config.pbtxt").write_text(wrong.render())
 
     assert check(tmp_path) == [
-        "tiny: version 1: input 'input' of model.onnx has shape [None, 1, 28, 28], config says [batch, 1, 32, 32]"
+        "tiny: version 1: model 'tiny', tensor 'input': the model expects 4 dimensions (shape [-1,1,28,28]) but the "
+        "model configuration specifies 4 dimensions (an initial batch dimension because max_batch_size > 0 followed "
+        "by the explicit tensor shape, making complete shape [-1,1,32,32]) [onnxruntime.tensors]"
     ]
 
 
@@ -105,7 +110,10 @@ def test_a_label_count_mismatch(tmp_path: Path, onnx_path: Path) -> None:
     folder = write(tmp_path, onnx_path)
     (folder / "labels.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES[:9]))
 
-    assert check(tmp_path) == ["tiny: labels.txt has 9 class names, output 'logits' has 10 classes"]
+    # Triton never counts labels: the entry loads, and answers with a class left unlabelled.
+    assert check(tmp_path) == ["tiny: warning: labels.txt has 9 class names, output 'logits' has 10 classes"]
+    code, lines = run_check(tmp_path)
+    assert code == 0 and lines[0] == "tiny: warning: labels.txt has 9 class names, output 'logits' has 10 classes"
 
 
 def write_plan(repository: Path, tmp_path: Path, *, tensorrt_version: str, compute_capability: str) -> None:
@@ -174,5 +182,5 @@ def test_an_ensemble_step_naming_a_missing_entry_and_folders_triton_cannot_load(
     assert lines == [
         ".ipynb_checkpoints: a hidden folder, which Triton would try to load as a model",
         "notes: no config.pbtxt",
-        "tiny-image: ensemble step 'tiny' is not an entry of this repository",
+        "tiny-image: ensemble tiny-image contains models that are not available or ambiguous: tiny [ensemble.steps]",
     ]

@@ -242,9 +242,10 @@ def test_warmup_images_become_triton_warmup_requests_from_raw_fp32_files(tmp_pat
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"class_names": CLASS_NAMES[:5]}, r"output 'logits' of model.onnx has shape \[None, 10\], config says \[batch, 5\]"),
+        ({"class_names": CLASS_NAMES[:5]},
+         r"tensor 'logits': the model expects 2 dimensions \(shape \[-1,10\]\) .*shape \[-1,5\]\) \[onnxruntime.tensors\]"),
         ({"preprocessing": dataclasses.replace(PREPROCESSING, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)},
-         r"config says \[batch, 3, 28, 28\]"),
+         r"making complete shape \[-1,3,28,28\]\) \[onnxruntime.tensors\]"),
         ({"preferred_batch_sizes": [128]}, r"preferred batch sizes \[128\] exceed"),
         ({"name": "../escape"}, "invalid model name"),
         ({"name": "a/b"}, "invalid model name"),
@@ -290,7 +291,8 @@ def test_onnx_without_a_dynamic_batch_is_refused(tmp_path: Path) -> None:
     static = tmp_path / "static.onnx"
     export_tiny_classifier(static, dynamic_batch=False)
 
-    with pytest.raises(RepositoryError, match="needs a dynamic first dimension"):
+    with pytest.raises(RepositoryError, match="the first dimension must be -1; but shape expected by the model is "
+                                              r"\[1,1,28,28\] \[onnxruntime.tensors\]"):
         write(tmp_path / "repository", static)
     assert list((tmp_path / "repository").iterdir()) == []
 

@@ -12,8 +12,9 @@ runtime it needs and the stub's own `triton_python_backend_utils`. The embedded 
 makes the stub's interpreter start from resnet-serve's virtualenv (see
 `resnet_serve.triton.server`), so the repository itself holds no machine paths.
 
-It reads the settings the official backends read, under the same keys, so an entry means the
-same in the official container and here:
+It reads the settings the official backends read, under the same keys, and answers requests as
+they do (a failed run fails every request of its batch), so an entry means the same in the
+official container and here:
 - onnxruntime: the parameters `intra_op_thread_count`, `inter_op_thread_count`,
   `execution_mode`, `enable_mem_arena`, `enable_mem_pattern`,
   `session.use_device_allocator_for_initializers`, `memory.enable_memory_arena_shrinkage`, and
@@ -22,6 +23,9 @@ same in the official container and here:
   `COMPILATION_NUM_THREADS`, `HINT_BF16`, `NUM_STREAMS`, `PERFORMANCE_HINT` and
   `RESHAPE_IO_LAYERS`. Like the official backend it sets no inference precision unless
   `HINT_BF16` asks for BF16, so on a CPU with BF16 instructions OpenVINO computes in BF16.
+  With `max_batch_size` > 0 the batch is fixed to it, and an execution of another total fails
+  unless `ENABLE_BATCH_PADDING` is `yes`; padding keeps the backend's stale pad size (see
+  `resnet_serve.triton.contract.openvino`).
 Without a thread count, instances share the cores instead of each taking all of them.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -38,7 +43,16 @@ RUNTIME_PARAMETER = "proxy_runtime"
 MODEL_FILE_PARAMETER = "proxy_model_file"
 # The values Triton's ParseBoolValue (used by the onnxruntime backend) accepts.
 _TRUE = {"1", "true", "on"}
-_FALSE = {"0", "false", "off"}
+_STOI = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
+# The config's data types and the OpenVINO element types the backend gives the tensors
+# (openvino_utils.cc ModelConfigDataTypeToOpenVINOElement).
+_OPENVINO_TYPES = {"TYPE_BOOL": "boolean", "TYPE_UINT8": "u8", "TYPE_UINT16": "u16", "TYPE_UINT32": "u32",
+                   "TYPE_UINT64": "u64", "TYPE_INT8": "i8", "TYPE_INT16": "i16", "TYPE_INT32": "i32",
+                   "TYPE_INT64": "i64", "TYPE_FP16": "f16", "TYPE_FP32": "f32"}
+# onnxruntime's OrtErrorCode numbers, by the name of the Python exception it raises for each.
+_ORT_ERROR_CODES = {"Fail": 1, "InvalidArgument": 2, "NoSuchFile": 3, "NoModel": 4, "EngineError": 5,
+                    "RuntimeException": 6, "InvalidProtobuf": 7, "ModelLoaded": 8, "NotImplemented": 9,
+                    "InvalidGraph": 10, "EPFail": 11}
 
 
 class TritonPythonModel:
@@ -50,9 +64,8 @@ class TritonPythonModel:
             key: value.get("string_value", "")
             for key, value in config.get("parameters", {}).items()
         }
-        if not config.get("max_batch_size"):
-            # execute() concatenates and splits requests along the first (batch) dimension.
-            raise pb_utils.TritonModelException("this model needs max_batch_size > 0")
+        self.name = config["name"]
+        self.max_batch_size = int(config.get("max_batch_size", 0))
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.output_dtypes = [
@@ -65,6 +78,10 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{RUNTIME_PARAMETER} must be onnxruntime or openvino, got {runtime_name!r}"
             )
+        proxy = RUNTIME_PARAMETER in parameters
+        if not proxy and not self.max_batch_size:
+            # The python-onnxruntime target's own rule: execute() batches along the first dimension.
+            raise pb_utils.TritonModelException("this model needs max_batch_size > 0")
         version_folder = os.path.join(args["model_repository"], args["model_version"])
         model_path = os.path.join(version_folder, parameters.get(MODEL_FILE_PARAMETER) or "model.onnx")
         if not os.path.exists(model_path):
@@ -77,48 +94,92 @@ class TritonPythonModel:
         self.runtime = runtime_class(
             model_path, config=config, parameters=parameters, default_threads=default_threads
         )
-        # A config that names tensors, or gives shapes, the model file lacks would fail on every
-        # request; fail the model load instead so the server reports it once, at startup.
-        max_batch_size = int(config["max_batch_size"])
-        problems = _shape_problems(config["input"], self.runtime.input_shapes, "input", max_batch_size) + \
-            _shape_problems(config["output"], self.runtime.output_shapes, "output", max_batch_size)
-        if problems:
-            raise pb_utils.TritonModelException(
-                f"{model_path} does not match the model config: {'; '.join(problems)}"
-            )
-        self.error_prefix = f"{runtime_name} failed"
+        # The OpenVINO backend runs every execution at max_batch_size images (ov::set_batch), so
+        # the request-time rules of resnet_serve.triton.contract.openvino apply.
+        self.fixed_batch = runtime_name == "openvino" and self.max_batch_size > 0
+        self.batch_padding = parameters.get("ENABLE_BATCH_PADDING", "").lower() == "yes"
+        # The backend's batch_pad_size_: assigned while an execution's running total differs from
+        # max_batch_size, and never reset (openvino.cc:1051), which is what server issue #7363 is.
+        self.pad = 0
+        if not proxy:
+            # The python-onnxruntime target's own check; proxies were checked against the contract.
+            problems = _shape_problems(config["input"], self.runtime.input_shapes, "input", self.max_batch_size) + \
+                _shape_problems(config["output"], self.runtime.output_shapes, "output", self.max_batch_size)
+            if problems:
+                raise pb_utils.TritonModelException(
+                    f"{model_path} does not match the model config: {'; '.join(problems)}"
+                )
+        self.error_prefix = "onnx runtime error" if runtime_name == "onnxruntime" else "openvino error"
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Run every request of this dynamic batch in one run of the runtime."""
+        """Run every request of this dynamic batch in one run of the runtime, as the backend does:
+        a failure of that run is every request's answer."""
         batches = [
             [pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.input_names]
             for request in requests
         ]
+        if self.fixed_batch:
+            return self._execute_fixed_batch(batches)
         try:
             outputs = self._run(batches)
         except Exception as error:  # noqa: BLE001 - a failure is answered, never raised
-            if len(batches) == 1:
-                return [self._error(error)]
-            # One bad request must not fail the others that Triton batched with it: retry one
-            # by one so each gets its own answer or its own error.
-            return [self._answer_alone(batch) for batch in batches]
+            return [self._runtime_error(error)] * len(batches)
         return [self._response(per_request) for per_request in outputs]
 
-    def _answer_alone(self, batch: list[np.ndarray]) -> Any:
+    def _execute_fixed_batch(self, batches: list[list[np.ndarray]]) -> list[Any]:
+        """openvino.cc ProcessRequests with max_batch_size > 0 (see the module notes)."""
+        limit = self.max_batch_size
+        total = 0
+        for batch in batches:
+            total += len(batch[0])
+            if total == limit:
+                continue
+            if not self.batch_padding:
+                message = (
+                    f"expected requests with batch size '{limit}', got '{total}'... this error can be avoided "
+                    "by setting 'ENABLE_BATCH_PADDING' parameter in model configuration to 'YES' at a "
+                    "performance cost."
+                )
+                return [_error(message, pb_utils.TritonError.INTERNAL)] * len(batches)
+            self.pad = limit - total
+        if total > limit:
+            message = f"batch size {total} for '{self.name}', max allowed is {limit}"
+            return [_error(message, pb_utils.TritonError.INTERNAL)] * len(batches)
+        feeds = {}
+        for i, name in enumerate(self.input_names):
+            joined = np.concatenate([batch[i] for batch in batches])
+            if self.pad:
+                # The backend zero-fills its [max_batch_size, ...] tensor and copies the requests in.
+                padded = np.zeros((limit, *joined.shape[1:]), dtype=joined.dtype)
+                padded[:total] = joined
+                joined = padded
+            feeds[name] = joined
         try:
-            return self._response(self._run([batch])[0])
+            results = self.runtime.run(feeds, self.output_names)
         except Exception as error:  # noqa: BLE001 - a failure is answered, never raised
-            return self._error(error)
+            return [self._runtime_error(error)] * len(batches)
+        rows = limit - self.pad
+        responses, offset = [], 0
+        for batch in batches:
+            size = len(batch[0])
+            if offset + size > rows:
+                # BackendOutputResponder (backend_output_responder.cc:85-107) on too few rows.
+                responses.append(_error(
+                    f"failed to split the output tensor '{self.output_names[0]}' in responses: expected batch "
+                    f"size of at least {offset + size} in model output, got {rows}",
+                    pb_utils.TritonError.UNSUPPORTED,
+                ))
+            else:
+                responses.append(self._response([result[offset:offset + size] for result in results]))
+            offset += size
+        return responses
 
-    def _error(self, error: Exception) -> Any:
-        # onnxruntime calls an input it cannot take (a shape or type the model does not accept,
-        # which Triton lets through where the config has -1 dims) InvalidArgument: the client's
-        # error, answered as such (HTTP 400). Any other failure is the model's (HTTP 500).
-        invalid = type(error).__name__ == "InvalidArgument"
-        code = pb_utils.TritonError.INVALID_ARG if invalid else pb_utils.TritonError.INTERNAL
-        return pb_utils.InferenceResponse(
-            output_tensors=[], error=pb_utils.TritonError(f"{self.error_prefix}: {error}", code)
-        )
+    def _runtime_error(self, error: Exception) -> Any:
+        # The backends answer a failed run as their own (INTERNAL) error: the onnxruntime backend
+        # as "onnx runtime error <code>: <message>" (onnxruntime_utils.h RETURN_IF_ORT_ERROR).
+        code = _ORT_ERROR_CODES.get(type(error).__name__)
+        prefix = f"{self.error_prefix} {code}" if code is not None else self.error_prefix
+        return _error(f"{prefix}: {error}", pb_utils.TritonError.INTERNAL)
 
     def _run(self, batches: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
         if len(batches) == 1:
@@ -145,6 +206,10 @@ class TritonPythonModel:
         self.runtime = None
 
 
+def _error(message: str, code: Any) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+
 class OnnxRuntimeModel:
     """An ONNX file in an onnxruntime CPU session set up like Triton's onnxruntime backend."""
 
@@ -158,14 +223,12 @@ class OnnxRuntimeModel:
             path = os.path.join(path, "model.onnx")
         options = ort.SessionOptions()
         intra_op = parameters.get("intra_op_thread_count")
-        # "0" is the backend's "let onnxruntime choose"; only an absent key gets our default.
-        options.intra_op_num_threads = int(intra_op) if intra_op else default_threads
-        options.inter_op_num_threads = int(parameters.get("inter_op_thread_count") or 0)
-        execution_mode = parameters.get("execution_mode") or "0"
-        if execution_mode not in ("0", "1"):
-            raise pb_utils.TritonModelException(f"execution_mode must be 0 or 1, got {execution_mode!r}")
+        # 0 or less is the backend's "let onnxruntime choose"; only an absent key gets our default.
+        options.intra_op_num_threads = max(0, _stoi(intra_op)) if intra_op is not None else default_threads
+        options.inter_op_num_threads = max(0, _stoi(parameters.get("inter_op_thread_count")))
         options.execution_mode = (
-            ort.ExecutionMode.ORT_PARALLEL if execution_mode == "1" else ort.ExecutionMode.ORT_SEQUENTIAL
+            ort.ExecutionMode.ORT_PARALLEL if _stoi(parameters.get("execution_mode")) == 1
+            else ort.ExecutionMode.ORT_SEQUENTIAL
         )
         level = int(config.get("optimization", {}).get("graph", {}).get("level", 0))
         options.graph_optimization_level = {
@@ -195,7 +258,11 @@ class OnnxRuntimeModel:
 
 
 class OpenVinoModel:
-    """A model file read and compiled by OpenVINO with the official OpenVINO backend's settings."""
+    """A model file read, prepared and compiled as the official OpenVINO backend does it
+    (openvino.cc ValidateInputs/ValidateOutputs and LoadModel): each input takes the config's
+    element type (OpenVINO converts), RESHAPE_IO_LAYERS gives it the config's dims, and with
+    max_batch_size > 0 the batch is fixed to max_batch_size. The parameters' values were checked
+    against the backend contract when the proxy was built."""
 
     def __init__(
         self, path: str, *, config: dict[str, Any], parameters: dict[str, str], default_threads: int
@@ -204,51 +271,50 @@ class OpenVinoModel:
         import openvino.properties as props
         import openvino.properties.hint as hints
         import openvino.properties.streams as streams
+        from openvino.preprocess import PrePostProcessor
 
         core = openvino.Core()
         if parameters.get("CPU_EXTENSION_PATH"):
             core.add_extension(parameters["CPU_EXTENSION_PATH"])
         model = core.read_model(path)
-        if parameters.get("RESHAPE_IO_LAYERS", "").lower() == "yes":
-            batch = [-1] if config.get("max_batch_size") else []
-            model.reshape({t["name"]: batch + [int(d) for d in t["dims"]] for t in config["input"]})
+        max_batch_size = int(config.get("max_batch_size", 0))
+        processor = PrePostProcessor(model)
+        reshape = parameters.get("RESHAPE_IO_LAYERS", "").lower() == "yes"
+        for tensor in config["input"]:
+            prepared = processor.input(tensor["name"]).tensor()
+            prepared.set_element_type(getattr(openvino.Type, _OPENVINO_TYPES[tensor["data_type"]]))
+            if reshape:
+                shape = model.input(tensor["name"]).get_partial_shape()
+                for index, dim in enumerate(tensor["dims"], start=1 if max_batch_size else 0):
+                    shape[index] = openvino.Dimension(int(dim)) if int(dim) > 0 else openvino.Dimension()
+                prepared.set_shape(shape)
+            if max_batch_size:
+                prepared.set_layout(openvino.Layout("N..."))
+        for tensor in config["output"]:
+            processor.output(tensor["name"]).tensor().set_element_type(
+                getattr(openvino.Type, _OPENVINO_TYPES[tensor["data_type"]])
+            )
+        model = processor.build()
+        if max_batch_size:
+            openvino.set_batch(model, max_batch_size)
         properties: dict[str, Any] = {
             props.inference_num_threads: int(parameters.get("INFERENCE_NUM_THREADS") or default_threads)
         }
         if parameters.get("COMPILATION_NUM_THREADS"):
             properties[props.compilation_num_threads] = int(parameters["COMPILATION_NUM_THREADS"])
         if parameters.get("HINT_BF16"):
-            if parameters["HINT_BF16"].lower() != "yes":
-                raise pb_utils.TritonModelException(
-                    f"expected the parameter 'HINT_BF16' to be YES, got {parameters['HINT_BF16']}"
-                )
             properties[hints.inference_precision] = openvino.Type.bf16
-        if parameters.get("NUM_STREAMS"):
-            value = parameters["NUM_STREAMS"].lower()
-            if value in ("auto", "numa"):
-                properties[streams.num] = getattr(streams.Num, value.upper())
-            elif value.isdigit():
-                properties[streams.num] = int(value)
-            else:
-                raise pb_utils.TritonModelException(
-                    f"expected the parameter 'NUM_STREAMS' to be either AUTO/NUMA/<int_value>, "
-                    f"got {value}"
-                )
+        streams_value = parameters.get("NUM_STREAMS", "").lower()
+        if streams_value in ("auto", "numa"):
+            properties[streams.num] = getattr(streams.Num, streams_value.upper())
+        elif streams_value:
+            properties[streams.num] = int(streams_value)
         if parameters.get("PERFORMANCE_HINT"):
-            value = parameters["PERFORMANCE_HINT"].upper()
-            if value not in ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
-                raise pb_utils.TritonModelException(
-                    "expected the parameter 'PERFORMANCE_HINT' to be "
-                    f"LATENCY/THROUGHPUT/CUMULATIVE_THROUGHPUT, got {value.lower()}"
-                )
-            properties[hints.performance_mode] = getattr(hints.PerformanceMode, value)
+            properties[hints.performance_mode] = getattr(hints.PerformanceMode, parameters["PERFORMANCE_HINT"].upper())
         device = (parameters.get("TARGET_DEVICE") or "CPU").upper()
         compiled = core.compile_model(model, device, properties)
         self.request = compiled.create_infer_request()
-        # Tensors may carry several names; the config may use any of them.
-        self.input_shapes = _named_shapes(compiled.inputs)
-        self.output_shapes = _named_shapes(compiled.outputs)
-        self.outputs = {name: port for port in compiled.outputs for name in port.get_names()}
+        self.outputs = {port.get_any_name(): port for port in compiled.outputs}
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
         # share_inputs: the request reads the stub's arrays without copying them; the outputs are
@@ -257,18 +323,15 @@ class OpenVinoModel:
         return [results[self.outputs[name]] for name in output_names]
 
 
-def _named_shapes(ports: Any) -> dict[str, list[int | None]]:
-    return {
-        name: [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-        for port in ports for name in port.get_names()
-    }
-
-
 def _flag(parameters: dict[str, str], key: str) -> bool:
-    value = parameters[key].lower()
-    if value not in _TRUE | _FALSE:
-        raise pb_utils.TritonModelException(f"parameter {key!r} must be a boolean, got {value!r}")
-    return value in _TRUE
+    return parameters[key].lower() in _TRUE
+
+
+def _stoi(text: str | None) -> int:
+    """std::stoi, as the backend parses its integers: "4x" is 4 (a value it refuses never gets
+    here: proxies are checked against the contract first)."""
+    found = _STOI.match(text or "")
+    return int(found.group(0)) if found else 0
 
 
 def _shape_problems(

@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := dataset-fashion-mnist prometheus libb64-0d chromium
 PERF_ANALYZER_WHEEL := tritonclient==2.40.0
 PERF_ANALYZER := $(BIN)/perf_analyzer
 
-.PHONY: demo test test-unit test-integration lint install system-packages perf-analyzer clean
+.PHONY: demo test test-unit test-integration lint install system-packages perf-analyzer clean docs-pages
 
 install: $(STAMP)
 
@@ -61,6 +61,11 @@ test-unit: install system-packages
 
 test-integration: install system-packages perf-analyzer
 	$(BIN)/python -m pytest -q tests/integration
+
+# Pages of docs/ generated from the code (a test fails when one is out of date).
+docs-pages: install
+	$(BIN)/python -c "from resnet_serve.triton.contract.document import contract_markdown; \
+	  open('docs/backend-contract.md', 'w').write(contract_markdown())"
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output demo-summary.json

@@ -253,3 +253,71 @@ def test_classify_server_side_refuses_a_missing_file_or_model_in_one_line(server
         result = CliRunner().invoke(app, ["classify", "--server-side", "--url", server.urls.http, *arguments])
         assert result.exit_code == 1
         assert len(result.output.strip().splitlines()) == 1 and reason in result.output, result.output
+
+
+def test_a_generic_triton_image_client_accepts_the_classifier(server: TritonServer, photos: list[Path]) -> None:
+    """The checks and calls of Triton's own src/python/examples/image_client.py (client repository,
+    r24.10 = r26.04: parse_model, then an infer with class_count), written as it writes them: it
+    refuses an input without FORMAT_NCHW/FORMAT_NHWC, which our classifier entries now declare."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.urls.http)
+    model_metadata = client.get_model_metadata("photo")
+    model_config = client.get_model_config("photo")
+    # parse_model()
+    assert len(model_metadata["inputs"]) == 1 and len(model_metadata["outputs"]) == 1
+    assert len(model_config["input"]) == 1
+    input_metadata, input_config = model_metadata["inputs"][0], model_config["input"][0]
+    output_metadata = model_metadata["outputs"][0]
+    assert output_metadata["datatype"] == "FP32"
+    output_batch_dim = model_config["max_batch_size"] > 0
+    assert sum(1 for dim in output_metadata["shape"][1 if output_batch_dim else 0:] if dim > 1) == 1
+    input_batch_dim = model_config["max_batch_size"] > 0
+    assert len(input_metadata["shape"]) == 3 + input_batch_dim
+    # image_client.py takes FORMAT_NHWC too (and refuses FORMAT_NONE); ours declare NCHW.
+    assert input_config["format"] == "FORMAT_NCHW"
+    c, h, w = input_metadata["shape"][1:]
+    # preprocess(): resize to the model's size, scaling "NONE", NCHW; then requestGenerator()
+    image = np.asarray(Image.open(photos[0]).convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32)
+    batch = image.transpose(2, 0, 1)[None]
+    inputs = [httpclient.InferInput(input_metadata["name"], [1, c, h, w], input_metadata["datatype"])]
+    inputs[0].set_data_from_numpy(batch)
+    outputs = [httpclient.InferRequestedOutput(output_metadata["name"], class_count=3)]
+
+    response = client.infer("photo", inputs, request_id="1", outputs=outputs)
+
+    # postprocess(): each result is "score:index:label".
+    output_array = response.as_numpy(output_metadata["name"])
+    assert len(output_array) == 1
+    results = [(result.decode() if isinstance(result, bytes) else result).split(":") for result in output_array[0]]
+    assert len(results) == 3 and all(len(cls) == 3 and cls[2] in PHOTO_CLASSES for cls in results)
+    assert float(results[0][0]) >= float(results[1][0]) >= float(results[2][0])
+
+
+def test_a_generic_triton_ensemble_client_sends_a_batch_of_files(server: TritonServer, photos: list[Path]) -> None:
+    """Triton's src/python/examples/ensemble_image_client.py, as it writes its calls: the batch is
+    min(#images, max_batch_size) raw files, each np.array([bytes]) stacked to [batch, 1] BYTES,
+    every output asked for with class_count."""
+    client = grpcclient.InferenceServerClient(server.urls.grpc)
+    model_metadata = client.get_model_metadata(model_name="photo-image")
+    model_config = client.get_model_config(model_name="photo-image").config
+    assert len(model_metadata.inputs) == 1 and len(model_config.input) == 1
+    input_name = model_metadata.inputs[0].name
+    output_names = [output.name for output in model_metadata.outputs]
+    batch_size = min(len(photos), model_config.max_batch_size)
+    assert batch_size == len(photos)
+    image_data = [np.array([path.read_bytes()], dtype=bytes) for path in photos[:batch_size]]
+    batched_image_data = np.stack(image_data, axis=0)
+    inputs = [grpcclient.InferInput(input_name, batched_image_data.shape, "BYTES")]
+    inputs[0].set_data_from_numpy(batched_image_data)
+    outputs = [grpcclient.InferRequestedOutput(name, class_count=2) for name in output_names]
+
+    response = client.infer("photo-image", inputs, outputs=outputs)
+
+    expected = [int(np.argmax(logits_of(client, "photo", PHOTO_PREPROCESSING.load_image(path)[None])[0]))
+                for path in photos]
+    for name in output_names:
+        results = response.as_numpy(name)
+        assert results.shape == (batch_size, 2)
+        assert [parse(row[0])[1] for row in results] == expected
+        assert all(parse(entry)[2] in PHOTO_CLASSES for row in results for entry in row)

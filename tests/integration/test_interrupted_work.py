@@ -102,7 +102,8 @@ def test_serve_skips_the_killed_exports_folder_with_a_line_and_serves_the_entry(
     _, pid = killed_export
     skipped = {entry.name: entry.reason for entry in server.skipped}
     assert list(skipped.values()) == [
-        f"a stale staging folder of dead export pid {pid} (the next export of '{MODEL}' cleans it up)"
+        f"a stale staging folder of dead export pid {pid} (the next export of '{MODEL}' cleans it up), "
+        "which Triton would try to load as a model"
     ]
     assert server.ready_versions() == {MODEL: (1,)}
 

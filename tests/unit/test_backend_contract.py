@@ -24,6 +24,7 @@ from resnet_serve.export.tensorrt import EngineSidecar, OptimizationProfile, sid
 from resnet_serve.triton import TRITON_CONTAINER_TAG
 from resnet_serve.triton.config import GPU_ACCELERATORS, OPENVINO, PYTHON_ONNXRUNTIME, TENSORRT_PLAN
 from resnet_serve.triton.contract import RULES, find_rule
+from resnet_serve.triton.contract.document import contract_markdown
 from resnet_serve.triton.images import find_image
 from resnet_serve.triton.proxy import build_proxy_repository
 from resnet_serve.triton.repository import write_image_pipeline, write_model_entry
@@ -262,3 +263,10 @@ def test_the_gpu_accelerators_export_writes_pass_the_backends_parsing_on_a_gpu_h
     ]
     # A host without a GPU never reads them (its instances are CPU ones).
     assert [str(p) for p in check_repository(repository=repository, image=IMAGE, host="cpu") if p.entry == "ort"] == []
+
+
+def test_the_docs_page_is_the_rules() -> None:
+    page = Path(__file__).resolve().parents[2] / "docs" / "backend-contract.md"
+    assert page.read_text() == contract_markdown(), "docs/backend-contract.md is out of date: run make docs-pages"
+    for rule in RULES:
+        assert f"| `{rule.id}` |" in page.read_text()

@@ -31,7 +31,8 @@ _GITHUB = "https://github.com/triton-inference-server"
 class Source:
     """Where a rule is written: a file of one of Triton's repositories, its lines at ``ref``.
 
-    ``checked`` names the other releases the same code was read at (empty: only ``ref``).
+    ``checked`` names the other releases the same code was read at, with its lines there where
+    they moved (empty: only ``ref``).
     """
 
     repository: str
@@ -47,7 +48,7 @@ class Source:
         return f"{_GITHUB}/{self.repository}/blob/{self.ref}/{self.path}{anchor}"
 
     def __str__(self) -> str:
-        also = f" (same at {self.checked})" if self.checked else ""
+        also = f", also {self.checked}" if self.checked else ""
         return f"{self.repository} {self.path}:{self.lines} @ {self.ref}{also}"
 
 

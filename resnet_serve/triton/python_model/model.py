@@ -123,7 +123,7 @@ class TritonPythonModel:
         try:
             outputs = self._run(batches)
         except Exception as error:  # noqa: BLE001 - a failure is answered, never raised
-            return [self._runtime_error(error)] * len(batches)
+            return [self._runtime_error(error) for _ in batches]
         return [self._response(per_request) for per_request in outputs]
 
     def _execute_fixed_batch(self, batches: list[list[np.ndarray]]) -> list[Any]:
@@ -140,11 +140,11 @@ class TritonPythonModel:
                     "by setting 'ENABLE_BATCH_PADDING' parameter in model configuration to 'YES' at a "
                     "performance cost."
                 )
-                return [_error(message, pb_utils.TritonError.INTERNAL)] * len(batches)
+                return [_error(message, pb_utils.TritonError.INTERNAL) for _ in batches]
             self.pad = limit - total
         if total > limit:
             message = f"batch size {total} for '{self.name}', max allowed is {limit}"
-            return [_error(message, pb_utils.TritonError.INTERNAL)] * len(batches)
+            return [_error(message, pb_utils.TritonError.INTERNAL) for _ in batches]
         feeds = {}
         for i, name in enumerate(self.input_names):
             joined = np.concatenate([batch[i] for batch in batches])
@@ -157,7 +157,7 @@ class TritonPythonModel:
         try:
             results = self.runtime.run(feeds, self.output_names)
         except Exception as error:  # noqa: BLE001 - a failure is answered, never raised
-            return [self._runtime_error(error)] * len(batches)
+            return [self._runtime_error(error) for _ in batches]
         rows = limit - self.pad
         responses, offset = [], 0
         for batch in batches:

@@ -182,6 +182,10 @@ class InferenceClient:
             )
         dims = tuple(int(d) for d in inputs[0].get("dims", []))
         out_dims = [int(d) for d in outputs[0].get("dims", [])]
+        if not int(config.get("max_batch_size", 0)) and dims[:1] == (-1,) and out_dims[:1] == [-1]:
+            # A model that does not batch in Triton but takes any batch itself (dims [-1, C, H, W],
+            # what OpenVINO serves from a dynamic-batch file with max_batch_size 0).
+            dims, out_dims = dims[1:], out_dims[1:]
         if len(dims) != 3 or len(out_dims) != 1:
             raise ClientError(
                 f"model {name!r} takes {list(dims)} and returns {out_dims}; "

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from resnet_serve.parity import DEFAULT_MIN_AGREEMENT, DEFAULT_RTOL, ParityResul
 from resnet_serve.rich_progress import RichReporter
 from resnet_serve.runtimes import RUNTIMES
 from resnet_serve.selection import ImageSelection
+from resnet_serve.triton import ADMIN_KEY_VARIABLE
 from resnet_serve.triton.config import SERVING_TARGETS, TENSORRT_PLAN, GpuAccelerator, InstanceKind
 from resnet_serve.tuning.space import SearchSpace
 
@@ -52,7 +54,7 @@ UrlOption = Annotated[str | None, typer.Option(help="Server address [scheme://]h
 HeaderOption = Annotated[list[str] | None, typer.Option("--header", "-H", help="K=V: a header sent with every request (an auth token, or Host for KServe's routing); repeat it for more.")]
 CaCertOption = Annotated[Path | None, typer.Option(help="TLS: a PEM file of the CA that signed the server's certificate (default: the system's CAs).")]
 InsecureOption = Annotated[bool, typer.Option("--insecure", help="TLS over HTTP: accept any certificate (encrypted, but not verified).")]
-AdminKeyOption = Annotated[str | None, typer.Option("--admin-key", envvar="RESNET_SERVE_ADMIN_KEY", show_envvar=False, help="The key of the server's restricted APIs (model repository, shared memory, logging, trace); also read from RESNET_SERVE_ADMIN_KEY.")]
+AdminKeyOption = Annotated[str | None, typer.Option("--admin-key", envvar=ADMIN_KEY_VARIABLE, show_envvar=False, help="The key of the server's restricted APIs (model repository, shared memory, logging, trace); also read from RESNET_SERVE_ADMIN_KEY.")]
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Served model name (default: the server's only ready model).")]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this file.")]
 PadOption = Annotated[int | None, typer.Option(help="Random crops: pad each side by N pixels, crop back; 0 turns them off (default: the recipe's).")]
@@ -373,6 +375,7 @@ def serve(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the models to load.")] = 180.0,
     admin_key: AdminKeyOption = None,
     restart: Annotated[bool, typer.Option("--restart/--no-restart", help="Restart tritonserver when it dies, after a backoff that doubles (1 s, 2 s, 4 s, …).")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="All or nothing: refuse to serve when any entry is skipped as the official container would refuse it, or fails to load (default: skip it with one line and serve the rest).")] = False,
     max_restarts: Annotated[int, typer.Option(help="Give up after more than this many crashes within 5 minutes.")] = 5,
 ) -> None:
     """Run the embedded Triton Inference Server on a repository until Ctrl-C or SIGTERM.
@@ -380,6 +383,7 @@ def serve(
     The repository is only read: onnxruntime and OpenVINO entries run through python-backend
     proxies in a private copy, and entries this server cannot run are skipped. The restricted
     APIs need the admin key (generated and printed unless given)."""
+    from resnet_serve.errors import ServerError
     from resnet_serve.triton import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER
     from resnet_serve.triton.server import TritonServer, generate_admin_key
     from resnet_serve.triton.supervisor import RestartPolicy, ServerCrashed, Supervisor, SupervisorEvent
@@ -403,6 +407,7 @@ def serve(
         repository=repository, http_port=http_port, grpc_port=grpc_port,
         metrics_port=metrics_port, address=address, log_file=log_file,
         admin_key=generate_admin_key() if admin_key is None else admin_key,
+        on_load_failure="fail" if strict else "skip",
     )
     supervisor = Supervisor(server, policy=policy if restart else None, ready_timeout_s=timeout, on_event=report)
     stopping = threading.Event()
@@ -410,9 +415,15 @@ def serve(
     try:
         server.start()
         for entry in server.skipped:
-            err_console.print(f"[yellow]skipped[/] {entry.name}: {entry.reason}", highlight=False, soft_wrap=True)
+            err_console.print(f"[yellow]skipped[/] {escape(entry.name)}: {escape(entry.reason)}", highlight=False, soft_wrap=True)
+        refused = next((entry for entry in server.skipped if entry.kind == "refused"), None)
+        if strict and refused is not None:
+            raise ServerError(f"--strict: {refused.name} would not load in the official container ({refused.reason})")
         with err_console.status("waiting for the models to load…"):
             server.wait_until_ready(timeout=timeout)
+        for entry in server.skipped:
+            if entry.kind == "failed to load":
+                err_console.print(f"[yellow]skipped[/] {escape(entry.name)}: {escape(entry.reason)}", highlight=False, soft_wrap=True)
         urls = server.urls
         ready = server.ready_versions()
         console.print(f"[green]✓[/] Triton is ready with {', '.join(sorted(ready)) or 'no models'}")
@@ -439,7 +450,7 @@ def serve(
         signal.signal(signal.SIGTERM, previous)
         if server.is_running:
             err_console.print("stopping Triton…")
-        server.stop()
+        server.close()
 
 
 @app.command()
@@ -696,7 +707,12 @@ def tune(
     plot = write_tuning_plot(result, output / "pareto.png")
     console.print(f"[green]✓[/] wrote {output_json} and {plot}")
     if result.chosen is None:
-        missed = "no configuration was measured" if p99_ms is None else f"no configuration met p99 ≤ {p99_ms:g} ms"
+        if not any(m.point for m in result.measurements):
+            statuses = Counter(m.status for m in result.measurements)
+            missed = ("no configuration could be measured: " + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+                      + " (each with why, above)")
+        else:
+            missed = f"no configuration met p99 ≤ {p99_ms:g} ms"
         err_console.print(f"[bold red]error:[/] {missed}; nothing written", highlight=False)
         raise typer.Exit(1)
     chosen = result.measurement(result.chosen)
@@ -899,12 +915,18 @@ def repo_list(
         return
     table = Table("entry", "target", "versions", "MB per version", "test accuracy", title=str(repository))
     for summary in summaries:
+        if summary.problem:
+            table.add_row(escape(summary.name), "[red]unreadable[/] (below)", "", "", "")
+            continue
         table.add_row(
             summary.name, summary.target, ", ".join(map(str, summary.versions)),
             ", ".join(f"{size / 1e6:.2f}" for size in summary.version_bytes),
             "" if summary.test_accuracy is None else f"{summary.test_accuracy:.2%}",
         )
     console.print(table)
+    for summary in summaries:
+        if summary.problem:
+            err_console.print(f"{summary.name}: {summary.problem}", highlight=False, soft_wrap=True, markup=False)
 
 
 @repo_app.command("check")

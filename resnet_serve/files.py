@@ -1,4 +1,5 @@
-"""Files that appear whole or not at all, and results that name the files they wrote."""
+"""Files that appear whole or not at all, results that name the files they wrote, and the
+processes that leave files named for them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ __all__ = [
     "check_output_file",
     "check_output_folder",
     "give_default_permissions",
+    "pid_running",
     "replacing_atomically",
 ]
 
@@ -130,3 +132,17 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _json_ready(item) for key, item in value.items()}
     return value
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process of this pid runs (a recycled pid reads as running): what tells the
+    folders a killed process left from those of a live one."""
+    if pid < 1:  # 0 would ask about this process's own group; no writer has it
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -1,9 +1,12 @@
 """One page that says how good and how fast a served model is, built from the JSON results.
 
 The inputs are the files `export --json`, `verify --json`, `evaluate --json` and `bench --json`
-write; each is read defensively (a missing file or field leaves its part out, it never fails
-the page). The page is written twice: a self-contained HTML file (images as data: URIs, no
-external assets, so it can be mailed or archived) and a markdown twin with the PNGs beside it.
+write; each is read defensively: at most 64 MiB of JSON, no deeper than Python's parser goes,
+and a field of the wrong type is left out like a missing one (a `bench` file must be whole).
+Names in the inputs are text: escaped in the HTML and the markdown, never read as matplotlib
+mathtext (a `$` pair in a model name is two dollar signs). The page is written twice: a
+self-contained HTML file (images as data: URIs, no external assets, so it can be mailed or
+archived) and a markdown twin with the PNGs beside it.
 
 Plots are drawn with matplotlib's Agg backend: latency (p50, p99) against throughput for one
 or several benchmark runs, the per-request time split (client, network, server queue and
@@ -16,6 +19,7 @@ import base64
 import html
 import io
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -41,6 +45,10 @@ SPLIT_PARTS = (
     ("compute output", "server_compute_output_us", "#74c476"),
     ("client recv", "client_recv_us", "#6baed6"),
 )
+# A --json result of ours is kilobytes (an evaluation's confusion matrix of 1000 classes, a few MB).
+MAX_RESULT_BYTES = 64 << 20
+# A confusion matrix is drawn, one annotated cell per pair, for up to this many classes.
+MAX_PLOTTED_CLASSES = 50
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
@@ -73,7 +81,13 @@ class ReportResult:
 def read_result(path: Path) -> dict[str, Any]:
     """A JSON object written by one of our commands; one clear line if it is not one."""
     try:
+        size = path.stat().st_size
+        if size > MAX_RESULT_BYTES:
+            raise ReportError(f"{path} is {size:,} bytes; a --json result is far smaller "
+                              f"(at most {MAX_RESULT_BYTES:,})")
         data = json.loads(path.read_text())
+    except RecursionError:
+        raise ReportError(f"cannot read {path}: its JSON is nested deeper than any --json result") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ReportError(f"cannot read {path}: {first_line(exc)}") from None
     if not isinstance(data, dict):
@@ -84,14 +98,21 @@ def read_result(path: Path) -> dict[str, Any]:
 def read_benchmark(path: Path) -> BenchmarkResult:
     try:
         return BenchmarkResult.from_dict(read_result(path))
-    except (KeyError, TypeError) as exc:
-        raise ReportError(f"{path} is not a `bench --json` result ({first_line(exc)})") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ReportError(f"{path} is not a `bench --json` result ({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def _object(value: Any) -> dict:
+    """A JSON object field, or an empty one when it is anything else."""
+    return value if isinstance(value, dict) else {}
 
 
 def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
+    # Labels come from the inputs (model names, class names): text, never mathtext.
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -238,14 +259,14 @@ def _export_section(data: dict) -> Section:
     ):
         if data.get(key) is not None:
             section.rows.append((label, shown(data[key])))
-    parity = data.get("precision_parity") or {}
+    parity = _object(data.get("precision_parity"))
     if parity.get("top1_agreement") is not None:
         section.rows.append((f"{data.get('precision')} vs FP32 top-1 agreement", _percent(parity["top1_agreement"])))
     return section
 
 
 def _verify_section(data: dict) -> Section:
-    parity = data.get("parity") or {}
+    parity = _object(data.get("parity"))
     section = Section(f"Verify: {parity.get('candidate', '?')} against {parity.get('reference', '?')}")
     for label, key, shown in (
         ("images", "n_images", str), ("max-abs logit difference", "max_abs", _number),
@@ -255,7 +276,8 @@ def _verify_section(data: dict) -> Section:
     ):
         if parity.get(key) is not None:
             section.rows.append((label, shown(parity[key])))
-    batches = [b for b in parity.get("per_batch") or [] if isinstance(b, dict)]
+    per_batch = parity.get("per_batch")
+    batches = [b for b in per_batch if isinstance(b, dict)] if isinstance(per_batch, list) else []
     if batches:
         section.tables.append((
             ["batch", "max-abs", "mean rel", "top-1 agreement", "top-1"],
@@ -275,17 +297,33 @@ def _evaluate_section(data: dict) -> Section:
     ):
         if data.get(key) is not None:
             section.rows.append((label, shown(data[key])))
-    matrix = data.get("confusion_matrix")
-    names = data.get("class_names") or ([str(i) for i in range(len(matrix))] if matrix else [])
+    matrix = _square_matrix(data.get("confusion_matrix"))
+    names = data.get("class_names")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        names = [str(i) for i in range(len(matrix))]
     if matrix and len(names) == len(matrix):
-        section.figures.append(Figure("confusion-matrix.png", "confusion matrix", confusion_matrix_png(matrix, names)))
+        if len(matrix) <= MAX_PLOTTED_CLASSES:
+            section.figures.append(
+                Figure("confusion-matrix.png", "confusion matrix", confusion_matrix_png(matrix, names))
+            )
+        else:
+            section.rows.append(("confusion matrix", f"{len(matrix)} classes: in the JSON, not drawn"))
     per_class = data.get("per_class_accuracy")
     if isinstance(per_class, dict):
         per_class = [per_class.get(name) for name in names] if names else list(per_class.values())
-    if per_class and len(per_class) == len(names):
+    if isinstance(per_class, list) and per_class and len(per_class) == len(names):
         rows = [[name, _percent(accuracy)] for name, accuracy in zip(names, per_class, strict=True)]
         section.tables.append((["class", "accuracy"], rows))
     return section
+
+
+def _square_matrix(value: Any) -> list[list[float]]:
+    """A JSON confusion matrix: a square list of lists of numbers, else none."""
+    if not isinstance(value, list) or not all(isinstance(row, list) and len(row) == len(value) for row in value):
+        return []
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for row in value for x in row):
+        return []
+    return value
 
 
 def _bench_sections(runs: Sequence[BenchmarkResult]) -> list[Section]:
@@ -384,20 +422,26 @@ def render_html(sections: Sequence[Section], *, title: str) -> str:
     return "".join(parts)
 
 
+def _md(text: str) -> str:
+    """Text for markdown: HTML escaped as in the page (a markdown renderer passes HTML through),
+    and markdown's own punctuation backslashed, so a name is shown, never run or formatted."""
+    return re.sub(r"([\\`*_\[\]|~])", r"\\\1", html.escape(text, quote=False))
+
+
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def render_markdown(sections: Sequence[Section], *, title: str) -> str:
-    parts = [f"# {title}"]
+    parts = [f"# {_md(title)}"]
     for section in sections:
-        parts.append(f"## {section.title}")
+        parts.append(f"## {_md(section.title)}")
         if section.rows:
             parts.append(_markdown_table(["", "value"], [list(row) for row in section.rows]))
         parts += [_markdown_table(header, rows) for header, rows in section.tables]
-        parts += [f"![{figure.title}]({figure.name})" for figure in section.figures]
+        parts += [f"![{_md(figure.title)}]({figure.name})" for figure in section.figures]
     return "\n\n".join(parts) + "\n"
 
 

@@ -294,3 +294,134 @@ CORPUS: tuple[Hostile, ...] = (
     Hostile("image-truncated", _bytes("truncated.png", truncated_png(np.full((28, 28), 128, np.uint8))), "data",
             "not a readable image"),
 )
+
+
+# --- hostile repository entries (issue 20): each breaks one entry, the rest must be served ---
+
+
+def _config_of(entry: Path) -> str:
+    return (entry / "config.pbtxt").read_text()
+
+
+def _copy_entry(healthy: Path, repository: Path, name: str) -> Path:
+    """A copy of the healthy classifier entry under ``name`` (config renamed to match)."""
+    import shutil
+
+    entry = repository / name
+    shutil.copytree(healthy, entry)
+    (entry / "config.pbtxt").write_text(_config_of(entry).replace(f'name: "{healthy.name}"', f'name: "{name}"', 1))
+    return entry
+
+
+def _ensemble(entry: Path, name: str, step: str) -> None:
+    entry.mkdir(parents=True)
+    (entry / "1").mkdir()
+    (entry / "config.pbtxt").write_text(
+        f'name: "{name}" platform: "ensemble" max_batch_size: 8\n'
+        'input { name: "input" data_type: TYPE_FP32 dims: [1, 28, 28] }\n'
+        'output { name: "logits" data_type: TYPE_FP32 dims: [10] }\n'
+        f'ensemble_scheduling {{ step {{ model_name: "{step}" model_version: -1 '
+        'input_map { key: "input" value: "input" } output_map { key: "logits" value: "logits" } } }\n'
+    )
+
+
+def _with_model_file(name: str, filename: str) -> Callable[[Path, Path], None]:
+    def make(healthy: Path, repository: Path) -> None:
+        entry = _copy_entry(healthy, repository, name)
+        (entry / "config.pbtxt").write_text(
+            _config_of(entry).replace('default_model_filename: "model.onnx"', f'default_model_filename: "{filename}"'))
+    return make
+
+
+def _renamed(name: str) -> Callable[[Path, Path], None]:
+    def make(healthy: Path, repository: Path) -> None:
+        _copy_entry(healthy, repository, name)
+    return make
+
+
+def _fifo(healthy: Path, repository: Path) -> None:
+    entry = _copy_entry(healthy, repository, "fifo")
+    (entry / "1" / "model.onnx").unlink()
+    os.mkfifo(entry / "1" / "model.onnx")
+
+
+def _dev_zero(healthy: Path, repository: Path) -> None:
+    entry = _copy_entry(healthy, repository, "dev-zero")
+    (entry / "1" / "model.onnx").unlink()
+    (entry / "1" / "model.onnx").symlink_to("/dev/zero")
+
+
+def _misnamed(healthy: Path, repository: Path) -> None:
+    entry = _copy_entry(healthy, repository, "misnamed")
+    (entry / "config.pbtxt").write_text(_config_of(entry).replace('name: "misnamed"', 'name: "another"', 1))
+
+
+def _version_named(name: str, folder: str) -> Callable[[Path, Path], None]:
+    def make(healthy: Path, repository: Path) -> None:
+        entry = _copy_entry(healthy, repository, name)
+        (entry / "1").rename(entry / folder)
+    return make
+
+
+def _binary_config(healthy: Path, repository: Path) -> None:
+    entry = _copy_entry(healthy, repository, "binary-config")
+    (entry / "config.pbtxt").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe not a text protobuf \x00\x01")
+
+
+def _self_ensemble(healthy: Path, repository: Path) -> None:
+    _ensemble(repository / "self-ensemble", "self-ensemble", "self-ensemble")
+
+
+def _ensemble_cycle(healthy: Path, repository: Path) -> None:
+    _ensemble(repository / "cycle-a", "cycle-a", "cycle-b")
+    _ensemble(repository / "cycle-b", "cycle-b", "cycle-a")
+
+
+def _symlink_loop(healthy: Path, repository: Path) -> None:
+    entry = _copy_entry(healthy, repository, "symlink-loop")
+    (entry / "1" / "again").symlink_to(entry)
+
+
+def _huge_labels(healthy: Path, repository: Path) -> None:
+    entry = _copy_entry(healthy, repository, "huge-labels")
+    with (entry / "labels.txt").open("r+b") as labels:
+        labels.truncate(1 << 30)  # sparse: a gigabyte of NUL bytes that takes no disk
+
+
+def _nul_labels(healthy: Path, repository: Path) -> None:
+    entry = _copy_entry(healthy, repository, "nul-labels")
+    (entry / "labels.txt").write_bytes(b"\x00\x1c\x1d\x1e\x85" * 20)
+
+
+@dataclass(frozen=True)
+class HostileEntry:
+    """Entries that break a repository: the folders it makes, whether the official container
+    would load them (``served``), and what the line about them says."""
+
+    names: tuple[str, ...]
+    make: Callable[[Path, Path], None]
+    says: str
+    served: bool = False
+
+
+REPOSITORY_CORPUS: tuple[HostileEntry, ...] = (
+    HostileEntry(("traversal",), _with_model_file("traversal", "../../../../../../etc/passwd"),
+                 "must be a file name in the entry, not a path"),
+    HostileEntry(("absolute",), _with_model_file("absolute", "/etc/passwd"),
+                 "must be a file name in the entry, not a path"),
+    HostileEntry(("with space",), _renamed("with space"), "is not one a server can take"),
+    HostileEntry(("mü",), _renamed("mü"), "is not one a server can take"),
+    HostileEntry(("fifo",), _fifo, "is a FIFO (named pipe): reading it waits forever"),
+    HostileEntry(("dev-zero",), _dev_zero, "is a character device"),
+    HostileEntry(("misnamed",), _misnamed, "unexpected directory name 'misnamed' for model 'another'"),
+    HostileEntry(("version-00",), _version_named("version-00", "00"), "at least one version must be available"),
+    HostileEntry(("version-sup2",), _version_named("version-sup2", "²"), "at least one version must be available"),
+    HostileEntry(("binary-config",), _binary_config, "is not UTF-8 text"),
+    HostileEntry(("self-ensemble",), _self_ensemble, "circular dependency between ensembles"),
+    HostileEntry(("cycle-a", "cycle-b"), _ensemble_cycle, "circular dependency between ensembles"),
+    HostileEntry(("symlink-loop",), _symlink_loop, "links back to a folder that contains it"),
+    HostileEntry(("huge-labels",), _huge_labels, "labels.txt is 1,073,741,824 bytes"),
+    # Triton splits labels on "\n" alone: one line of odd bytes is one (wrong) class name. It
+    # serves the entry; repo check warns.
+    HostileEntry(("nul-labels",), _nul_labels, "labels.txt has 1 class names", served=True),
+)

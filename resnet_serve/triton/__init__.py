@@ -17,4 +17,6 @@ TRITON_CONTAINER_TAG = "26.09-py3"
 # `triton-grpc-protocol-admin-key` (Triton prefixes the key's name on gRPC).
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 ADMIN_KEY_HEADER = "admin-key"
+# The environment variable the CLI reads the key from; servers' children never inherit it.
+ADMIN_KEY_VARIABLE = "RESNET_SERVE_ADMIN_KEY"
 GRPC_ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"

@@ -26,6 +26,7 @@ snapshot: entries exported after it was built are served by the next server star
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -35,7 +36,7 @@ from typing import Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from resnet_serve.errors import RepositoryError
+from resnet_serve.errors import RepositoryError, first_line
 from resnet_serve.triton.contract import EntryFacts, read_version_number
 from resnet_serve.triton.images import deploy_image
 from resnet_serve.triton.repository import CONFIG_FILENAME
@@ -69,6 +70,7 @@ _REPLACED_FIELDS = frozenset({
 })
 
 ServedAs = Literal["mirror", "proxy"]
+SkipKind = Literal["refused", "not runnable", "failed to load"]
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,13 @@ class ServedEntry:
 
 @dataclass(frozen=True)
 class SkippedEntry:
-    """A folder of the repository the embedded server does not load, and why."""
+    """A folder of the repository the embedded server does not serve, and why: the official
+    container would refuse it (``refused``), this server cannot run its backend (``not
+    runnable``), or it failed to load, or to load in time (``failed to load``)."""
 
     name: str
     reason: str
+    kind: SkipKind = "refused"
 
 
 @dataclass(frozen=True)
@@ -197,21 +202,25 @@ def build_proxy_repository(*, source: Path, destination: Path) -> ProxyRepositor
     server cannot run.
 
     Raises:
-        RepositoryError: `source` is not a folder, or the copy cannot be written.
+        RepositoryError: `source` is not a folder.
     """
     checks = check_entries(source, host="cpu", triton_version=deploy_image().triton_version, cannot_run=_cannot_run)
     template = _template()
     served: list[ServedEntry] = []
     skipped: list[SkippedEntry] = []
-    try:
-        for check in checks:
-            if check.refused or check.facts is None:
-                skipped.append(SkippedEntry(name=check.name, reason=check.reason))
-            else:
-                served.append(_serve(check, check.facts, destination / check.name, template))
-    except OSError as error:
-        raise RepositoryError(f"cannot build the served copy of {source} in {destination}: {error}") \
-            from None
+    for check in checks:
+        if check.refused or check.facts is None:
+            runnable = check.facts is None or not _cannot_run(check.facts)
+            skipped.append(SkippedEntry(name=check.name, reason=check.reason,
+                                        kind="refused" if runnable else "not runnable"))
+            continue
+        target = destination / check.name
+        try:
+            served.append(_serve(check, check.facts, target, template))
+        except (OSError, RepositoryError) as error:
+            # What changed since the check (a file gone, a link made): this entry only.
+            shutil.rmtree(target, ignore_errors=True)
+            skipped.append(SkippedEntry(name=check.name, reason=f"cannot be mirrored for serving: {first_line(error)}"))
     return ProxyRepository(path=destination, served=tuple(served), skipped=tuple(skipped))
 
 

@@ -56,7 +56,7 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
 from resnet_serve.errors import RepositoryError, ResnetServeError, first_line
-from resnet_serve.files import give_default_permissions
+from resnet_serve.files import give_default_permissions, pid_running
 from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.triton.config import (
@@ -79,6 +79,13 @@ from resnet_serve.triton.config import (
     get_serving_target,
 )
 from resnet_serve.triton.contract import EntryFacts, entry_host, entry_violations
+from resnet_serve.triton.entry_files import (
+    MAX_CONFIG_BYTES,
+    MAX_LABEL_BYTES,
+    name_problem,
+    read_bounded,
+    tree_problems,
+)
 from resnet_serve.triton.images import deploy_image
 
 __all__ = [
@@ -121,8 +128,6 @@ ACCURACY_PARAMETER = "test_accuracy"
 # while it writes the entry (export and verification come before), seconds even for large models.
 ENTRY_LOCK_TIMEOUT_S = 120.0
 
-# Triton turns each folder of the repository into a model name that also appears in URLs.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # The file Triton loads when a config names none (each backend's default).
 _DEFAULT_MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "openvino": "model.xml",
                         "python": "model.py"}
@@ -166,13 +171,15 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class EntrySummary:
-    """One line of `repo list`: what an entry serves, its versions and their sizes on disk."""
+    """One line of `repo list`: what an entry serves, its versions and their sizes on disk, or
+    why it cannot be read (``problem``; the other fields are then empty)."""
 
     name: str
     target: str
     versions: tuple[int, ...]
     version_bytes: tuple[int, ...]
     test_accuracy: float | None
+    problem: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -182,22 +189,11 @@ class EntrySummary:
                 {"version": v, "bytes": size} for v, size in zip(self.versions, self.version_bytes, strict=True)
             ],
             "test_accuracy": self.test_accuracy,
+            **({"problem": self.problem} if self.problem else {}),
         }
 
 
 _WRITER_FOLDER = re.compile(r"^\.(?P<entry>.+)\.(?P<kind>staging|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
-
-
-def _pid_running(pid: int) -> bool:
-    if pid < 1:  # 0 would ask about this process's own group; no writer has it
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -213,7 +209,7 @@ class WriterFolder:
     @property
     def writer_running(self) -> bool:
         """Whether the process that made it still runs (a recycled pid reads as running)."""
-        return _pid_running(self.pid)
+        return pid_running(self.pid)
 
     def describe(self) -> str:
         what = "staging folder" if self.kind == "staging" else f"replaced copy of {self.entry!r}"
@@ -232,7 +228,7 @@ def writer_folder(path: Path) -> WriterFolder | None:
 
 
 def _check_name(name: str) -> None:
-    if not _MODEL_NAME.match(name) or name in (".", ".."):
+    if name_problem(name):
         raise RepositoryError(
             f"invalid model name {name!r}: use letters, digits, '_', '-' and '.', "
             "not starting with '.' or '-' and without path separators"
@@ -828,9 +824,10 @@ def _first_warmup_png(entry: ModelEntry, preprocessing: Preprocessing) -> bytes 
 
 
 def _version_folders(folder: Path) -> tuple[int, ...]:
-    # Triton ignores version folders named 0 or with leading zeros.
+    # ASCII digits only ("²".isdigit() is true), kept under their own name: Triton ignores
+    # version folders named 0 or with leading zeros.
     return tuple(sorted(int(p.name) for p in folder.iterdir()
-                        if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")))
+                        if p.is_dir() and p.name.isascii() and p.name.isdigit() and not p.name.startswith("0")))
 
 
 def backend_of(config: ModelConfig) -> str:
@@ -861,10 +858,10 @@ def read_model_entry(*, repository: Path, name: str, version: int | None = None)
     folder = repository / name
     config_path = folder / CONFIG_FILENAME
     try:
-        config = ModelConfig.parse(config_path.read_text(encoding="utf-8"))
+        config = ModelConfig.parse(read_bounded(config_path, limit=MAX_CONFIG_BYTES).decode("utf-8"))
         versions = _version_folders(folder)
-    except OSError as error:
-        raise RepositoryError(f"cannot read model {name!r} in {repository}: {error}") from None
+    except (OSError, UnicodeDecodeError, RepositoryError) as error:
+        raise RepositoryError(f"cannot read model {name!r} in {repository}: {first_line(error)}") from None
     if config.name != name:
         raise RepositoryError(f"{config_path} names model {config.name!r}, expected {name!r}")
     if not versions:
@@ -872,9 +869,11 @@ def read_model_entry(*, repository: Path, name: str, version: int | None = None)
     version = max(versions) if version is None else version
     labelled = [t.label_filename for t in config.outputs if t.label_filename]
     labels_path = folder / (labelled[0] if labelled else LABELS_FILENAME)
-    class_names = (
-        tuple(labels_path.read_text(encoding="utf-8").splitlines()) if labels_path.is_file() else ()
-    )
+    # Split as Triton's label provider splits them, on "\n" alone.
+    class_names = tuple(
+        read_bounded(labels_path, limit=MAX_LABEL_BYTES).decode("utf-8", errors="replace").removesuffix("\n")
+        .split("\n")
+    ) if labels_path.is_file() else ()
     filename = model_filename(config)
     return ModelEntry(
         name=name,
@@ -911,9 +910,21 @@ def _accuracy(config: ModelConfig) -> float | None:
 
 
 def summarize_repository(repository: Path) -> list[EntrySummary]:
-    """`repo list`: every entry with its target, versions, bytes per version and recorded accuracy."""
+    """`repo list`: every entry with its target, versions, bytes per version and recorded
+    accuracy; an entry that cannot be read is listed with why (nothing is read from a folder
+    that would hang or exhaust a reader: see ``entry_files``)."""
     summaries = []
-    for entry in list_model_entries(repository):
+    for folder in _entry_folders(repository):
+        problem = name_problem(folder.name) or next(tree_problems(folder), "")
+        entry = None
+        try:
+            entry = None if problem else read_model_entry(repository=repository, name=folder.name)
+        except RepositoryError as error:
+            problem = str(error)
+        if entry is None:
+            summaries.append(EntrySummary(name=folder.name, target="", versions=(), version_bytes=(),
+                                          test_accuracy=None, problem=problem))
+            continue
         sizes = tuple(
             sum(p.stat().st_size for p in (entry.path / str(v)).rglob("*") if p.is_file()) for v in entry.versions
         )

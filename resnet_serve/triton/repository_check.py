@@ -29,6 +29,13 @@ from tritonclient.grpc import model_config_pb2
 from resnet_serve.errors import ExportError, RepositoryError
 from resnet_serve.triton.config import parse_model_config
 from resnet_serve.triton.contract import EntryFacts, Host, Severity, When, entry_host, entry_violations
+from resnet_serve.triton.entry_files import (
+    MAX_CONFIG_BYTES,
+    MAX_LABEL_BYTES,
+    name_problem,
+    read_bounded,
+    tree_problems,
+)
 from resnet_serve.triton.images import OfficialImage
 from resnet_serve.triton.repository import CONFIG_FILENAME, writer_folder
 
@@ -97,17 +104,22 @@ def python_imports(source: str) -> set[str]:
 
 
 def _read_config(folder: Path) -> tuple[model_config_pb2.ModelConfig | None, str]:
+    """The folder's config, or the one line that says why there is none to use (the folder's
+    own problems first: nothing is read from a folder that would hang or exhaust a reader)."""
     if folder.name.startswith("."):
         written = writer_folder(folder)
         what = written.describe() if written else "a hidden folder"
         return None, f"{what}, which Triton would try to load as a model"
+    problem = name_problem(folder.name) or next(tree_problems(folder), "")
+    if problem:
+        return None, problem
     path = folder / CONFIG_FILENAME
-    if not path.is_file():
+    if not path.exists():
         return None, f"no {CONFIG_FILENAME}"
     try:
-        return parse_model_config(path.read_text(encoding="utf-8")), ""
-    except (OSError, UnicodeDecodeError) as error:
-        return None, f"cannot read {CONFIG_FILENAME}: {error}"
+        return parse_model_config(read_bounded(path, limit=MAX_CONFIG_BYTES).decode("utf-8")), ""
+    except UnicodeDecodeError:
+        return None, f"{CONFIG_FILENAME} is not UTF-8 text (Triton reads it as a text protobuf)"
     except RepositoryError as error:
         return None, f"{CONFIG_FILENAME}: {error}"
 
@@ -146,25 +158,47 @@ def check_entries(
             # Nothing else matters to a server that cannot run the entry at all.
             checks[folder.name] = EntryCheck(folder.name, folder, facts, (Problem(folder.name, reason),))
             continue
-        problems = [Problem(folder.name, v.message, v.rule, v.severity, v.when) for v in entry_violations(facts)]
-        problems += [Problem(folder.name, m, severity="warning") for m in _label_counts(folder, config)]
+        # A path out of the entry is refused before any rule reads the file it names.
+        problems = list(_path_problems(folder, config)) or [
+            *(Problem(folder.name, v.message, v.rule, v.severity, v.when) for v in entry_violations(facts)),
+            *_label_problems(folder, config),
+        ]
         if image is not None:
             problems += [Problem(folder.name, m) for m in _image_problems(facts, image)]
         checks[folder.name] = EntryCheck(folder.name, folder, facts, tuple(problems))
     return list(_refuse_ensembles_of_refused(checks).values())
 
 
-def _label_counts(folder: Path, config: model_config_pb2.ModelConfig) -> Iterator[str]:
-    """Label files naming another number of classes than their output has: Triton serves them
-    (label_provider.cc never counts), labelling some classes wrongly or not at all."""
+def _path_problems(folder: Path, config: model_config_pb2.ModelConfig) -> Iterator[Problem]:
+    """File names a config gives that reach outside the entry: Triton joins them to the entry's
+    folders as they are, so "../../../etc/passwd" hands a backend a file of the machine."""
+    names = [("default_model_filename", config.default_model_filename)]
+    names += [(f"output {t.name!r} label_filename", t.label_filename) for t in config.output]
+    names += [(f"warm-up {w.name!r} input_data_file", v.input_data_file)
+              for w in config.model_warmup for v in w.inputs.values()]
+    for field, name in names:
+        if name and ("/" in name or "\\" in name or name in (".", "..")):
+            yield Problem(folder.name, f"{field} {name!r} must be a file name in the entry, not a path")
+
+
+def _label_problems(folder: Path, config: model_config_pb2.ModelConfig) -> Iterator[Problem]:
+    """A label file Triton would read whole however large (an error), or one naming another
+    number of classes than its output has: Triton serves it (label_provider.cc never counts),
+    labelling some classes wrongly or not at all (a warning). Lines are counted as Triton
+    splits them, on '\n' alone."""
     for tensor in config.output:
-        labels = folder / tensor.label_filename
-        if not tensor.label_filename or not labels.is_file():
+        if not tensor.label_filename or not (folder / tensor.label_filename).exists():
+            continue  # a missing one is the contract's (core.label-file)
+        try:
+            data = read_bounded(folder / tensor.label_filename, limit=MAX_LABEL_BYTES)
+        except RepositoryError as error:
+            yield Problem(folder.name, f"label file {error}")
             continue
-        count = len(labels.read_text(encoding="utf-8", errors="replace").splitlines())
+        count = len(data.removesuffix(b"\n").split(b"\n")) if data else 0
         classes = int(np.prod(tensor.dims))
         if count != classes:
-            yield f"{tensor.label_filename} has {count} class names, output {tensor.name!r} has {classes} classes"
+            yield Problem(folder.name, f"{tensor.label_filename} has {count} class names, output {tensor.name!r} has "
+                                       f"{classes} classes", severity="warning")
 
 
 def _refuse_ensembles_of_refused(checks: dict[str, EntryCheck]) -> dict[str, EntryCheck]:

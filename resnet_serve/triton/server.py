@@ -17,7 +17,12 @@ virtualenv takes three more things this module does for the caller:
 
 What a crash leaves behind is this module's to clean: each start names the python backend's
 shared-memory regions with a prefix of its own (`shm-region-prefix-name`), so `stop` removes
-exactly this server's `/dev/shm` leftovers and never another server's. Triton 2.51 binds its
+exactly this server's `/dev/shm` leftovers and never another server's. Each start's copy of
+the repository, and its log when no log file is given, live in one run folder,
+`<tmp>/resnet-serve-<uid>/serve-<pid>-<random>` (readable by this user only), which `stop`
+removes; the next start removes the run folders of processes that are gone (a `serve` killed
+with SIGKILL). The admin key reaches tritonserver on its command line only: it is taken out of
+the environment tritonserver and its python stubs inherit, where any model's code could read it. Triton 2.51 binds its
 HTTP and metrics endpoints with `inet_addr` (a host name became 255.255.255.255, `::1` failed),
 so the address is resolved here and given to Triton as a literal in the form each endpoint
 parses (`ipv6:<address>` for HTTP and metrics, `[<address>]` for gRPC), after a test bind that
@@ -39,6 +44,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -53,7 +59,8 @@ from types import TracebackType
 from typing import IO, Literal
 
 from resnet_serve.errors import MissingDependencyError, RepositoryError, ServerError
-from resnet_serve.triton import ADMIN_KEY_HEADER, RESTRICTED_APIS
+from resnet_serve.files import pid_running
+from resnet_serve.triton import ADMIN_KEY_HEADER, ADMIN_KEY_VARIABLE, RESTRICTED_APIS
 from resnet_serve.triton.proxy import ProxyRepository, ServedEntry, SkippedEntry, build_proxy_repository
 
 __all__ = [
@@ -312,6 +319,28 @@ def port_in_use(address: str, port: int) -> bool:
     return False
 
 
+def runtime_folder() -> Path:
+    """This user's folder of server runs, made private if new, after removing the run folders
+    of processes that are gone.
+
+    Raises:
+        ServerError: the folder exists but is not this user's private folder.
+    """
+    folder = Path(tempfile.gettempdir()) / f"resnet-serve-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        status = folder.lstat()
+    except OSError as error:
+        raise ServerError(f"cannot make {folder}: {error.strerror or error}") from None
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid() or status.st_mode & 0o077:
+        raise ServerError(f"{folder} is not a folder of this user's only: remove it, and the next start makes it")
+    for run in folder.glob("serve-*-*"):
+        pid = run.name.split("-")[1]
+        if pid.isascii() and pid.isdigit() and not pid_running(int(pid)):
+            shutil.rmtree(run, ignore_errors=True)
+    return folder
+
+
 def generate_admin_key() -> str:
     """A random key for the restricted APIs (256 bits, URL-safe)."""
     return secrets.token_urlsafe(32)
@@ -369,6 +398,7 @@ class TritonServer:
         admin_key: str | None = None,
         cache_dir: Path | None = None,
         extra_args: Sequence[str] = (),
+        on_load_failure: Literal["fail", "skip"] = "fail",
     ) -> None:
         if not repository.is_dir():
             raise RepositoryError(f"model repository {repository} does not exist")
@@ -387,6 +417,8 @@ class TritonServer:
         if any(arg.split("=")[0] in ("--model-repository", "--model-store") for arg in extra_args):
             # tritonserver would load that folder as well, as it is, beside the served copy.
             raise ServerError("give the model repository as repository=, not in extra_args")
+        if on_load_failure not in ("fail", "skip"):
+            raise ServerError(f"on_load_failure must be fail or skip, not {on_load_failure!r}")
         if admin_key is not None and not _ADMIN_KEY.match(admin_key):
             raise ServerError(
                 "an admin key needs at least 16 characters, each a letter, a digit or one of . _ ~ + / -"
@@ -403,12 +435,15 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.cache_dir = cache_dir
         self.extra_args = tuple(extra_args)
+        self.on_load_failure = on_load_failure
+        self._failed_loads: tuple[SkippedEntry, ...] = ()
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         # Where this start's part of the log begins (a restarted server appends to the log).
         self._log_offset = 0
         self._starts = 0
         self._proxy: ProxyRepository | None = None
+        self._run_folder: Path | None = None
         self._shm_prefix = ""
 
     @property
@@ -440,8 +475,10 @@ class TritonServer:
 
     @property
     def skipped(self) -> tuple[SkippedEntry, ...]:
-        """The repository's folders this server cannot run, each with why (after `start`)."""
-        return self._proxy.skipped if self._proxy else ()
+        """The repository's folders this server does not serve, each with why: those skipped
+        before it started (after `start`), and, with ``on_load_failure="skip"``, those that
+        failed to load (after `wait_until_ready`)."""
+        return (self._proxy.skipped if self._proxy else ()) + self._failed_loads
 
     def _models_to_load(self) -> tuple[str, ...]:
         """In explicit mode, the asked-for models minus the skipped ones."""
@@ -471,6 +508,11 @@ class TritonServer:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
         ]
+        if self.on_load_failure == "skip":
+            # A model that fails to load must not stop the others: tritonserver keeps running,
+            # and reports ready once it is up, whatever its models do (wait_until_ready waits
+            # for each).
+            args += ["--exit-on-error=false", "--strict-readiness=false"]
         if self.admin_key:
             apis = ",".join(RESTRICTED_APIS)
             args += [
@@ -482,7 +524,7 @@ class TritonServer:
 
     def environment(self, installation: TritonInstallation) -> dict[str, str]:
         """The process environment; see the module docstring for why each entry is there."""
-        env = dict(os.environ)
+        env = {key: value for key, value in os.environ.items() if key != ADMIN_KEY_VARIABLE}
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (libdir, str(installation.libraries), env.get("LD_LIBRARY_PATH", "")) if p
@@ -496,20 +538,23 @@ class TritonServer:
         (see `wait_until_ready`)."""
         if self.is_running:
             raise ServerError(f"tritonserver is already running (pid {self.pid})")
+        self._failed_loads = ()
         installation = find_triton_installation()
         backend_directory = prepare_backend_directory(installation, cache_dir=self.cache_dir)
         for label, port in self.ports.items():
             check_can_listen(self.listen, port, label=label)
-        if self.log_file is None:
-            handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
-            os.close(handle)
-            self.log_file = Path(name)
         try:
-            # Readable by this user only; stop() removes it.
-            proxy_folder = Path(tempfile.mkdtemp(prefix="resnet-serve-repository-"))
+            # Readable by this user only, kept across restarts (the log of a crash stays
+            # readable); close() removes it.
+            if self._run_folder is None:
+                self._run_folder = Path(tempfile.mkdtemp(prefix=f"serve-{os.getpid()}-", dir=runtime_folder()))
+            proxy_folder = self._run_folder / f"repository-{self._starts + 1}"
+            proxy_folder.mkdir()
         except OSError as error:
             raise ServerError(f"cannot make a temporary folder for the served repository: {error}") \
                 from None
+        if self.log_file is None:
+            self.log_file = self._run_folder / "tritonserver.log"
         try:
             self._proxy = build_proxy_repository(source=self.repository, destination=proxy_folder)
         except BaseException:
@@ -543,6 +588,16 @@ class TritonServer:
     def _remove_proxy(self) -> None:
         if self._proxy is not None:
             shutil.rmtree(self._proxy.path, ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop, and remove the run folder: the served copies, and the log when no log file was
+        given (a server can still be started again: it makes a new run folder)."""
+        self.stop()
+        if self._run_folder is not None:
+            if self.log_file is not None and self.log_file.parent == self._run_folder:
+                self.log_file = None
+            shutil.rmtree(self._run_folder, ignore_errors=True)
+            self._run_folder = None
 
     def _url(self, path: str) -> str:
         ip = self.listen.local_ip
@@ -591,7 +646,9 @@ class TritonServer:
         """Block until the server and `models` are ready; ServerError with the log's errors if not.
 
         `models` defaults to the explicitly loaded ones in explicit mode (less the skipped ones),
-        and to every model the server loads otherwise.
+        and to every model the server loads otherwise. With ``on_load_failure="skip"`` a model
+        that fails to load, or is not ready within `timeout`, is added to `skipped` with why,
+        and the server is ready with the others.
         """
         if self._process is None:
             raise ServerError("tritonserver was not started")
@@ -611,6 +668,11 @@ class TritonServer:
                 if not pending:
                     return
             if time.monotonic() > deadline:
+                if self.on_load_failure == "skip" and self._get("/v2/health/ready")[0] == 200:
+                    self._failed_loads += tuple(
+                        SkippedEntry(name, f"not ready after {timeout:g} s", kind="failed to load") for name in pending
+                    )
+                    return
                 raise ServerError(self._failure(f"tritonserver was not ready after {timeout:g} s"))
             time.sleep(0.1)
 
@@ -619,10 +681,16 @@ class TritonServer:
         if models is None:
             models = self._models_to_load() if self.model_control == "explicit" else list(states)
         failed = {n: states[n][1] for n in models if states.get(n, ("",))[0] == "UNAVAILABLE"}
-        if failed:
+        if failed and self.on_load_failure == "fail":
             reasons = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
             raise ServerError(self._failure(f"models failed to load ({reasons})"))
-        return [n for n in models if self._get(f"/v2/models/{n}/ready")[0] != 200]
+        known = {entry.name for entry in self._failed_loads}
+        self._failed_loads += tuple(
+            SkippedEntry(name, f"failed to load: {(reason.strip() or 'no reason given').splitlines()[0][:300]}",
+                         kind="failed to load")
+            for name, reason in failed.items() if name not in known
+        )
+        return [n for n in models if n not in failed and self._get(f"/v2/models/{n}/ready")[0] != 200]
 
     def _run_log(self) -> str:
         """The log of the current (or last) start."""
@@ -708,6 +776,8 @@ class TritonServer:
         try:
             self.wait_until_ready()
         except BaseException:
+            # Stopped, not closed: the error names the log, which stays until the next start
+            # after this process has gone.
             self.stop()
             raise
         return self
@@ -718,4 +788,4 @@ class TritonServer:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()

@@ -287,6 +287,14 @@ def tune_model_entry(
             f"{' and '.join(_TUNABLE_TARGETS)} targets"
         )
     source = _fp32_source(repository, entry)
+    largest = max(options.space.max_batch_sizes)
+    if options.batch_size > largest:
+        raise TuningError(
+            f"no configuration of the search space takes requests of {options.batch_size} images: the largest "
+            f"max_batch_size searched is {largest} (--max-batch-sizes)"
+        )
+    if options.write:
+        _check_can_write(repository, name)
     grid, pruned = ([], {}) if options.quick else options.space.grid(batch_size=options.batch_size, cores=cores)
     if len(grid) > options.max_candidates:
         raise TuningError(
@@ -334,6 +342,24 @@ def tune_model_entry(
         chosen=None if chosen is None else chosen.label, written_version=written,
         seconds=time.perf_counter() - began,
     )
+
+
+def _check_can_write(repository: Path, name: str) -> None:
+    """Fail before measuring, not after, where the tuned version could not be written: the
+    writer makes its lock and staging folder in the repository itself."""
+    lock = repository / f".{name}.lock"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{name}.tune-check-", dir=repository)
+        os.close(handle)
+        os.unlink(probe)
+        if lock.exists():
+            with lock.open("a"):
+                pass
+    except OSError as error:
+        raise TuningError(
+            f"cannot write the tuned version into {repository} ({error.strerror or error}): measure with --no-write, "
+            "or tune a copy you can write"
+        ) from None
 
 
 def quick_search(

@@ -23,6 +23,7 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from hostile import dead_pid
 from openvino_entry import convert_to_openvino_entry
 from samples import fashion_mnist
 from tiny_onnx import (
@@ -36,9 +37,10 @@ from torch import nn
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.errors import ServerError
+from resnet_serve.triton import ADMIN_KEY_VARIABLE
 from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME
 from resnet_serve.triton.repository import write_model_entry
-from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.server import TritonServer, find_free_ports, runtime_folder
 
 pytestmark = pytest.mark.triton
 
@@ -341,3 +343,46 @@ def test_explicit_mode_loads_the_named_models_less_the_skipped_ones(
                       model_control="explicit", load_models=["tiny", "trt"]) as server:
         assert [entry.name for entry in server.skipped] == ["trt"]
         assert server.ready_versions() == {"tiny": (1,)}
+
+
+def test_the_admin_key_stays_out_of_the_server_and_its_models_environment(
+    tmp_path: Path, tiny: tuple[Path, TinyClassifier], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI reads the key from RESNET_SERVE_ADMIN_KEY; tritonserver gets it on its command
+    line only, never in the environment that every python-backend model's code can read."""
+    key = "environment-admin-key-0123456789"
+    monkeypatch.setenv(ADMIN_KEY_VARIABLE, key)
+    write_entry(tmp_path / "repository", "tiny", tiny[0])
+    http_port, grpc_port, metrics_port = find_free_ports(3)
+    with TritonServer(repository=tmp_path / "repository", http_port=http_port, grpc_port=grpc_port,
+                      metrics_port=metrics_port, admin_key=key) as server:
+        processes = live_processes_in_group(server.pid)
+        assert sorted(processes) == ["triton_python_b", "tritonserver"]
+        for pid in [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]:
+            try:
+                if os.getpgid(pid) != server.pid:
+                    continue
+                environment = Path(f"/proc/{pid}/environ").read_bytes()
+            except (ProcessLookupError, FileNotFoundError):
+                continue
+            assert key.encode() not in environment and ADMIN_KEY_VARIABLE.encode() not in environment
+
+
+def test_a_killed_runs_leftovers_are_removed_by_the_next_start_and_a_run_leaves_nothing(
+    tmp_path: Path, tiny: tuple[Path, TinyClassifier]
+) -> None:
+    write_entry(tmp_path / "repository", "tiny", tiny[0])
+    # What `serve` killed with SIGKILL leaves: its run folder, its served copy and log inside.
+    left = runtime_folder() / f"serve-{dead_pid()}-k1ll3d"
+    (left / "repository-1" / "tiny").mkdir(parents=True)
+    (left / "tritonserver.log").write_text("the log of a run that was killed\n")
+    http_port, grpc_port, metrics_port = find_free_ports(3)
+    server = TritonServer(repository=tmp_path / "repository", http_port=http_port, grpc_port=grpc_port,
+                          metrics_port=metrics_port)
+    with server:
+        assert not left.exists()
+        # Without a log file of its own the server keeps its log in its run folder.
+        assert server.log_file is not None and server.log_file.parent.parent == runtime_folder()
+        run = server.log_file.parent
+        assert run.stat().st_mode & 0o077 == 0
+    assert not run.exists()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from samples import fashion_mnist
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
 from typer.testing import CliRunner
 
 from resnet_serve.cli import app
@@ -18,7 +19,7 @@ from resnet_serve.client.inference import InferenceClient
 from resnet_serve.runtimes import OnnxRuntime
 from resnet_serve.triton.config import VersionPolicy
 from resnet_serve.triton.images import find_image
-from resnet_serve.triton.repository import read_model_entry
+from resnet_serve.triton.repository import read_model_entry, write_model_entry
 from resnet_serve.triton.repository_check import check_repository
 from resnet_serve.triton.server import TritonServer, find_free_ports
 
@@ -113,3 +114,22 @@ def test_a_short_tune_measures_every_candidate_and_writes_the_winner_as_a_served
     expected = OnnxRuntime(repository / "r20" / "1" / "model.onnx").run(images)
     assert (served.argmax(1) == expected.argmax(1)).mean() >= 0.9
     assert np.isfinite(served).all()
+
+
+def test_when_nothing_settles_tune_says_so_rather_than_blaming_the_budget(tmp_path: Path) -> None:
+    export_tiny_classifier(tmp_path / "tiny.onnx")
+    write_model_entry(repository=tmp_path / "repo", name="tiny", onnx_path=tmp_path / "tiny.onnx",
+                      class_names=CLASS_NAMES, preprocessing=PREPROCESSING)
+
+    # Three 100 ms windows that must agree within 0.001%: nothing can settle.
+    result = runner.invoke(app, [
+        "tune", "tiny", "--repository", str(tmp_path / "repo"), "--p99-ms", "1000", "--runtimes", "onnxruntime",
+        "--max-batch-sizes", "64", "--preferred-batch-sizes", "0", "--queue-delays-us", "100", "--instances", "1",
+        "--threads", "1", "--measurement-interval", "100", "-s", "0.001", "-r", "3", "--warmup", "0", "--no-write",
+        "-o", str(tmp_path / "out"),
+    ])
+
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in output
+    assert "no configuration could be measured: 2 unstable (each with why, above); nothing written" in output
+    assert "no configuration met p99" not in output

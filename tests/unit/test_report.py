@@ -63,3 +63,50 @@ def test_an_evaluation_with_a_confusion_matrix_gets_its_plot_and_per_class_table
     assert [p.name for p in result.images] == ["confusion-matrix.png"]
     markdown = result.markdown.read_text()
     assert "| T-shirt/top | 90.00% |" in markdown and "| Pullover | 50.00% |" in markdown
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ('{"model": "r20", "results": "notalist"}', "is not a `bench --json` result"),
+        ('{"results": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested deeper than any --json result"),
+        (None, "is 67,108,865 bytes; a --json result is far smaller"),
+    ],
+    ids=["results-not-a-list", "nested-100000-deep", "over-64-MiB"],
+)
+def test_a_hostile_bench_file_is_one_line_through_the_command(tmp_path, content, says):
+    path = tmp_path / "bench.json"
+    if content is None:
+        with path.open("wb") as sparse:
+            sparse.truncate((64 << 20) + 1)
+    else:
+        path.write_text(content)
+
+    result = runner.invoke(app, ["report", "--bench", str(path), "-o", str(tmp_path / "out")])
+
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert says in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_names_from_the_inputs_are_text_in_the_plots_the_page_and_the_markdown(tmp_path):
+    """A `$` pair is no mathtext, and a name's markup is shown, never run, in either file."""
+    bench_json(tmp_path / "a.json", "resnet-serve", 400.0)
+    data = json.loads((tmp_path / "a.json").read_text())
+    # "$\\oops$" is mathtext matplotlib cannot parse: it raised from savefig.
+    data["model"] = "r$\\oops$ <script>alert(1)</script> *bold* [link](x)"
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    (tmp_path / "eval.json").write_text(json.dumps({
+        "model": "$\\oops$", "class_names": ["$\\oops$", "<b>b</b>", "c|d"],
+        "confusion_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "per_class_accuracy": [1, 1, 1],
+        # Fields of the wrong type are left out, as missing ones are.
+        "top1": "high", "per_class": {"nested": [1, 2]},
+    }))
+
+    result = build_report(output_dir=tmp_path / "out", bench=[tmp_path / "a.json"], evaluate=tmp_path / "eval.json")
+
+    markdown = result.markdown.read_text()
+    assert "<script>" not in markdown and "&lt;script&gt;" in markdown and "<b>" not in markdown
+    assert "\\*bold\\*" in markdown and "\\[link\\]" in markdown and "c\\|d" in markdown
+    assert "<script>" not in result.html.read_text()
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in result.images)

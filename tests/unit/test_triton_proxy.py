@@ -14,7 +14,6 @@ from openvino_entry import convert_to_openvino_entry
 from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
 from tritonclient.grpc import model_config_pb2
 
-from resnet_serve.errors import RepositoryError
 from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME, TENSORRT_PLAN, parse_model_config
 from resnet_serve.triton.proxy import (
     MODEL_FILE_PARAMETER,
@@ -239,9 +238,12 @@ def test_a_linked_version_folder_is_copied_as_a_real_folder_so_nothing_reaches_i
     assert sorted(p.name for p in elsewhere.iterdir()) == ["model.onnx"]
 
 
-def test_a_folder_that_links_back_into_itself_is_one_error(tmp_path: Path, onnx_path: Path) -> None:
+def test_a_folder_that_links_back_into_itself_is_skipped_and_the_rest_served(tmp_path: Path, onnx_path: Path) -> None:
     entry = write(tmp_path / "repo", "tiny", onnx_path, target=ONNXRUNTIME)
+    write(tmp_path / "repo", "other", onnx_path, target=ONNXRUNTIME)
     (entry / "1" / "loop").symlink_to(entry)
 
-    with pytest.raises(RepositoryError, match="loop links back to a folder that contains it"):
-        build(tmp_path / "repo", tmp_path)
+    proxy = build(tmp_path / "repo", tmp_path)
+
+    assert proxy.served_names == ("other",)
+    assert proxy.skipped == (SkippedEntry("tiny", "tiny/1/loop links back to a folder that contains it"),)

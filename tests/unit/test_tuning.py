@@ -167,6 +167,8 @@ def repository(tmp_path: Path) -> Path:
          "the search space has 15 candidates after pruning, more than the 3 allowed"),
         (["tiny", "--runtimes", "onnxruntime,tensorrt"], "unknown runtimes ['tensorrt']"),
         (["tiny", "--p99-ms", "-1"], "the p99 budget must be > 0 ms"),
+        (["tiny", "--batch-size", "100000"], "no configuration of the search space takes requests of 100000 images: "
+                                             "the largest max_batch_size searched is 64"),
     ],
 )
 def test_tune_refuses_before_measuring_anything(repository: Path, arguments: list[str], message: str, tmp_path: Path) -> None:
@@ -177,6 +179,18 @@ def test_tune_refuses_before_measuring_anything(repository: Path, arguments: lis
     assert result.exit_code == 1
     assert "Traceback" not in result.output and message in " ".join(result.output.split())
     assert sorted(p.relative_to(repository) for p in repository.rglob("*")) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_repository_it_cannot_write_into_is_refused_before_measuring(repository: Path, tmp_path: Path) -> None:
+    # The writer's lock cannot be taken (the tests run as root, whom file modes do not stop).
+    (repository / ".tiny.lock").mkdir()
+
+    result = runner.invoke(app, ["tune", "tiny", "--repository", str(repository), "-o", str(tmp_path / "out")])
+
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot write the tuned version into {repository} (Is a directory): measure with --no-write" in \
+        " ".join(result.output.split())
     assert not (tmp_path / "out").exists()
 
 

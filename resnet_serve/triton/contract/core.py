@@ -7,9 +7,12 @@ from collections.abc import Iterator
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import triton_to_np_dtype
 
+from resnet_serve.errors import RepositoryError
 from resnet_serve.triton.contract.facts import EntryFacts, read_version_number
 from resnet_serve.triton.contract.rules import Rule, Source
+from resnet_serve.triton.entry_files import file_problem, read_bounded
 
 __all__ = ["CORE_RULES", "dims_match", "shape_text"]
 
@@ -19,6 +22,8 @@ _MCU = "src/model_config_utils.cc"
 _KNOWN_PAIRS = {"tensorrt": {"tensorrt_plan"}, "onnxruntime": {"onnxruntime_onnx"}, "pytorch": {"pytorch_libtorch"},
                 "tensorflow": {"tensorflow_savedmodel", "tensorflow_graphdef"}}
 _DataType = model_config_pb2.DataType
+# A TYPE_STRING warm-up sample is read whole (an encoded image or two).
+MAX_WARMUP_STRING_BYTES = 64 << 20
 _Kind = model_config_pb2.ModelInstanceGroup
 
 
@@ -168,24 +173,25 @@ def _warmup_input(facts: EntryFacts, name: str, value: model_config_pb2.ModelWar
         yield f"warmup setting expects input '{name}' to have input_data_type set"
     elif source == "input_data_file":
         path = facts.folder / "warmup" / value.input_data_file
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            yield f"cannot read the warm-up file {path}: {error.strerror or error}"
-            return
         elements = int(np.prod(dims)) if dims else 1
-        if value.data_type == _DataType.TYPE_STRING:
-            found = _string_elements(data)
+        problem = file_problem(path)
+        if problem:
+            yield f"cannot read the warm-up file: {problem}"
+        elif value.data_type == _DataType.TYPE_STRING:
+            try:
+                found = _string_elements(read_bounded(path, limit=MAX_WARMUP_STRING_BYTES))
+            except RepositoryError as error:
+                yield f"warm-up file {error}"
+                return
             if found != elements:
                 yield (f"{path.name} must hold {elements} length-prefixed string element(s), "
                        f"{'is malformed' if found is None else f'holds {found}'}")
         else:
-            from tritonclient.utils import triton_to_np_dtype
-
             itemsize = np.dtype(triton_to_np_dtype(_DataType.Name(value.data_type)[len("TYPE_"):])).itemsize
-            if len(data) < elements * itemsize:
+            size = path.stat().st_size
+            if size < elements * itemsize:
                 yield (f"warmup setting expects {elements * itemsize} bytes, but the data provided from "
-                       f"{path.name} only has {len(data)} bytes")
+                       f"{path.name} only has {size} bytes")
 
 
 _REPOSITORY_MANAGER = "src/model_repository_manager/model_repository_manager.cc"

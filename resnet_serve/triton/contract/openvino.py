@@ -23,6 +23,7 @@ from resnet_serve.triton.contract.core import shape_text
 from resnet_serve.triton.contract.facts import EntryFacts
 from resnet_serve.triton.contract.rules import Rule, Source
 from resnet_serve.triton.contract.signatures import ModelSignature, TensorSignature
+from resnet_serve.triton.entry_files import file_problem
 
 __all__ = ["OPENVINO_RULES", "OPENVINO_TYPES", "batch_padding", "openvino_flag"]
 
@@ -97,8 +98,11 @@ def compare_dims(model: tuple[Dim, ...], dims: list[int], max_batch_size: int, *
 
 def _read(path: Path, config: model_config_pb2.ModelConfig) -> tuple[ModelSignature, list[str]] | str:
     """Read the file as the backend does: inputs as read, outputs after ``set_batch``."""
-    if not path.is_file():
+    if not path.exists():
         return f"unable to find '{path}'"
+    problem = file_problem(path)
+    if problem:
+        return problem
     try:
         import openvino
         from openvino.preprocess import PrePostProcessor

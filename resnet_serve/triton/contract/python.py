@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from resnet_serve.triton.contract.facts import EntryFacts
 from resnet_serve.triton.contract.rules import Rule, Source
+from resnet_serve.triton.entry_files import file_problem
 
 __all__ = ["PYTHON_RULES"]
 
@@ -18,8 +19,10 @@ _PYTHON = frozenset({"python"})
 def _model_file(facts: EntryFacts) -> Iterator[str]:
     for version in facts.versions:
         path = facts.version_path(version) / facts.model_filename
-        if not path.is_file():
+        if not path.exists():
             yield f"version {version}: Python model file not found in '{path}'"
+        elif problem := file_problem(path):
+            yield f"version {version}: {problem}"
 
 
 def _parameters(facts: EntryFacts) -> Iterator[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from resnet_serve.errors import first_line
+from resnet_serve.triton.entry_files import file_problem
 
 __all__ = ["ONNX_TYPES", "ModelSignature", "TensorSignature", "read_onnx_signature", "stoi"]
 
@@ -64,8 +65,11 @@ def read_onnx_signature(path: Path) -> ModelSignature | str:
     if path.is_dir():
         # The onnxruntime backend's rule: a model folder holds model.onnx (and its data).
         path = path / "model.onnx"
-    if not path.is_file():
+    if not path.exists():
         return f"unable to find '{path}'"
+    problem = file_problem(path)
+    if problem:
+        return problem
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as error:  # noqa: BLE001 - onnx raises several unrelated types

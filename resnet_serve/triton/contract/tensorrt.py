@@ -10,6 +10,7 @@ from tritonclient.grpc import model_config_pb2
 
 from resnet_serve.triton.contract.facts import EntryFacts
 from resnet_serve.triton.contract.rules import Rule, Source
+from resnet_serve.triton.entry_files import file_problem
 
 __all__ = ["TENSORRT_RULES"]
 
@@ -28,8 +29,10 @@ def _instance_kind(facts: EntryFacts) -> Iterator[str]:
 def _model_file(facts: EntryFacts) -> Iterator[str]:
     for version in facts.versions:
         path = facts.version_path(version) / facts.model_filename
-        if not path.is_file():
+        if not path.exists():
             yield f"version {version}: unable to find '{path}'"
+        elif problem := file_problem(path):
+            yield f"version {version}: {problem}"
 
 
 def _data_types(facts: EntryFacts) -> Iterator[str]:

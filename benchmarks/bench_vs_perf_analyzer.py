@@ -17,28 +17,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import _harness
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from resnet_serve.client.bench import benchmark_served_model  # noqa: E402
-from resnet_serve.client.results import describe_machine  # noqa: E402
-from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError  # noqa: E402
-from resnet_serve.export.onnx import export_onnx  # noqa: E402
-from resnet_serve.fold import fold_batchnorm  # noqa: E402
-from resnet_serve.models import create_model  # noqa: E402
-from resnet_serve.preprocessing import Preprocessing  # noqa: E402
-from resnet_serve.triton.repository import write_model_entry  # noqa: E402
-from resnet_serve.triton.server import TritonServer, find_free_ports  # noqa: E402
+from resnet_serve.client.bench import benchmark_served_model
+from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
+from resnet_serve.export.onnx import export_onnx
+from resnet_serve.fold import fold_batchnorm
+from resnet_serve.models import create_model
+from resnet_serve.preprocessing import Preprocessing
+from resnet_serve.triton.repository import Classifier, write_model_entry
+from resnet_serve.triton.server import TritonServer, find_free_ports
 
 MODELS = {
     # name: (architecture, input shape, classes, batch sizes)
@@ -62,9 +58,9 @@ def write_entry(repository: Path, name: str) -> None:
         export_onnx(folded, onnx_path, input_shape=shape)
         preprocessing = Preprocessing(channels=shape[0], height=shape[1], width=shape[2],
                                       mean=(0.5,) * shape[0], std=(0.25,) * shape[0])
-        write_model_entry(repository=repository, name=name, onnx_path=onnx_path,
-                          class_names=[f"class_{i}" for i in range(classes)], preprocessing=preprocessing,
-                          metadata={"architecture": architecture})
+        write_model_entry(repository=repository, name=name, classifier=Classifier(
+            model_file=onnx_path, class_names=[f"class_{i}" for i in range(classes)], preprocessing=preprocessing,
+            metadata={"architecture": architecture}))
 
 
 def engines(name: str) -> list[tuple[str, str | None]]:
@@ -74,7 +70,7 @@ def engines(name: str) -> list[tuple[str, str | None]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/bench-vs-perf-analyzer"))
+    parser.add_argument("--output", type=Path, default=_harness.RESULTS / "bench-vs-perf-analyzer")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", default="1,2,4")
     parser.add_argument("--models", default=",".join(MODELS))
@@ -86,7 +82,7 @@ def main() -> None:
     levels = [int(x) for x in args.concurrency.split(",")]
     names = args.models.split(",")
     runs: list[dict] = []
-    load_before = os.getloadavg()
+    load = _harness.Load()
     began = time.time()
     with tempfile.TemporaryDirectory() as repository:
         for name in names:
@@ -104,17 +100,15 @@ def main() -> None:
                                                     round_index))
                                 print(json.dumps({k: runs[-1][k] for k in ("model", "batch", "concurrency", "engine",
                                                   "client", "inferences_per_second", "p50_ms")}), flush=True)
+    load.stop()
     summary = summarize(runs)
     result = {
-        "machine": describe_machine(), "load_average": {"before": load_before, "after": os.getloadavg()},
         "seconds": time.time() - began, "rounds": args.rounds, "interval_ms": args.interval_ms,
         "stability_percentage": args.stability_percentage, "max_trials": args.max_trials,
         "summary": summary, "runs": runs,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.output.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    record = _harness.write_results(args.output, result, load=load, markdown=markdown)
+    print(markdown(record))
 
 
 def measure(
@@ -178,9 +172,9 @@ def markdown(result: dict) -> str:
 
     lines = [
         "# `resnet-serve bench` vs perf_analyzer 2.40, interleaved, one embedded server, gRPC", "",
-        f"Machine: {result['machine']}. Load average (the benchmark's own load included) "
-        f"{result['load_average']['before'][0]:.1f} before, "
-        f"{result['load_average']['after'][0]:.1f} after. {result['rounds']} rounds, "
+        f"Machine: {result['machine']['description']}. Load average (the benchmark's own load included) "
+        f"{result['machine']['load_average']['before'][0]:.1f} before, "
+        f"{result['machine']['load_average']['after'][0]:.1f} after. {result['rounds']} rounds, "
         f"windows {result['interval_ms']} ms (ResNet-50: 2.5× at batch 1, 5× at batch 8), "
         f"stable within ±{result['stability_percentage']:g}% "
         f"in at most {result['max_trials']} windows. Medians over rounds; ratio = ours / perf_analyzer "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,19 +24,18 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import _harness
 import numpy as np
 import torch
 from PIL import Image
 
 from resnet_serve.checkpoints import CheckpointMeta, save_checkpoint
-from resnet_serve.files import replacing_atomically
 from resnet_serve.models import create_model
 from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.triton.server import TritonServer, find_free_ports
 
 CLASSES = ("circles", "stripes", "blobs", "noise")
 CLI = [sys.executable, "-m", "resnet_serve.cli"]
-RESULTS = Path(__file__).resolve().parent / "results" / "evaluate-memory.json"
 
 
 def write_photos(root: Path, count: int, *, seed: int = 0) -> int:
@@ -95,22 +93,16 @@ def peak_rss_of(command: list[str]) -> tuple[int, float]:
     return outcome["maxrss_kib"] * 1024, seconds  # Linux reports kibibytes
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--subset", type=int, default=5_000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=_harness.RESULTS / "evaluate-memory.json")
     parser.add_argument("--note", default="", help="recorded as is, e.g. how busy the machine was")
     args = parser.parse_args()
+    load = _harness.Load()
 
     with tempfile.TemporaryDirectory(prefix="evaluate-memory-") as scratch:
         work = Path(scratch)
@@ -162,11 +154,11 @@ def main() -> None:
                     "top1": evaluation["top1"],
                 })
                 print(f"{label:>16}: peak RSS {peak / 2**20:7.1f} MiB, {seconds:6.1f} s", flush=True)
+    load.stop()
 
     result = {
         "what": "peak resident memory of `resnet-serve evaluate --data <ImageFolder>` (the client process only)",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "note": args.note,
         "folder": {
             "images": args.images,
@@ -182,9 +174,8 @@ def main() -> None:
         "concurrency": args.concurrency,
         "runs": runs,
     }
-    with replacing_atomically(args.output) as temporary:
-        temporary.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    _harness.write_results(args.output, result, load=load)
+    print(f"wrote {args.output.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ about a minute on an H100. Prints one JSON and writes it to
 
     python benchmarks/gpu_check.py [--output FILE] [--seconds 1.0]
 
+From a checkout where the package is not installed (a bare GPU machine), put it on the path:
+``PYTHONPATH=. python benchmarks/gpu_check.py``.
+
 Throughput is images/s over a timed window; latency is the p50 of single timed batches, each
 bracketed by ``torch.cuda.synchronize()``; warm-up runs (which include cuDNN's algorithm
 search and graph capture) are excluded. The weights are random (seeded): timing does not
@@ -25,23 +28,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import _harness
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from resnet_serve.fold import fold_batchnorm
+from resnet_serve.models import create_model
+
 BATCH_SIZES = (1, 32, 128)
 IMAGE_SHAPE = (3, 224, 224)
-
-
-def _import_repo() -> tuple[Callable[..., torch.nn.Module], Callable[..., object]]:
-    try:
-        import resnet_serve  # noqa: F401
-    except ImportError:
-        # Run from a checkout where the package is not installed (a bare GPU machine).
-        sys.path.insert(0, str(REPO_ROOT))
-    from resnet_serve.fold import fold_batchnorm
-    from resnet_serve.models import create_model
-
-    return create_model, fold_batchnorm
 
 
 def _resnet50() -> torch.nn.Module:
@@ -49,7 +43,6 @@ def _resnet50() -> torch.nn.Module:
 
     Fresh BatchNorms (mean 0, var 1, weight 1, bias 0) would make folding nearly a no-op.
     """
-    create_model, _ = _import_repo()
     torch.manual_seed(0)
     model = create_model("resnet50")
     for module in model.modules():
@@ -109,12 +102,11 @@ def _cuda_graph(model: torch.nn.Module, example: torch.Tensor) -> Callable[[], t
 
 @torch.inference_mode()
 def run_check(*, seconds: float) -> dict[str, object]:
-    _, fold_batchnorm = _import_repo()
     torch.backends.cudnn.benchmark = True
     timed_with_tf32 = torch.backends.cudnn.allow_tf32
     device = torch.device("cuda")
     model = _resnet50()
-    folded32 = fold_batchnorm(model).model.to(device)  # type: ignore[attr-defined]
+    folded32 = fold_batchnorm(model).model.to(device)
     fp32 = model.to(device)
     # .half() converts in place: the FP16 model must be a copy of the folded FP32 one.
     fp16 = copy.deepcopy(folded32).half().to(memory_format=torch.channels_last)
@@ -178,13 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    load = _harness.Load()
     result = run_check(seconds=args.seconds)
+    load.stop()
     slug = re.sub(r"[^a-z0-9]+", "-", str(result["gpu"]).lower()).strip("-")
-    output = args.output or REPO_ROOT / "benchmarks" / "results" / f"gpu_check-{slug}.json"
-    text = json.dumps(result, indent=2)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text + "\n")
-    print(text)
+    output = args.output or _harness.RESULTS / f"gpu_check-{slug}.json"
+    record = _harness.write_results(output, result, load=load)
+    print(json.dumps(record, indent=2))
     return 0
 
 

@@ -10,22 +10,22 @@ two instances on the GPU so that one's Python work overlaps the other's kernels)
 2.40 measures it over gRPC at concurrency 1 to 64, batch 1 and 8, through `bench --engine
 perf_analyzer`'s code, and the rows go to one JSON file.
 
-    python3 benchmarks/gpu_triton.py --output results/gpu-triton-h200
+    python3 benchmarks/gpu_triton.py --output benchmarks/results/gpu-triton-h200
+
+From a checkout where the package is not installed, put it on the path: ``PYTHONPATH=. python3 …``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import _harness
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 NAME = "resnet50-gpu"
@@ -130,10 +130,10 @@ def main() -> None:
     import torch
 
     from resnet_serve.client.bench import benchmark_served_model
-    from resnet_serve.client.results import describe_machine
     from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
     from resnet_serve.triton.server import TritonServer, find_free_ports
 
+    load = _harness.Load()
     began = time.time()
     levels = tuple(int(c) for c in args.concurrency.split(","))
     rows = []
@@ -165,15 +165,15 @@ def main() -> None:
                                                               "p50_ms", "p99_ms", "unstable")}), flush=True)
         finally:
             server.stop()
+    load.stop()
     result = {
         "what": "ResNet-50 (folded, 224², random weights), FP16 channels-last CUDA graphs in a python-backend "
                 "model on the embedded Triton 2.51, gRPC, perf_analyzer 2.40",
-        "date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0), "machine": describe_machine(),
+        "date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__, "config": config, "interval_ms": args.interval_ms,
         "seconds": time.time() - began, "results": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    _harness.write_results(args.output, result, load=load)
 
 
 if __name__ == "__main__":

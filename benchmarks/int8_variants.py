@@ -8,23 +8,19 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from runtimes import IMAGENET, measure_interleaved
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from runtimes import IMAGENET, measure_interleaved  # noqa: E402
-
-from resnet_serve.datasets import load_dataset  # noqa: E402
-from resnet_serve.export.onnx import export_onnx  # noqa: E402
-from resnet_serve.export.quantize import quantize_int8  # noqa: E402
-from resnet_serve.fold import fold_batchnorm  # noqa: E402
-from resnet_serve.models import create_model  # noqa: E402
-from resnet_serve.runtimes import OnnxRuntime  # noqa: E402
+from resnet_serve.datasets import load_dataset
+from resnet_serve.export.onnx import export_onnx
+from resnet_serve.export.quantize import quantize_int8
+from resnet_serve.fold import fold_batchnorm
+from resnet_serve.models import create_model
+from resnet_serve.runtimes import OnnxRuntime
 
 
 def main() -> None:

@@ -22,32 +22,25 @@ What the chosen default must do: answer every request, at the best throughput wi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import _harness
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+from tune_resnet50 import resnet50_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from tune_resnet50 import resnet50_checkpoint  # noqa: E402
-
-from resnet_serve.client.bench import benchmark_served_model  # noqa: E402
-from resnet_serve.client.results import describe_machine  # noqa: E402
-from resnet_serve.client.stability import StabilityRule  # noqa: E402
-from resnet_serve.errors import ClientError, ResnetServeError, ServerError  # noqa: E402
-from resnet_serve.pipeline import ExportOptions, ServingOptions, export_to_repository  # noqa: E402
-from resnet_serve.preprocessing import Preprocessing  # noqa: E402
-from resnet_serve.selection import ImageSelection  # noqa: E402
-from resnet_serve.triton.config import OPENVINO  # noqa: E402
-from resnet_serve.triton.repository import read_model_entry, read_warmup_images, write_model_entry  # noqa: E402
-from resnet_serve.triton.server import TritonServer, find_free_ports  # noqa: E402
+from resnet_serve.client.bench import benchmark_served_model
+from resnet_serve.client.stability import StabilityRule
+from resnet_serve.errors import ClientError, ResnetServeError, ServerError
+from resnet_serve.pipeline import ExportOptions, export_to_repository
+from resnet_serve.preprocessing import Preprocessing
+from resnet_serve.selection import ImageSelection
+from resnet_serve.triton.repository import Classifier, read_model_entry, read_warmup_images, write_model_entry
+from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.serving import OPENVINO, ServingOptions
 
 NAME = "resnet50"
 
@@ -114,7 +107,7 @@ def main() -> None:
     parser.add_argument("--max-trials", type=int, default=10)
     parser.add_argument("--output", type=Path, required=True, help="results path without suffix")
     args = parser.parse_args()
-    load_before = os.getloadavg()
+    load = _harness.Load()
     began = time.perf_counter()
     results = {}
     with tempfile.TemporaryDirectory(prefix="openvino-batching-") as scratch_name:
@@ -128,9 +121,11 @@ def main() -> None:
         entry = read_model_entry(repository=scratch / "export", name=NAME)
         for index, (label, (options, change)) in enumerate(WAYS.items()):
             repository = scratch / f"way{index}"
-            write_model_entry(repository=repository, name=NAME, onnx_path=exported.model_file,
-                              class_names=entry.class_names, preprocessing=Preprocessing.from_dict(entry.preprocessing),
-                              target=OPENVINO, warmup_images=read_warmup_images(entry), **options)
+            classifier = Classifier(model_file=exported.model_file, class_names=entry.class_names,
+                                    preprocessing=Preprocessing.from_dict(entry.preprocessing))
+            write_model_entry(repository=repository, name=NAME, classifier=classifier,
+                              settings=ServingOptions(target=OPENVINO.name, **options),
+                              warmup_images=read_warmup_images(entry))
             if change is not None:
                 change(repository / NAME)
             print(f"[{time.perf_counter() - began:5.0f} s] {label}", flush=True)
@@ -140,28 +135,32 @@ def main() -> None:
                 results[label] = [{"failed": str(error)}]
             for row in results[label]:
                 print("   ", row, flush=True)
+    load.stop()
     report = {
         "what": "OpenVINO batching ways for ResNet-50 (224², precision as the backend sets it: none), "
                 "batch-1 requests, bench engine over gRPC, through the contract-faithful proxy",
-        "date": time.strftime("%Y-%m-%d"), "machine": describe_machine(),
-        "load_average_before_after": [load_before, os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d"), "concurrency": args.concurrency,
         "seconds": round(time.perf_counter() - began), "results": results,
     }
-    args.output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# {report['what']}", "", f"{report['date']}, {report['machine']}; load average before/after "
-             f"{load_before[0]:.2f} / {report['load_average_before_after'][1][0]:.2f}", "",
-             "| way | " + " | ".join(f"c={c} infer/s (p99 ms)" for c in args.concurrency) + " |",
-             "|---|" + "---:|" * len(args.concurrency)]
-    for label, rows in results.items():
+    record = _harness.write_results(args.output, report, load=load, markdown=markdown)
+    print(markdown(record))
+
+
+def markdown(report: dict) -> str:
+    machine, concurrency = report["machine"], report["concurrency"]
+    lines = [f"# {report['what']}", "", f"{report['date']}, {machine['description']}; load average before/after "
+             f"{machine['load_average']['before'][0]:.2f} / {machine['load_average']['after'][0]:.2f}", "",
+             "| way | " + " | ".join(f"c={c} infer/s (p99 ms)" for c in concurrency) + " |",
+             "|---|" + "---:|" * len(concurrency)]
+    for label, rows in report["results"].items():
         cells = [f"{r['inferences_per_second']:.1f} ({r['p99_ms']:.0f})" if "inferences_per_second" in r
                  else "failed" for r in rows]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     failures = [f"- {label}, concurrency {r.get('concurrency', '?')}: {r['failed'][:300]}"
-                for label, rows in results.items() for r in rows if "failed" in r]
+                for label, rows in report["results"].items() for r in rows if "failed" in r]
     if failures:
         lines += ["", "Failures (the backend's own answers):", *failures]
-    args.output.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -18,33 +18,27 @@ import argparse
 import copy
 import dataclasses
 import json
-import platform
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
+import _harness
 import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from samples import photo_crops, with_trained_magnitudes  # noqa: E402
-
-from resnet_serve.checkpoints import IMAGENET_PREPROCESSING, load_checkpoint  # noqa: E402
-from resnet_serve.datasets import InMemoryDataset, load_default_dataset  # noqa: E402
-from resnet_serve.export.onnx import export_onnx  # noqa: E402
-from resnet_serve.fold import fold_batchnorm, fold_onnx_batchnorm  # noqa: E402
-from resnet_serve.models import create_model  # noqa: E402
-from resnet_serve.parity import ParityResult, Tolerance  # noqa: E402
-from resnet_serve.progress import SilentReporter  # noqa: E402
-from resnet_serve.runtimes import OnnxRuntime, TorchRuntime, compare_runtimes  # noqa: E402
-from resnet_serve.train import DEMO_TRAIN_CONFIG, train  # noqa: E402
+from resnet_serve.checkpoints import IMAGENET_PREPROCESSING, load_checkpoint
+from resnet_serve.datasets import InMemoryDataset, load_default_dataset
+from resnet_serve.export.onnx import export_onnx
+from resnet_serve.fold import fold_batchnorm, fold_onnx_batchnorm
+from resnet_serve.models import create_model
+from resnet_serve.parity import ParityResult, Tolerance
+from resnet_serve.progress import SilentReporter
+from resnet_serve.runtimes import OnnxRuntime, TorchRuntime, compare_runtimes
+from resnet_serve.samples import photo_crops, with_trained_magnitudes
+from resnet_serve.train import DEMO_TRAIN_CONFIG, train
 
 # Measure only: nothing is refused while measuring.
 MEASURE = Tolerance(rtol=None, min_top1_agreement=None)
@@ -134,23 +128,15 @@ def trained_resnet20(scratch: Path, checkpoint: Path | None) -> nn.Module:
     return load_checkpoint(checkpoint)
 
 
-def _cpu() -> str:
-    """The CPU's model and vector extensions: they decide the kernels, and so the rounding."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    vector = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "amx_bf16") if flag in flags]
-    return f"{model or platform.machine()} ({', '.join(vector) or 'no AVX2'})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,resnet152")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--resnet20", type=Path, default=None,
                         help="a trained ResNet-20 checkpoint (default: train one briefly)")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/parity-tolerance-2core-cpu.json"))
+    parser.add_argument("--output", type=Path, default=_harness.RESULTS / "parity-tolerance-2core-cpu.json")
     args = parser.parse_args()
+    load = _harness.Load()
     results: dict[str, dict] = {}
     photos = IMAGENET_PREPROCESSING.normalize(photo_crops(args.images, size=256))
     with tempfile.TemporaryDirectory() as workdir:
@@ -166,16 +152,14 @@ def main() -> None:
             label = f"{name} (224², {args.images} photos)"
             results[label] = measure(model, photos, scratch, defects=name == "resnet50")
             print(json.dumps({label: results[label]}, indent=1), flush=True)
+    load.stop()
     report = {
-        "machine": {
-            "cpu": _cpu(), "python": platform.python_version(),
-            "note": "2 cores shared with other jobs; figures are rounding errors, not timings",
-        },
+        # The CPU's vector extensions (in "machine") decide the kernels, and so the rounding.
+        "note": "figures are rounding errors, not timings: a shared machine's load does not change them",
         "torch": torch.__version__,
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    _harness.write_results(args.output, report, load=load)
     for net, row in results.items():
         print(net)
         for what, figures in row.items():

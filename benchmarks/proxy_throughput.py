@@ -19,30 +19,25 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _harness
 import onnxruntime
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from resnet_serve.client.perf_analyzer import find_perf_analyzer, link_cuda_runtime  # noqa: E402
-from resnet_serve.client.results import describe_machine  # noqa: E402
-from resnet_serve.export.onnx import export_onnx  # noqa: E402
-from resnet_serve.files import replacing_atomically  # noqa: E402
-from resnet_serve.fold import fold_batchnorm  # noqa: E402
-from resnet_serve.models import create_model  # noqa: E402
-from resnet_serve.preprocessing import Preprocessing  # noqa: E402
-from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME  # noqa: E402
-from resnet_serve.triton.repository import write_model_entry  # noqa: E402
-from resnet_serve.triton.server import TritonServer, find_free_ports  # noqa: E402
+from resnet_serve.client.perf_analyzer import find_perf_analyzer, link_cuda_runtime
+from resnet_serve.export.onnx import export_onnx
+from resnet_serve.fold import fold_batchnorm
+from resnet_serve.models import create_model
+from resnet_serve.preprocessing import Preprocessing
+from resnet_serve.triton.repository import Classifier, write_model_entry
+from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.serving import ONNXRUNTIME, PYTHON_ONNXRUNTIME, ServingOptions
 
 PREPROCESSING = Preprocessing(channels=1, height=28, width=28, mean=(0.286,), std=(0.353,))
 # name → target. The baseline is the python target with the python model it had before the
@@ -59,7 +54,7 @@ BEFORE_MODEL = "resnet_serve/triton/python_model/model.py"
 
 def python_model_before() -> str:
     completed = subprocess.run(
-        ["git", "show", f"{BEFORE_COMMIT}:{BEFORE_MODEL}"], cwd=Path(__file__).resolve().parents[1],
+        ["git", "show", f"{BEFORE_COMMIT}:{BEFORE_MODEL}"], cwd=_harness.ROOT,
         capture_output=True, text=True, check=False,
     )
     if completed.returncode != 0:
@@ -76,8 +71,10 @@ def write_repository(repository: Path) -> None:
     export_onnx(fold_batchnorm(model).model, onnx_path, input_shape=PREPROCESSING.input_shape)
     for name, target in ENTRIES.items():
         write_model_entry(
-            repository=repository, name=name, onnx_path=onnx_path, class_names=[str(i) for i in range(10)],
-            preprocessing=PREPROCESSING, target=target,
+            repository=repository, name=name,
+            classifier=Classifier(model_file=onnx_path, class_names=[str(i) for i in range(10)],
+                                  preprocessing=PREPROCESSING),
+            settings=ServingOptions(target=target.name),
         )
     (repository / BASELINE / "1" / "model.py").write_text(python_model_before())
 
@@ -121,10 +118,10 @@ def main() -> None:
     # rounds are what makes the comparison fair there.
     parser.add_argument("--stability-percent", type=int, default=50)
     parser.add_argument("--note", default="", help="e.g. whether the machine was shared during the run")
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).resolve().parent / "results" / "proxy-throughput.json")
+    parser.add_argument("--output", type=Path, default=_harness.RESULTS / "proxy-throughput.json")
     args = parser.parse_args()
     args.perf_analyzer = args.perf_analyzer or find_perf_analyzer()
+    load = _harness.Load()
 
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="proxy-throughput-") as scratch_name:
@@ -146,6 +143,7 @@ def main() -> None:
                     runs.append({"round": round_index, "model": model, **result})
                     print(f"round {round_index} {model}: {result['inferences_per_second']:.0f} inf/s, "
                           f"p50 {result['p50_us'] / 1000:.2f} ms", flush=True)
+    load.stop()
 
     medians = {
         model: {key: statistics.median(run[key] for run in runs if run["model"] == model)
@@ -158,7 +156,6 @@ def main() -> None:
                 f"(python-onnxruntime target with the python model of {BEFORE_COMMIT}), and resnet20-python "
                 "(the same target with today's python model), same ONNX, one embedded server",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": describe_machine(),
         "note": args.note,
         "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
         "settings": {"model": "resnet20 (folded, random weights), input 1x28x28", "batch": 1,
@@ -171,8 +168,7 @@ def main() -> None:
         "within_10_percent": ratio >= 0.9,
         "runs": runs,
     }
-    with replacing_atomically(args.output) as temporary:
-        temporary.write_text(json.dumps(result, indent=2) + "\n")
+    _harness.write_results(args.output, result, load=load)
     print(f"{CANDIDATE} / {BASELINE} throughput: {ratio:.3f} (median of {args.rounds} rounds) → {args.output}")
 
 

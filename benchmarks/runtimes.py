@@ -17,30 +17,25 @@ stay fair.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _harness
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from resnet_serve.artifacts import Artifacts  # noqa: E402
-from resnet_serve.checkpoints import Checkpoint, CheckpointMeta  # noqa: E402
-from resnet_serve.datasets import load_dataset  # noqa: E402
-from resnet_serve.models import create_model  # noqa: E402
-from resnet_serve.preprocessing import Preprocessing  # noqa: E402
-from resnet_serve.runtimes import RUNTIMES, OpenVinoRuntime, Runtime  # noqa: E402
+from resnet_serve.artifacts import Artifacts
+from resnet_serve.checkpoints import Checkpoint, CheckpointMeta
+from resnet_serve.datasets import load_dataset
+from resnet_serve.machine import CPU_FLAGS
+from resnet_serve.models import create_model
+from resnet_serve.preprocessing import Preprocessing
+from resnet_serve.runtimes import RUNTIMES, OpenVinoRuntime, Runtime
 
 KINDS = ("torch", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
 IMAGENET = Preprocessing(channels=3, height=224, width=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-# The CPU features that decide whether INT8 and BF16 can be fast.
-CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 # (what, model, batch, runtime, baseline runtime, target ratio) — from the export issue.
 TARGETS = (
     ("onnxruntime FP32 (folded) vs PyTorch eager", "resnet50", 1, "onnx-fp32", "torch", 1.5),
@@ -84,8 +79,9 @@ def main() -> None:
                         help="threads for every runtime (default: each runtime's own choice)")
     parser.add_argument("--data", type=Path, default=None,
                         help="dataset for calibration images (default: the installed Fashion-MNIST)")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/runtimes"))
+    parser.add_argument("--output", type=Path, default=_harness.RESULTS / "runtimes")
     args = parser.parse_args()
+    load = _harness.Load()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
@@ -125,22 +121,16 @@ def main() -> None:
     for row in rows:
         eager = _row(rows, row["model"], row["batch"], "torch")
         row["speedup_vs_torch"] = row["images_per_second"] / eager["images_per_second"] if eager else None
+    load.stop()
     report = {
-        "machine": {
-            "cpu": _cpu_name(),
-            "threads": args.threads or torch.get_num_threads(),
-            "cpu_features": _cpu_features(),
-            "python": platform.python_version(),
-        },
+        "threads": args.threads or torch.get_num_threads(),
         "versions": _versions(),
         "notes": notes,
         "rows": rows,
         "targets": _targets(rows),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.output.with_suffix(".md").write_text(_markdown(report))
-    print(_markdown(report))
+    record = _harness.write_results(args.output, report, load=load, markdown=_markdown)
+    print(_markdown(record))
 
 
 def _row(rows: list[dict], model: str, batch: int, runtime: str) -> dict | None:
@@ -164,8 +154,8 @@ def _targets(rows: list[dict]) -> list[dict]:
 def _markdown(report: dict) -> str:
     machine = report["machine"]
     lines = [
-        f"CPU: {machine['cpu']}, {machine['threads']} threads, features: "
-        f"{', '.join(machine['cpu_features']) or 'none of ' + ', '.join(CPU_FEATURES)}; "
+        f"CPU: {machine['cpu']}, {report['threads']} threads, features: "
+        f"{', '.join(machine['cpu_flags']) or 'none of ' + ', '.join(CPU_FLAGS)}; "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         "",
         "| model | batch | runtime | p50 ms | images/s | × PyTorch eager |",
@@ -186,21 +176,6 @@ def _markdown(report: dict) -> str:
         ]
     lines += ["", *(f"- {key}: {note}" for key, note in report["notes"].items())]
     return "\n".join(lines) + "\n"
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def _cpu_features() -> list[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return [feature for feature in CPU_FEATURES if feature in flags]
-    return []
 
 
 def _versions() -> dict[str, str]:

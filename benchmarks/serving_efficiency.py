@@ -26,34 +26,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 import warnings
 from pathlib import Path
 
+import _harness
 import numpy as np
 import onnxruntime
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from samples import photo_crops, with_realistic_batchnorm  # noqa: E402
-
-from resnet_serve.checkpoints import IMAGENET_PREPROCESSING  # noqa: E402
-from resnet_serve.client.bench import benchmark_served_model  # noqa: E402
-from resnet_serve.client.results import describe_machine  # noqa: E402
-from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError  # noqa: E402
-from resnet_serve.export.onnx import export_onnx  # noqa: E402
-from resnet_serve.fold import fold_batchnorm  # noqa: E402
-from resnet_serve.models import create_model  # noqa: E402
-from resnet_serve.triton.repository import write_model_entry  # noqa: E402
-from resnet_serve.triton.server import TritonServer, find_free_ports  # noqa: E402
+from resnet_serve.checkpoints import IMAGENET_PREPROCESSING
+from resnet_serve.client.bench import benchmark_served_model
+from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
+from resnet_serve.export.onnx import export_onnx
+from resnet_serve.fold import fold_batchnorm
+from resnet_serve.models import create_model
+from resnet_serve.samples import photo_crops, with_realistic_batchnorm
+from resnet_serve.triton.repository import Classifier, write_model_entry
+from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.serving import ServingOptions
 
 # (instances, intra-op threads per instance, max queue delay µs); the in-process session gets the
 # same intra-op thread count. 100 µs is export's default delay; 2 ms lets the two requests in
@@ -80,9 +74,10 @@ def entry_name(instances: int, threads: int, delay_us: int) -> str:
 def write_repository(repository: Path, onnx_path: Path) -> None:
     for instances, threads, delay_us in CONFIGURATIONS:
         write_model_entry(
-            repository=repository, name=entry_name(instances, threads, delay_us), onnx_path=onnx_path,
-            class_names=[f"class_{i}" for i in range(1000)], preprocessing=IMAGENET_PREPROCESSING,
-            instances=instances, intra_op_threads=threads, max_queue_delay_us=delay_us,
+            repository=repository, name=entry_name(instances, threads, delay_us),
+            classifier=Classifier(model_file=onnx_path, class_names=[f"class_{i}" for i in range(1000)],
+                                  preprocessing=IMAGENET_PREPROCESSING),
+            settings=ServingOptions(instances=instances, threads=threads, max_queue_delay_us=delay_us),
         )
 
 
@@ -154,9 +149,9 @@ def main() -> None:
     parser.add_argument("--stability-percent", type=float, default=10.0)
     parser.add_argument("--max-trials", type=int, default=10)
     parser.add_argument("--note", default="", help="e.g. the machine's load average during the run")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "serving-efficiency")
+    parser.add_argument("--output", type=Path, default=_harness.RESULTS / "serving-efficiency")
     args = parser.parse_args()
-    load_before = os.getloadavg()
+    load = _harness.Load()
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="serving-efficiency-") as scratch_name:
         scratch = Path(scratch_name)
@@ -182,15 +177,13 @@ def main() -> None:
                         runs.append({"round": round_index, "instances": instances, "threads": threads,
                                      "max_queue_delay_us": delay_us, "way": way, **figures})
                         print(json.dumps(runs[-1]), flush=True)
-    load_after = os.getloadavg()
-    report = summarize(runs, args=args, load=(load_before, load_after))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.output.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    load.stop()
+    report = summarize(runs, args=args)
+    record = _harness.write_results(args.output, report, load=load, markdown=markdown)
+    print(markdown(record))
 
 
-def summarize(runs: list[dict], *, args: argparse.Namespace, load: tuple) -> dict:
+def summarize(runs: list[dict], *, args: argparse.Namespace) -> dict:
     rows = []
     def median(instances: int, threads: int, delay_us: int, way: str, key: str) -> float | None:
         values = [r[key] for r in runs if key in r and r["way"] == way
@@ -219,8 +212,6 @@ def summarize(runs: list[dict], *, args: argparse.Namespace, load: tuple) -> dic
         "what": "ResNet-50 FP32 (224², folded), batch 1: served on the embedded Triton (onnxruntime entry, "
                 "python-backend proxy) vs onnxruntime in-process at the same thread count",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": describe_machine(),
-        "load_average_before_after": [list(load[0]), list(load[1])],
         "note": args.note,
         "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
         "settings": {"concurrency": args.concurrency, "batch": 1, "protocol": "grpc", "engine": args.engine,
@@ -236,9 +227,10 @@ def markdown(report: dict) -> str:
     def fmt(value: float | None, spec: str) -> str:
         return "–" if value is None else format(value, spec)
 
+    machine = report["machine"]
     lines = [
-        f"{report['what']}. Machine: {report['machine']}; load average before/after "
-        f"{report['load_average_before_after'][0][0]:.2f}/{report['load_average_before_after'][1][0]:.2f}. "
+        f"{report['what']}. Machine: {machine['description']}; load average before/after "
+        f"{machine['load_average']['before'][0]:.2f}/{machine['load_average']['after'][0]:.2f}. "
         f"Medians of {report['settings']['rounds']} interleaved rounds. {report['note']}".strip(),
         "",
         "| served | in-process | served inf/s | in-process inf/s | ratio (≥ 0.9) | served p50 ms | "

@@ -33,22 +33,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import _harness
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from resnet_serve import __version__  # noqa: E402
-from resnet_serve.client.classify import EncodedImageClient  # noqa: E402
-from resnet_serve.client.inference import InferenceClient  # noqa: E402
-from resnet_serve.client.prepared import prepare_request  # noqa: E402
-from resnet_serve.client.results import describe_machine  # noqa: E402
-from resnet_serve.datasets import load_default_dataset  # noqa: E402
-from resnet_serve.files import replacing_atomically  # noqa: E402
-from resnet_serve.pipeline import ExportOptions, export_to_repository  # noqa: E402
-from resnet_serve.selection import ImageSelection  # noqa: E402
-from resnet_serve.train import train_on_folder  # noqa: E402
-from resnet_serve.triton.server import TritonServer, find_free_ports, generate_admin_key  # noqa: E402
+from resnet_serve import __version__
+from resnet_serve.client.classify import EncodedImageClient
+from resnet_serve.client.inference import InferenceClient
+from resnet_serve.client.prepared import prepare_request
+from resnet_serve.datasets import load_default_dataset
+from resnet_serve.pipeline import ExportOptions, export_to_repository
+from resnet_serve.selection import ImageSelection
+from resnet_serve.train import train_on_folder
+from resnet_serve.triton.server import TritonServer, find_free_ports, generate_admin_key
 
 MODEL = "resnet20-fashion"
 # kind → clients of that kind
@@ -127,7 +124,7 @@ def png_client(kind: str, server: TritonServer, files: list[bytes], tally: Tally
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "soak-2core-cpu.json")
+    parser.add_argument("--output", type=Path, default=_harness.RESULTS / "soak-2core-cpu.json")
     args = parser.parse_args()
 
     test_set = load_default_dataset(split="test")
@@ -145,7 +142,7 @@ def main() -> int:
         export_to_repository(checkpoint=checkpoint, repository=folder / "repository",
                              options=ExportOptions(name=MODEL, selection=ImageSelection(verify_images=16)))
         http, grpc, metrics = find_free_ports(3)
-        load_before = os.getloadavg()
+        load = _harness.Load()
         with TritonServer(repository=folder / "repository", http_port=http, grpc_port=grpc, metrics_port=metrics,
                           log_file=folder / "tritonserver.log", admin_key=generate_admin_key()) as server:
             assert server.pid is not None
@@ -176,7 +173,7 @@ def main() -> int:
             for thread in threads:
                 thread.join(60)
             still_running = server.is_running
-        load_after = os.getloadavg()
+        load.stop()
 
     requests, failures = sum(tally.requests.values()), sum(tally.failures.values())
     growth = rss_after / rss_before - 1
@@ -184,9 +181,6 @@ def main() -> int:
         "what": "soak: 8 clients (HTTP and gRPC, float tensors and PNG files) against the embedded server's "
                 "proxied onnxruntime entry and its image ensemble",
         "date": datetime.date.today().isoformat(),
-        "machine": describe_machine(),
-        "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
-                                    "after": [round(v, 2) for v in load_after]},
         "note": "the machine is shared with other engineers' jobs: the request counts depend on their load, "
                 "the failure count and the memory growth must not",
         "versions": {"resnet-serve": __version__, "tritonserver": "2.51.0 (nvidia-pytriton 0.7.0)"},
@@ -208,8 +202,7 @@ def main() -> int:
                    f"rss_growth_at_most_{RSS_GROWTH_LIMIT:.0%}": growth <= RSS_GROWTH_LIMIT,
                    "server_running_at_end": still_running},
     }
-    with replacing_atomically(args.output) as temporary:
-        temporary.write_text(json.dumps(result, indent=2) + "\n")
+    _harness.write_results(args.output, result, load=load)
     print(json.dumps({k: result[k] for k in ("requests", "failures", "rss_mib", "checks")}, indent=2))
     return 0 if all(result["checks"].values()) else 1
 

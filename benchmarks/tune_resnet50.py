@@ -29,34 +29,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import _harness
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from samples import photo_crops, with_trained_magnitudes  # noqa: E402
-
-from resnet_serve.checkpoints import IMAGENET_PREPROCESSING, CheckpointMeta, imagenet_class_names, save_checkpoint  # noqa: E402
-from resnet_serve.client.bench import benchmark_served_model  # noqa: E402
-from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError  # noqa: E402
-from resnet_serve.models import create_model  # noqa: E402
-from resnet_serve.pipeline import ExportOptions, ServingOptions, export_to_repository  # noqa: E402
-from resnet_serve.progress import SilentReporter  # noqa: E402
-from resnet_serve.report import write_tuning_plot  # noqa: E402
-from resnet_serve.selection import ImageSelection  # noqa: E402
-from resnet_serve.triton.server import TritonServer, find_free_ports  # noqa: E402
-from resnet_serve.tuning.search import TuneOptions, tune_model_entry  # noqa: E402
-from resnet_serve.tuning.space import SearchSpace  # noqa: E402
+from resnet_serve.checkpoints import IMAGENET_PREPROCESSING, CheckpointMeta, imagenet_class_names, save_checkpoint
+from resnet_serve.client.bench import benchmark_served_model
+from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
+from resnet_serve.models import create_model
+from resnet_serve.pipeline import ExportOptions, export_to_repository
+from resnet_serve.progress import SilentReporter
+from resnet_serve.report import write_tuning_plot
+from resnet_serve.samples import photo_crops, with_trained_magnitudes
+from resnet_serve.selection import ImageSelection
+from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.serving import ServingOptions
+from resnet_serve.tuning.search import TuneOptions, tune_model_entry
+from resnet_serve.tuning.space import SearchSpace
 
 NAME = "resnet50"
 GOAL = 1.5
@@ -120,10 +115,10 @@ def main() -> None:
     parser.add_argument("--min-agreement", type=float, default=0.0)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved confirmation rounds")
     parser.add_argument("--note", default="", help="e.g. whether the machine was shared during the run")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "tune-resnet50")
+    parser.add_argument("--output", type=Path, default=_harness.RESULTS / "tune-resnet50")
     args = parser.parse_args()
     printer = Printer()
-    load_before = os.getloadavg()
+    load = _harness.Load()
     selection = ImageSelection(verify_images=args.verify_images, calibration_images=args.calibration_images)
     with tempfile.TemporaryDirectory(prefix="tune-resnet50-") as scratch_name:
         scratch = Path(scratch_name)
@@ -157,13 +152,13 @@ def main() -> None:
                     figures = measure(served, args, scratch / f"confirm-{round_index}-{label}.log")
                     confirmation.append({"round": round_index, "config": label, **figures})
                     printer.message(f"confirmation {json.dumps(confirmation[-1])}")
-    report = summarize(result, confirmation, args=args, load=(load_before, os.getloadavg()))
-    args.output.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    args.output.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    load.stop()
+    report = summarize(result, confirmation, args=args)
+    record = _harness.write_results(args.output, report, load=load, markdown=markdown)
+    print(markdown(record))
 
 
-def summarize(result, confirmation: list[dict], *, args: argparse.Namespace, load: tuple) -> dict:
+def summarize(result, confirmation: list[dict], *, args: argparse.Namespace) -> dict:
     def median(config: str, key: str) -> float | None:
         values = [run[key] for run in confirmation if run["config"] == config and key in run]
         return statistics.median(values) if values else None
@@ -176,8 +171,6 @@ def summarize(result, confirmation: list[dict], *, args: argparse.Namespace, loa
         "what": f"resnet-serve tune on ResNet-50 (224², FP32 export default), batch 1, concurrency {args.concurrency}, "
                 f"p99 budget {args.p99_ms:g} ms",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": result.machine,
-        "load_average_before_after": [list(load[0]), list(load[1])],
         "note": args.note,
         "goal": f"tuned throughput within the budget ≥ {GOAL}× the export default's",
         "chosen": None if chosen is None else {"label": chosen.label, "settings": chosen.candidate.describe()},
@@ -202,9 +195,11 @@ def markdown(report: dict) -> str:
 
     confirmation = report["confirmation"]
     measured = [m for m in report["tune"]["measurements"] if m["status"] == "measured"]
-    load = report["load_average_before_after"]
+    machine = report["machine"]
+    load = machine["load_average"]
     lines = [
-        f"{report['what']}. Machine: {report['machine']}; load average before/after {load[0][0]:.2f}/{load[1][0]:.2f}. "
+        f"{report['what']}. Machine: {machine['description']}; load average before/after "
+        f"{load['before'][0]:.2f}/{load['after'][0]:.2f}. "
         f"{report['note']}".strip(),
         "",
         "| configuration | runtime (computes in) | infer/s | p50 ms | p99 ms |",

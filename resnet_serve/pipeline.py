@@ -3,6 +3,7 @@ repository entry; and ``fold_file``, the ``fold`` command's fold-and-check of on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -31,20 +32,11 @@ from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.runtimes import RUNTIMES, compare_runtimes
 from resnet_serve.selection import ImageSelection, calibration_images, verification_images
-from resnet_serve.triton.config import (
-    GPU_ACCELERATORS,
-    TENSORRT_PLAN,
-    TRITON_INSTANCE_KINDS,
-    GpuAccelerator,
-    InstanceKind,
-    ServingTarget,
-    get_serving_target,
-)
-from resnet_serve.triton.repository import write_image_pipeline, write_model_entry
+from resnet_serve.triton.repository import Classifier, write_image_pipeline, write_model_entry
+from resnet_serve.triton.serving import TENSORRT_PLAN, ServingOptions, ServingTarget, get_serving_target
 
 __all__ = [
     "ExportOptions",
-    "ServingOptions",
     "ExportReport",
     "FoldFileReport",
     "VerifiedOnnx",
@@ -59,85 +51,6 @@ _FORMATS: tuple[str, ...] = get_args(ExportFormat)
 _PRECISIONS: tuple[str, ...] = get_args(Precision)
 # The runtime kind that runs each lower-precision ONNX file.
 _LOWER_PRECISION_KINDS = {"int8": "onnx-int8", "fp16": "onnx-fp16"}
-
-
-@dataclass(frozen=True)
-class ServingOptions:
-    """How the repository entry serves the model, checked once, on construction.
-
-    Attributes:
-        target: the serving target of an ONNX file: ``onnxruntime`` (the default) or
-            ``openvino`` for the official container, ``python-onnxruntime`` for Triton's python
-            backend; a TensorRT engine is always served by ``tensorrt-plan``.
-        version: the version folder to write; None takes the next number. Earlier versions
-            stay on disk.
-        replace: replace the whole entry (all its versions) instead of adding a version.
-        max_batch_size / instances / instance_kind: Triton's batching limit (None: the target's,
-            64, or 1 for openvino, whose backend fails any other total batch) and instance group.
-        batch_padding: openvino: ENABLE_BATCH_PADDING, which lets max_batch_size exceed 1 by
-            padding every execution to it (see resnet_serve.triton.contract.openvino).
-        gpu_accelerator: onnxruntime: the execution accelerator its GPU instances use,
-            ``tensorrt-fp16``, ``tensorrt-fp32`` or ``cuda`` (None: onnxruntime's CUDA provider alone).
-        preferred_batch_sizes / max_queue_delay_us: the dynamic batcher's settings.
-        threads: intra-op threads per instance (the key the target's backend reads).
-        bf16: OpenVINO computes in bfloat16 (openvino target only).
-        warmup_images: real test images written as Triton warm-up requests (0 for none).
-        image_pipeline: also write ``<name>-preprocess`` and the ensemble ``<name>-image``,
-            which take encoded JPEG/PNG bytes.
-
-    Raises:
-        ExportError: a value out of range.
-    """
-
-    target: str = "onnxruntime"
-    version: int | None = None
-    replace: bool = False
-    max_batch_size: int | None = None
-    instances: int = 1
-    instance_kind: InstanceKind = "auto"
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 100
-    threads: int | None = None
-    bf16: bool = False
-    batch_padding: bool = False
-    gpu_accelerator: GpuAccelerator | None = None
-    warmup_images: int = 4
-    image_pipeline: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "preferred_batch_sizes", tuple(self.preferred_batch_sizes))
-        get_serving_target(self.target)
-        if self.instance_kind not in TRITON_INSTANCE_KINDS:
-            raise ExportError(
-                f"unknown instance kind {self.instance_kind!r}; choose one of {', '.join(TRITON_INSTANCE_KINDS)}"
-            )
-        if self.max_batch_size is None:
-            object.__setattr__(self, "max_batch_size", get_serving_target(self.target).max_batch_size)
-        for option in ("max_batch_size", "instances"):
-            if getattr(self, option) < 1:
-                raise ExportError(f"{option} must be ≥ 1, got {getattr(self, option)}")
-        if self.gpu_accelerator is not None and self.gpu_accelerator not in GPU_ACCELERATORS:
-            raise ExportError(
-                f"unknown GPU accelerator {self.gpu_accelerator!r}; choose one of {', '.join(GPU_ACCELERATORS)}"
-            )
-        if self.version is not None and self.version < 1:
-            raise ExportError(f"model versions start at 1, got {self.version}")
-        if self.replace and self.version is not None:
-            raise ExportError("--replace writes a new entry from version 1; it takes no --version")
-        too_big = [size for size in self.preferred_batch_sizes if not 1 <= size <= self.max_batch_size]
-        if too_big:
-            raise ExportError(
-                f"preferred batch sizes {too_big} are not within 1..{self.max_batch_size} (the max batch size)"
-            )
-        for option in ("max_queue_delay_us", "warmup_images"):
-            if getattr(self, option) < 0:
-                raise ExportError(f"{option} must be ≥ 0, got {getattr(self, option)}")
-        if self.threads is not None and self.threads < 1:
-            raise ExportError(f"threads must be ≥ 1, got {self.threads}")
-
-    @property
-    def triton_instance_kind(self) -> str | None:
-        return TRITON_INSTANCE_KINDS[self.instance_kind]
 
 
 @dataclass(frozen=True)
@@ -360,31 +273,18 @@ def export_to_repository(
             )
             model_file = engine.plan_path
         serving = options.serving
-        entry = write_model_entry(
-            repository=repository,
-            name=name,
-            onnx_path=model_file,
-            class_names=meta.class_names,
-            preprocessing=meta.preprocessing,
-            target=options.serving_target,
-            version=serving.version,
-            replace_entry=serving.replace,
-            max_batch_size=serving.max_batch_size,
-            instances=serving.instances,
-            instance_kind=serving.triton_instance_kind,
-            preferred_batch_sizes=serving.preferred_batch_sizes,
-            max_queue_delay_us=serving.max_queue_delay_us,
-            intra_op_threads=serving.threads,
-            bf16=serving.bf16,
-            batch_padding=serving.batch_padding,
-            gpu_accelerator=serving.gpu_accelerator,
-            warmup_images=images[: serving.warmup_images] if serving.warmup_images else None,
+        classifier = Classifier(
+            model_file=model_file, class_names=meta.class_names, preprocessing=meta.preprocessing,
             metadata={
                 "architecture": meta.architecture,
                 "class_names": json.dumps(meta.class_names),
                 "test_accuracy": json.dumps(meta.metrics.get("test_accuracy")),
             },
-            reporter=reporter,
+        )
+        entry = write_model_entry(
+            repository=repository, name=name, classifier=classifier,
+            settings=dataclasses.replace(serving, target=options.serving_target.name),
+            warmup_images=images[: serving.warmup_images] if serving.warmup_images else None, reporter=reporter,
         )
         image_pipeline = None
         if serving.image_pipeline:

@@ -1,5 +1,7 @@
 """Real inputs shared by the test modules: Fashion-MNIST test images (the Debian package that
-`make test` installs) and models whose BatchNorms hold realistic statistics."""
+`make test` installs), a ResNet-20 for them whose BatchNorms hold realistic statistics, and an
+ImageFolder tree of photos. Photo crops and realistic weights for ImageNet-sized nets are in
+``resnet_serve.samples``, which the benchmarks use too."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from torch import nn
 
 from resnet_serve.datasets import InMemoryDataset, load_default_dataset
 from resnet_serve.preprocessing import Preprocessing
+from resnet_serve.samples import photo_crops, with_realistic_batchnorm
 
 if TYPE_CHECKING:
     from resnet_serve.checkpoints import CheckpointMeta
@@ -28,65 +31,6 @@ def fashion_test_set() -> InMemoryDataset:
 def fashion_mnist(count: int) -> np.ndarray:
     """The first ``count`` Fashion-MNIST test images, normalised, float32 (N, 1, 28, 28)."""
     return FASHION_PREPROCESSING.normalize(fashion_test_set().images[:count])
-
-
-def with_realistic_batchnorm(model: nn.Module, images: torch.Tensor, *, seed: int) -> nn.Module:
-    """Give every BatchNorm running statistics measured on ``images`` and random γ, β, so
-    folding has real work to do while the logits keep a sensible scale."""
-    generator = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration pass
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=generator) * 0.2)
-    model.train()
-    with torch.no_grad():
-        model(images)
-    return model.eval()
-
-
-# Photos that ship inside scikit-image's wheel, in colour and of different sizes.
-_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
-
-
-def photo_crops(count: int, *, size: int) -> np.ndarray:
-    """``count`` real RGB photo crops, uint8 (count, size, size, 3): square crops at several
-    places of scikit-image's bundled photos, each photo's shorter side first scaled to
-    ``size`` × 1.25 so a crop shows a good part of it."""
-    import skimage.data
-    from PIL import Image
-
-    crops = []
-    for index in range(count):
-        photo = Image.fromarray(getattr(skimage.data, _PHOTOS[index % len(_PHOTOS)])())
-        scale = size * 1.25 / min(photo.size)
-        photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.Resampling.BILINEAR)
-        turn = index // len(_PHOTOS)
-        left = (turn * 37) % (photo.width - size + 1)
-        top = (turn * 23) % (photo.height - size + 1)
-        crops.append(np.asarray(photo.crop((left, top, left + size, top + size))))
-    return np.stack(crops)
-
-
-def with_trained_magnitudes(model: nn.Module, images: torch.Tensor, *, seed: int, largest_logit: float = 30.0) -> nn.Module:
-    """Give a freshly initialised ResNet the magnitudes a trained one has: convolution channels
-    whose scales spread over two decades (so BatchNorm running variances spread over four and
-    folding multiplies weights by factors far from 1), BatchNorm statistics measured on
-    ``images``, and a classifier scaled so the largest logit on ``images`` is ``largest_logit``."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                spread = 10 ** (torch.rand(m.out_channels, generator=generator) * 2 - 1)
-                m.weight.mul_(spread.reshape(-1, 1, 1, 1))
-    model = with_realistic_batchnorm(model, images, seed=seed)
-    with torch.no_grad():
-        scale = largest_logit / model(images).abs().max()
-        model.fc.weight.mul_(scale)
-        model.fc.bias.mul_(scale)
-    return model
 
 
 def photo_image_folder(root: Path, *, classes: int, per_class: int, size: int) -> Path:

@@ -7,11 +7,19 @@ Shared by the Triton tests: input "input" FP32 [batch, 1, 28, 28], output "logit
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from samples import FASHION_PREPROCESSING
 from torch import nn
+
+from resnet_serve.preprocessing import Preprocessing
+from resnet_serve.progress import Reporter
+from resnet_serve.triton.repository import ENTRY_LOCK_TIMEOUT_S, Classifier, ModelEntry, write_model_entry
+from resnet_serve.triton.serving import ServingOptions
 
 INPUT_SHAPE = (1, 28, 28)
 CLASS_NAMES = [f"class_{i}" for i in range(10)]
@@ -49,3 +57,28 @@ def export_tiny_classifier(
             ),
         )
     return model
+
+
+def write_entry(
+    *,
+    repository: Path,
+    name: str,
+    model_file: Path,
+    class_names: Sequence[str] = CLASS_NAMES,
+    preprocessing: Preprocessing = PREPROCESSING,
+    metadata: Mapping[str, str] | None = None,
+    warmup_images: np.ndarray | None = None,
+    lock_timeout_s: float = ENTRY_LOCK_TIMEOUT_S,
+    reporter: Reporter | None = None,
+    **settings: Any,
+) -> ModelEntry:
+    """``write_model_entry`` of a classifier (the tiny one's classes and preprocessing unless
+    given), ``settings`` being ServingOptions' fields; a target may be given as a ServingTarget."""
+    target = settings.pop("target", "onnxruntime")
+    return write_model_entry(
+        repository=repository, name=name,
+        classifier=Classifier(model_file=model_file, class_names=tuple(class_names), preprocessing=preprocessing,
+                              metadata=metadata or {}),
+        settings=ServingOptions(target=getattr(target, "name", target), **settings),
+        warmup_images=warmup_images, lock_timeout_s=lock_timeout_s, reporter=reporter,
+    )

@@ -33,10 +33,11 @@ from resnet_serve.client.load import (
 )
 from resnet_serve.client.perf_analyzer import run_perf_analyzer
 from resnet_serve.client.prepared import prepare_request
-from resnet_serve.client.results import BenchmarkResult, ConcurrencyResult, describe_machine
+from resnet_serve.client.results import BenchmarkResult, ConcurrencyResult
 from resnet_serve.client.retries import Retries
 from resnet_serve.client.stability import StabilityRule
 from resnet_serve.errors import ClientError
+from resnet_serve.machine import describe_machine
 from resnet_serve.progress import Reporter, SilentReporter
 
 Engine = Literal["resnet-serve", "perf_analyzer"]

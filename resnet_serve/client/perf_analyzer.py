@@ -35,10 +35,10 @@ from resnet_serve.client.results import (
     REQUEST_RATE_COLUMN,
     BenchmarkResult,
     ConcurrencyResult,
-    describe_machine,
 )
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
 from resnet_serve.errors import ClientError, MissingDependencyError
+from resnet_serve.machine import describe_machine
 from resnet_serve.progress import Reporter, SilentReporter
 
 __all__ = ["find_perf_analyzer", "link_cuda_runtime", "read_perf_analyzer_csv", "run_perf_analyzer"]

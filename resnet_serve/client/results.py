@@ -1,12 +1,10 @@
 """What a serving benchmark measured, in one schema for both engines: one row per concurrency
 level or request rate (``ConcurrencyResult``), a run (``BenchmarkResult``) written as JSON or as
-perf_analyzer's CSV, and the machine it ran on."""
+perf_analyzer's CSV."""
 
 from __future__ import annotations
 
 import csv
-import os
-import platform
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -14,12 +12,10 @@ from typing import Literal
 from resnet_serve.files import replacing_atomically
 
 __all__ = [
-    "CPU_FLAGS",
     "PERF_ANALYZER_COLUMNS",
     "REQUEST_RATE_COLUMN",
     "BenchmarkResult",
     "ConcurrencyResult",
-    "describe_machine",
 ]
 
 # perf_analyzer's CSV header after its first column ("Concurrency", or "Request Rate" in
@@ -40,8 +36,6 @@ PERF_ANALYZER_COLUMNS = (
     "p99 latency",
 )
 REQUEST_RATE_COLUMN = "Request Rate"
-# The CPU features that decide how fast a CPU runs a ResNet; recorded with every benchmark.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 @dataclass(frozen=True)
@@ -149,19 +143,3 @@ class BenchmarkResult:
             writer.writerow(header)
             writer.writerows(row.perf_analyzer_row() for row in self.results)
 
-
-def describe_machine() -> str:
-    """The CPU model, its core count and the features that matter for a ResNet (from
-    /proc/cpuinfo), so that a measured speed says where it was measured."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    present = [flag for flag in CPU_FLAGS if flag in flags]
-    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(present) or 'none of ' + '/'.join(CPU_FLAGS)}"

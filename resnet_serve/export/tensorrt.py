@@ -25,7 +25,7 @@ import numpy as np
 from resnet_serve.errors import ExportError, MissingDependencyError, first_line
 from resnet_serve.export import Precision
 from resnet_serve.files import asdict_with_paths, replacing_atomically
-from resnet_serve.triton import TRITON_CONTAINER_TAG
+from resnet_serve.official_image import TRITON_CONTAINER_TAG
 
 __all__ = [
     "PRECISIONS",

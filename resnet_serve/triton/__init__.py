@@ -4,13 +4,6 @@ The python-backend model template that serves ONNX through onnxruntime lives in
 `python_model/` and is copied into each repository entry that needs it.
 """
 
-# The official image that deploy/ (Dockerfile, docker compose, Kubernetes, KServe) builds on; a test
-# checks every deploy file against it. 26.09 is Triton 2.73.0 (GitHub triton-inference-server/server
-# release v2.73.0, "Release 2.73.0 corresponding to NGC container 26.09", the newest at the time of
-# pinning): newer than 25.07, whose security fixes 24.10 lacks (one crafted request crashes 24.10).
-# The embedded server of the nvidia-pytriton 0.7.0 wheel is older (Triton 2.51.0, the 24.10 release).
-TRITON_CONTAINER_TAG = "26.09-py3"
-
 # The restricted APIs of every server we start or deploy: model (un)loading and the repository
 # index, shared-memory registration, log settings and tracing answer only requests that carry
 # the admin key, in the HTTP header `admin-key` or the gRPC metadata

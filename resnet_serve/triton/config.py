@@ -25,27 +25,16 @@ __all__ = [
     "DATA_TYPES",
     "ENSEMBLE_PLATFORM",
     "INSTANCE_KINDS",
-    "ONNXRUNTIME",
-    "OPENVINO",
-    "PYTHON_ONNXRUNTIME",
-    "SERVING_TARGETS",
-    "TENSORRT_PLAN",
-    "TRITON_INSTANCE_KINDS",
     "DynamicBatching",
     "EnsembleStep",
     "ExecutionAccelerator",
-    "GPU_ACCELERATORS",
-    "GpuAccelerator",
     "InstanceGroup",
-    "InstanceKind",
     "ModelConfig",
     "ModelWarmup",
     "ResponseCache",
-    "ServingTarget",
     "TensorConfig",
     "VersionPolicy",
     "WarmupInput",
-    "get_serving_target",
     "parse_model_config",
 ]
 
@@ -54,11 +43,6 @@ DATA_TYPES: frozenset[str] = frozenset(
 )
 INSTANCE_KINDS: frozenset[str] = frozenset(model_config_pb2.ModelInstanceGroup.Kind.keys())
 _INPUT_FORMATS: frozenset[str] = frozenset(model_config_pb2.ModelInput.Format.keys())
-# What an export asks for, and Triton's kind for it. "auto" leaves the kind to the target
-# (KIND_AUTO for onnxruntime: the GPU where there is one, so one repository serves on a GPU box
-# and in compose's CPU profile).
-InstanceKind = Literal["auto", "cpu", "gpu"]
-TRITON_INSTANCE_KINDS: dict[str, str | None] = {"auto": None, "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 ENSEMBLE_PLATFORM = "ensemble"
 
 
@@ -609,114 +593,3 @@ def parse_model_config(text: str) -> model_config_pb2.ModelConfig:
     # protobuf checks integer ranges as it assigns, with ValueError rather than ParseError.
     except (text_format.ParseError, ValueError) as error:
         raise RepositoryError(f"invalid model config: {first_line(error)}") from None
-
-
-@dataclass(frozen=True)
-class ServingTarget:
-    """How a model is served: which Triton backend or platform runs which file.
-
-    `model_filename` is the name the exported model gets inside the version folder, and also
-    the config's `default_model_filename` when Triton loads it directly. `python_model` names a
-    template in `resnet_serve/triton/python_model/` that is copied in as `model.py`, for targets
-    where Triton's python backend runs the model file itself. `threads_parameter` is the config
-    parameter through which the target's runtime takes its thread count. `max_batch_size` is
-    the batch limit an entry gets unless another is asked for.
-    """
-
-    name: str
-    backend: str
-    platform: str
-    model_filename: str
-    instance_kind: str
-    threads_parameter: str = ""
-    python_model: str = ""
-    description: str = ""
-    max_batch_size: int = 64
-
-    @property
-    def copies_python_model(self) -> bool:
-        return bool(self.python_model)
-
-    @property
-    def default_model_filename(self) -> str:
-        # The python backend loads model.py; the model file is found by model.py itself.
-        return "" if self.copies_python_model else self.model_filename
-
-
-ONNXRUNTIME = ServingTarget(
-    name="onnxruntime",
-    backend="onnxruntime",
-    platform="onnxruntime_onnx",
-    model_filename="model.onnx",
-    # KIND_AUTO: on the GPU where the container has one (compose's GPU profile reserves one),
-    # on the CPU otherwise, so one repository loads on both; KIND_GPU would fail without a GPU.
-    instance_kind="KIND_AUTO",
-    threads_parameter="intra_op_thread_count",
-    description="Triton's onnxruntime backend: the default, served by every official image, "
-    "on the GPU when there is one",
-)
-OPENVINO = ServingTarget(
-    name="openvino",
-    backend="openvino",
-    platform="",
-    # The backend reads IR (model.xml) by default and ONNX when default_model_filename says
-    # so (openvino_backend README, "Loading non default model format"). ONNX is read by the
-    # image's own OpenVINO, so no IR written by another OpenVINO version has to match it.
-    model_filename="model.onnx",
-    # The official images run OpenVINO on Intel CPUs only (openvino_backend README).
-    instance_kind="KIND_CPU",
-    threads_parameter="INFERENCE_NUM_THREADS",
-    description="Triton's OpenVINO backend: CPU deployments, INT8 (QDQ ONNX) and BF16 "
-    "(HINT_BF16) on CPUs that have the instructions",
-    # The backend fixes the model's batch to max_batch_size and fails any other total (see
-    # resnet_serve.triton.contract.openvino): one image per execution, instances for concurrency.
-    max_batch_size=1,
-)
-TENSORRT_PLAN = ServingTarget(
-    name="tensorrt-plan",
-    backend="tensorrt",
-    platform="tensorrt_plan",
-    model_filename="model.plan",
-    # An engine only runs on the GPU model it was built for.
-    instance_kind="KIND_GPU",
-    description="Triton's tensorrt backend running a serialized engine (official container "
-    "images, on the GPU model and TensorRT version that built it)",
-)
-PYTHON_ONNXRUNTIME = ServingTarget(
-    name="python-onnxruntime",
-    backend="python",
-    platform="",
-    model_filename="model.onnx",
-    instance_kind="KIND_CPU",
-    threads_parameter="intra_op_thread_count",
-    python_model="model.py",
-    description="Triton's python backend running the ONNX model in onnxruntime; only when asked "
-    "for: the official images' python backend has no onnxruntime",
-)
-SERVING_TARGETS: dict[str, ServingTarget] = {
-    target.name: target for target in (ONNXRUNTIME, OPENVINO, TENSORRT_PLAN, PYTHON_ONNXRUNTIME)
-}
-
-
-# What `export --gpu-accelerator` writes into an onnxruntime entry: the onnxruntime backend's
-# documented configurations (onnxruntime_backend README, "ONNX Runtime with TensorRT
-# optimization" and "... with CUDA Execution Provider optimization"). Its GPU instances build
-# TensorRT engines on first use, cached in /tmp, which the deploy files mount writable.
-GpuAccelerator = Literal["tensorrt-fp16", "tensorrt-fp32", "cuda"]
-_TENSORRT_COMMON = {"max_workspace_size_bytes": str(1 << 30), "trt_engine_cache_enable": "1",
-                    "trt_engine_cache_path": "/tmp/onnxruntime-tensorrt-cache"}
-GPU_ACCELERATORS: dict[str, ExecutionAccelerator] = {
-    "tensorrt-fp16": ExecutionAccelerator("tensorrt", {"precision_mode": "FP16", **_TENSORRT_COMMON}),
-    "tensorrt-fp32": ExecutionAccelerator("tensorrt", {"precision_mode": "FP32", **_TENSORRT_COMMON}),
-    "cuda": ExecutionAccelerator("cuda", {"cudnn_conv_use_max_workspace": "0", "use_ep_level_unified_stream": "1"}),
-}
-
-
-def get_serving_target(name: str) -> ServingTarget:
-    """Look a target up by its name; RepositoryError lists the known ones."""
-    try:
-        return SERVING_TARGETS[name]
-    except KeyError:
-        raise RepositoryError(
-            f"unknown serving target {name!r} (one of {', '.join(SERVING_TARGETS)})"
-        ) from None

@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from resnet_serve.errors import RepositoryError
-from resnet_serve.triton import TRITON_CONTAINER_TAG
+from resnet_serve.official_image import TRITON_CONTAINER_TAG
 
 __all__ = [
     "DEPLOY_IMAGE",

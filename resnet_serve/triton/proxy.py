@@ -5,7 +5,7 @@ repository written for the official container names `onnxruntime_onnx` and `open
 `build_proxy_repository` mirrors a repository into another folder without writing a byte into
 the original:
 
-- every entry is first checked as `repo check` checks it (``repository_check.check_entries``,
+- every entry is first checked as `repo check` checks it (``repository.check_entries``,
   the backend contract on a host without a GPU): an entry the official container would refuse
   is skipped with the rule it breaks, so the embedded server is exactly as strict as the
   official one, and one bad entry never stops the others;
@@ -39,8 +39,7 @@ from tritonclient.grpc import model_config_pb2
 from resnet_serve.errors import RepositoryError, first_line
 from resnet_serve.triton.contract import EntryFacts, read_version_number
 from resnet_serve.triton.images import deploy_image
-from resnet_serve.triton.repository import CONFIG_FILENAME
-from resnet_serve.triton.repository_check import EntryCheck, check_entries
+from resnet_serve.triton.repository import CONFIG_FILENAME, EntryCheck, check_entries
 
 __all__ = [
     "MODEL_FILE_PARAMETER",
@@ -210,9 +209,8 @@ def build_proxy_repository(*, source: Path, destination: Path) -> ProxyRepositor
     skipped: list[SkippedEntry] = []
     for check in checks:
         if check.refused or check.facts is None:
-            runnable = check.facts is None or not _cannot_run(check.facts)
             skipped.append(SkippedEntry(name=check.name, reason=check.reason,
-                                        kind="refused" if runnable else "not runnable"))
+                                        kind="not runnable" if check.cannot_run else "refused"))
             continue
         target = destination / check.name
         try:

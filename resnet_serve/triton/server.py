@@ -549,7 +549,7 @@ class TritonServer:
             if self._run_folder is None:
                 self._run_folder = Path(tempfile.mkdtemp(prefix=f"serve-{os.getpid()}-", dir=runtime_folder()))
             proxy_folder = self._run_folder / f"repository-{self._starts + 1}"
-            proxy_folder.mkdir()
+            proxy_folder.mkdir(mode=0o700)
         except OSError as error:
             raise ServerError(f"cannot make a temporary folder for the served repository: {error}") \
                 from None

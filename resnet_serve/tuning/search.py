@@ -40,6 +40,7 @@ GPU; OpenVINO runs on the CPU only) unless ``instance_kind`` names another.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -54,7 +55,7 @@ from typing import Any, Literal
 import onnx
 
 from resnet_serve.client.bench import benchmark_served_model
-from resnet_serve.client.results import ConcurrencyResult, describe_machine
+from resnet_serve.client.results import ConcurrencyResult
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
 from resnet_serve.errors import (
     ClientError,
@@ -70,22 +71,17 @@ from resnet_serve.errors import (
 from resnet_serve.export import CalibrationMethod
 from resnet_serve.export.quantize import CALIBRATION_METHODS, quantize_int8
 from resnet_serve.files import asdict_with_paths
+from resnet_serve.machine import describe_machine
 from resnet_serve.parity import DEFAULT_MIN_AGREEMENT, ParityResult, Tolerance, check_parity
 from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.runtimes import OnnxRuntime, OpenVinoRuntime, compare_runtimes
 from resnet_serve.selection import ImageSelection, calibration_images, verification_images
-from resnet_serve.triton.config import (
-    OPENVINO,
-    SERVING_TARGETS,
-    TRITON_INSTANCE_KINDS,
-    InstanceKind,
-    ServingTarget,
-    VersionPolicy,
-)
+from resnet_serve.triton.config import VersionPolicy
 from resnet_serve.triton.repository import (
     PREPROCESSING_PARAMETER,
     TARGET_PARAMETER,
+    Classifier,
     ModelEntry,
     entry_target,
     image_pipeline_names,
@@ -95,6 +91,13 @@ from resnet_serve.triton.repository import (
     write_model_entry,
 )
 from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.serving import (
+    OPENVINO,
+    SERVING_TARGETS,
+    TRITON_INSTANCE_KINDS,
+    InstanceKind,
+    ServingOptions,
+)
 from resnet_serve.tuning.pareto import best_within, pareto_front, rank
 from resnet_serve.tuning.space import SETTINGS, TUNED_RUNTIMES, Candidate, SearchSpace
 
@@ -503,25 +506,21 @@ class _Measurer:
         }
         self.count = 0
 
-    def entry_arguments(self, candidate: Candidate) -> dict[str, Any]:
-        """``write_model_entry``'s arguments for a candidate, the repository and version aside."""
-        return {
-            "name": self.entry.name,
-            "onnx_path": self.files[candidate.runtime],
-            "class_names": self.entry.class_names,
-            "preprocessing": self.preprocessing,
-            "target": TUNED_RUNTIMES[candidate.runtime].target,
-            "max_batch_size": candidate.max_batch_size,
-            "preferred_batch_sizes": (candidate.preferred_batch_size,) if candidate.preferred_batch_size else (),
-            "max_queue_delay_us": candidate.max_queue_delay_us,
-            "instances": candidate.instances,
-            # Measured on this machine's CPU, whatever the entry will run on.
-            "instance_kind": "KIND_CPU",
-            "batch_padding": candidate.batch_padding,
-            "intra_op_threads": candidate.threads,
-            "warmup_images": self.warmup_images,
-            "metadata": self.metadata,
-        }
+    def classifier(self, candidate: Candidate, **metadata: str) -> Classifier:
+        """What a candidate serves: the entry's classes and preprocessing, the runtime's file."""
+        return Classifier(model_file=self.files[candidate.runtime], class_names=self.entry.class_names,
+                          preprocessing=self.preprocessing, metadata={**self.metadata, **metadata})
+
+    @staticmethod
+    def settings(candidate: Candidate) -> ServingOptions:
+        """The serving settings a candidate is measured with: measured on this machine's CPU,
+        whatever the entry will run on."""
+        return ServingOptions(
+            target=TUNED_RUNTIMES[candidate.runtime].target.name, max_batch_size=candidate.max_batch_size,
+            preferred_batch_sizes=(candidate.preferred_batch_size,) if candidate.preferred_batch_size else (),
+            max_queue_delay_us=candidate.max_queue_delay_us, instances=candidate.instances, instance_kind="cpu",
+            threads=candidate.threads, batch_padding=candidate.batch_padding, image_pipeline=False,
+        )
 
     def measure_current(self, repository: Path) -> Measurement:
         """The entry as the user's repository serves it now: the baseline."""
@@ -535,7 +534,8 @@ class _Measurer:
         began = time.perf_counter()
         repository = self.scratch / label
         try:
-            write_model_entry(repository=repository, **self.entry_arguments(candidate))
+            write_model_entry(repository=repository, name=self.entry.name, classifier=self.classifier(candidate),
+                              settings=self.settings(candidate), warmup_images=self.warmup_images)
             return self._report(self._serve(label, candidate, repository, began))
         except RepositoryError as error:
             return self._report(Measurement(label, candidate, "failed", reason=str(error)))
@@ -594,24 +594,28 @@ class _Measurer:
                 "p99_ms": None if baseline.point is None else round(baseline.point[1], 2),
             },
         }
-        arguments = self.entry_arguments(chosen.candidate)
-        arguments["metadata"] = {**arguments["metadata"], TUNING_PARAMETER: json.dumps(record, sort_keys=True)}
-        arguments["instance_kind"] = self._written_instance_kind(arguments["target"])
+        measured = self.settings(chosen.candidate)
+        settings = dataclasses.replace(
+            measured, instance_kind=self._written_instance_kind(measured), retarget=True,
+            version_policy=VersionPolicy(kind="latest", num_versions=1),
+        )
         written = write_model_entry(
-            repository=repository, **arguments, version_policy=VersionPolicy(kind="latest", num_versions=1),
-            retarget=True,
+            repository=repository, name=self.entry.name, settings=settings, warmup_images=self.warmup_images,
+            classifier=self.classifier(chosen.candidate, **{TUNING_PARAMETER: json.dumps(record, sort_keys=True)}),
         )
         self._rewrite_image_pipeline(repository)
         return written
 
-    def _written_instance_kind(self, target: ServingTarget) -> str | None:
+    def _written_instance_kind(self, measured: ServingOptions) -> InstanceKind:
         """The kind the user asked for; else the entry's own, so a GPU deployment stays on its
         GPU (OpenVINO runs on the CPU only: its target's kind)."""
         if self.options.instance_kind is not None:
-            return TRITON_INSTANCE_KINDS[self.options.instance_kind]
-        if target is OPENVINO or not self.entry.config.instance_groups:
-            return None
-        return self.entry.config.instance_groups[0].kind
+            return self.options.instance_kind
+        if measured.serving_target is OPENVINO or not self.entry.config.instance_groups:
+            return "auto"
+        kind = self.entry.config.instance_groups[0].kind
+        return next(name for name, triton in TRITON_INSTANCE_KINDS.items() if triton == kind or
+                    (triton is None and kind == "KIND_AUTO"))
 
     def _rewrite_image_pipeline(self, repository: Path) -> None:
         """``-preprocess`` and ``-image`` follow the classifier's new batch limit: core refuses

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from resnet_serve.errors import TuningError
-from resnet_serve.triton.config import ONNXRUNTIME, OPENVINO, ServingTarget
+from resnet_serve.triton.serving import ONNXRUNTIME, OPENVINO, ServingTarget
 
 __all__ = [
     "SETTINGS",

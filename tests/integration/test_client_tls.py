@@ -28,13 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from PIL import Image
 from samples import fashion_test_set
-from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 from typer.testing import CliRunner
 
 from resnet_serve.cli import app
-from resnet_serve.triton.config import ONNXRUNTIME
-from resnet_serve.triton.repository import write_model_entry
 from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.serving import ONNXRUNTIME
 
 pytestmark = pytest.mark.triton
 
@@ -150,7 +149,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     root = tmp_path_factory.mktemp("tls")
     export_tiny_classifier(root / "tiny.onnx")
-    write_model_entry(repository=root / "repository", name="tiny", onnx_path=root / "tiny.onnx",
+    write_entry(repository=root / "repository", name="tiny", model_file=root / "tiny.onnx",
                       class_names=CLASS_NAMES, preprocessing=PREPROCESSING, metadata={}, target=ONNXRUNTIME)
     http, grpc, metrics = find_free_ports(3)
     with TritonServer(

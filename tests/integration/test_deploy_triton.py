@@ -48,9 +48,10 @@ from deploy_files import (
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.errors import ServerError
-from resnet_serve.pipeline import ExportOptions, ServingOptions, export_to_repository
+from resnet_serve.pipeline import ExportOptions, export_to_repository
 from resnet_serve.selection import ImageSelection
 from resnet_serve.triton.server import TritonInstallation, TritonServer, find_free_port, find_free_ports
+from resnet_serve.triton.serving import ServingOptions
 
 pytestmark = pytest.mark.triton
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from hostile import REPOSITORY_CORPUS
 from samples import fashion_mnist
-from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 
-from resnet_serve.triton.repository import write_image_pipeline, write_model_entry
+from resnet_serve.triton.repository import write_image_pipeline
 from resnet_serve.triton.server import find_free_ports
 
 pytestmark = pytest.mark.triton
@@ -34,11 +34,11 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hostile-repository")
     export_tiny_classifier(root / "tiny.onnx")
     repository = root / "repository"
-    write_model_entry(repository=repository, name="m", onnx_path=root / "tiny.onnx", class_names=CLASS_NAMES,
+    write_entry(repository=repository, name="m", model_file=root / "tiny.onnx", class_names=CLASS_NAMES,
                       preprocessing=PREPROCESSING, warmup_images=fashion_mnist(1))
     write_image_pipeline(repository=repository, classifier="m")
     healthy_copy = root / "healthy" / "m"
-    write_model_entry(repository=healthy_copy.parent, name="m", onnx_path=root / "tiny.onnx",
+    write_entry(repository=healthy_copy.parent, name="m", model_file=root / "tiny.onnx",
                       class_names=CLASS_NAMES, preprocessing=PREPROCESSING)
     for case in REPOSITORY_CORPUS:
         case.make(healthy_copy, repository)

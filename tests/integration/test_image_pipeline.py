@@ -25,7 +25,7 @@ import torch
 import tritonclient.grpc as grpcclient
 from PIL import Image
 from samples import FASHION_PREPROCESSING, fashion_test_set
-from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 from torch import nn
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
@@ -33,9 +33,9 @@ from typer.testing import CliRunner
 from resnet_serve.cli import app
 from resnet_serve.client.classify import classify_files_server_side
 from resnet_serve.preprocessing import Preprocessing
-from resnet_serve.triton.config import PYTHON_ONNXRUNTIME
-from resnet_serve.triton.repository import write_image_pipeline, write_model_entry
+from resnet_serve.triton.repository import write_image_pipeline
 from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.serving import PYTHON_ONNXRUNTIME
 
 pytestmark = pytest.mark.triton
 
@@ -88,13 +88,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, photos: list[Path]) -> Iter
     repository = tmp_path_factory.mktemp("repository")
     export_tiny_classifier(scratch / "tiny.onnx")
     export_photo_classifier(scratch / "photo.onnx")
-    write_model_entry(
-        repository=repository, name="tiny", onnx_path=scratch / "tiny.onnx", class_names=CLASS_NAMES,
+    write_entry(
+        repository=repository, name="tiny", model_file=scratch / "tiny.onnx", class_names=CLASS_NAMES,
         preprocessing=PREPROCESSING, target=PYTHON_ONNXRUNTIME,
         warmup_images=FASHION_PREPROCESSING.normalize(fashion_test_set().images[:2]),
     )
-    write_model_entry(
-        repository=repository, name="photo", onnx_path=scratch / "photo.onnx", class_names=PHOTO_CLASSES,
+    write_entry(
+        repository=repository, name="photo", model_file=scratch / "photo.onnx", class_names=PHOTO_CLASSES,
         preprocessing=PHOTO_PREPROCESSING,
         target=PYTHON_ONNXRUNTIME, warmup_images=PHOTO_PREPROCESSING.load_image(photos[0])[None],
     )

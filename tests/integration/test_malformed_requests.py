@@ -24,16 +24,15 @@ import pytest
 import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper, numpy_helper
 from samples import fashion_mnist
-from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.client.connection import ConnectionOptions
 from resnet_serve.client.inference import InferenceClient
 from resnet_serve.errors import ClientError
-from resnet_serve.triton.config import ONNXRUNTIME
-from resnet_serve.triton.repository import write_model_entry
 from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.serving import ONNXRUNTIME
 
 pytestmark = pytest.mark.triton
 
@@ -67,7 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     export_tiny_classifier(root / "tiny.onnx")
     export_flattening_classifier(root / "any_size.onnx")
     for name, model in (("tiny", "tiny.onnx"), ("tiny_any_size", "any_size.onnx")):
-        write_model_entry(repository=root / "repository", name=name, onnx_path=root / model,
+        write_entry(repository=root / "repository", name=name, model_file=root / model,
                           class_names=CLASS_NAMES, preprocessing=PREPROCESSING, metadata={}, target=ONNXRUNTIME)
     # Its config lets any image size through, as its ONNX file declares.
     config = root / "repository" / "tiny_any_size" / "config.pbtxt"

@@ -21,14 +21,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from samples import fashion_mnist
-from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.runtimes import OpenVinoRuntime
-from resnet_serve.triton.config import OPENVINO
-from resnet_serve.triton.repository import write_model_entry
 from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.serving import OPENVINO
 
 pytestmark = pytest.mark.triton
 
@@ -58,7 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonSer
     repository = root / "repository"
     # ov4pad has one instance: each instance keeps its own pad size.
     for name, instances in (("ov1", 2), ("ov4", 2), ("ov4pad", 1)):
-        write_model_entry(repository=repository, name=name, onnx_path=root / "tiny.onnx", class_names=CLASS_NAMES,
+        write_entry(repository=repository, name=name, model_file=root / "tiny.onnx", class_names=CLASS_NAMES,
                           preprocessing=PREPROCESSING, target=OPENVINO, instances=instances,
                           warmup_images=IMAGES[:2] if name == "ov1" else None)
     edit(repository / "ov4", fixed_batch(4, padding=False))

@@ -26,14 +26,13 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from samples import fashion_mnist
-from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 from typer.testing import CliRunner
 
 from resnet_serve.cli import app
 from resnet_serve.client.inference import InferenceClient
-from resnet_serve.triton.config import ONNXRUNTIME
-from resnet_serve.triton.repository import write_model_entry
 from resnet_serve.triton.server import SHARED_MEMORY, TritonInstallation, TritonServer, find_free_ports
+from resnet_serve.triton.serving import ONNXRUNTIME
 
 pytestmark = pytest.mark.triton
 
@@ -44,7 +43,7 @@ KEY = "supervision-test-admin-key-0123456789"
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("supervision")
     export_tiny_classifier(root / "tiny.onnx")
-    write_model_entry(repository=root / "repository", name="tiny", onnx_path=root / "tiny.onnx",
+    write_entry(repository=root / "repository", name="tiny", model_file=root / "tiny.onnx",
                       class_names=CLASS_NAMES, preprocessing=PREPROCESSING, metadata={}, target=ONNXRUNTIME)
     return root / "repository"
 

@@ -28,15 +28,16 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import text_format
 from openvino.preprocess import PrePostProcessor
+from tiny_onnx import write_entry
 
 from resnet_serve.checkpoints import Checkpoint, load_checkpoint
 from resnet_serve.datasets import load_dataset
 from resnet_serve.export.onnx import export_onnx
 from resnet_serve.fold import fold_batchnorm
-from resnet_serve.triton.config import ONNXRUNTIME, OPENVINO, PYTHON_ONNXRUNTIME, TENSORRT_PLAN, parse_model_config
+from resnet_serve.triton.config import parse_model_config
 from resnet_serve.triton.proxy import SkippedEntry
-from resnet_serve.triton.repository import write_model_entry
 from resnet_serve.triton.server import TritonServer, find_free_ports
+from resnet_serve.triton.serving import ONNXRUNTIME, OPENVINO, PYTHON_ONNXRUNTIME, TENSORRT_PLAN
 
 pytestmark = pytest.mark.triton
 
@@ -63,10 +64,10 @@ def tree_digest(folder: Path) -> dict[str, str]:
     return digest
 
 
-def write_entry(repository: Path, name: str, model_file: Path, checkpoint: Checkpoint, **options: object) -> Path:
+def add_entry(repository: Path, name: str, model_file: Path, checkpoint: Checkpoint, **options: object) -> Path:
     meta = checkpoint.meta
-    write_model_entry(
-        repository=repository, name=name, onnx_path=model_file, class_names=meta.class_names,
+    write_entry(
+        repository=repository, name=name, model_file=model_file, class_names=meta.class_names,
         preprocessing=meta.preprocessing,
         **options,  # type: ignore[arg-type]
     )
@@ -111,17 +112,17 @@ def repository(
 ) -> Path:
     repository = tmp_path_factory.mktemp("repository")
     first, second = onnx_versions
-    entry = write_entry(repository, "resnet20", first, checkpoint, target=ONNXRUNTIME)
+    entry = add_entry(repository, "resnet20", first, checkpoint, target=ONNXRUNTIME)
     (entry / "2").mkdir()
     (entry / "2" / "model.onnx").write_bytes(second.read_bytes())
     edit_config(entry, lambda config: config.version_policy.all.SetInParent())
-    openvino_entry = write_entry(repository, "resnet20-openvino", first, checkpoint, target=OPENVINO)
+    openvino_entry = add_entry(repository, "resnet20-openvino", first, checkpoint, target=OPENVINO)
     edit_config(openvino_entry, set_openvino_parameters)
-    write_entry(repository, "resnet20-python", first, checkpoint, target=PYTHON_ONNXRUNTIME)
+    add_entry(repository, "resnet20-python", first, checkpoint, target=PYTHON_ONNXRUNTIME)
     plan = tmp_path_factory.mktemp("plan") / "model.plan"
     plan.write_bytes(b"not an engine: the server skips the entry before anything reads it")
     plan.with_name("model.plan.json").write_text("{}")
-    write_entry(repository, "resnet20-tensorrt", plan, checkpoint, target=TENSORRT_PLAN)
+    add_entry(repository, "resnet20-tensorrt", plan, checkpoint, target=TENSORRT_PLAN)
     return repository
 
 
@@ -165,7 +166,7 @@ def test_each_entry_is_served_or_skipped_with_its_reason(server: TritonServer) -
         ("resnet20-openvino", "proxy", "openvino", (1,)),
         ("resnet20-python", "mirror", "python", (1,)),
     ]
-    assert server.skipped == (SkippedEntry("resnet20-tensorrt", TENSORRT_REASON),)
+    assert server.skipped == (SkippedEntry("resnet20-tensorrt", TENSORRT_REASON, kind="not runnable"),)
     assert server.ready_versions() == {"resnet20": (1, 2), "resnet20-openvino": (1,), "resnet20-python": (1,)}
 
 
@@ -264,7 +265,7 @@ def test_the_serve_command_lists_served_and_skipped_entries_and_cleans_up(
             lines.append(line.rstrip())
             if "Press Ctrl-C" in line:
                 break
-        assert list(temporary.glob("resnet-serve-repository-*")), "the served copy lives in TMPDIR"
+        assert list(temporary.glob("resnet-serve-*/serve-*/repository-1")), "the served copy lives in TMPDIR"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
@@ -278,5 +279,5 @@ def test_the_serve_command_lists_served_and_skipped_entries_and_cleans_up(
     assert "  resnet20-openvino: openvino (python-backend proxy), version 1" in lines
     assert "  resnet20-python: python, version 1" in lines
     assert f"  gRPC    localhost:{grpc}" in lines
-    assert list(temporary.glob("resnet-serve-repository-*")) == []
+    assert list(temporary.glob("resnet-serve-*/serve-*")) == []
     assert tree_digest(repository) == digest_before

@@ -32,15 +32,15 @@ from tiny_onnx import (
     PREPROCESSING,
     TinyClassifier,
     export_tiny_classifier,
+    write_entry,
 )
 from torch import nn
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.errors import ServerError
 from resnet_serve.triton import ADMIN_KEY_VARIABLE
-from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME
-from resnet_serve.triton.repository import write_model_entry
 from resnet_serve.triton.server import TritonServer, find_free_ports, runtime_folder
+from resnet_serve.triton.serving import ONNXRUNTIME, PYTHON_ONNXRUNTIME
 
 pytestmark = pytest.mark.triton
 
@@ -69,9 +69,9 @@ def export_fragile(path: Path) -> None:
         )
 
 
-def write_entry(repository: Path, name: str, onnx_path: Path, **options: object) -> None:
-    write_model_entry(
-        repository=repository, name=name, onnx_path=onnx_path, class_names=CLASS_NAMES,
+def add_entry(repository: Path, name: str, onnx_path: Path, **options: object) -> None:
+    write_entry(
+        repository=repository, name=name, model_file=onnx_path, class_names=CLASS_NAMES,
         preprocessing=PREPROCESSING,
         metadata={"architecture": "tiny-cnn"}, **{"target": ONNXRUNTIME, **options},  # type: ignore[arg-type]
     )
@@ -106,10 +106,10 @@ def server(
     onnx_path, _ = tiny
     fragile_path = onnx_path.with_name("fragile.onnx")
     export_fragile(fragile_path)
-    write_entry(repository, "tiny", onnx_path)
-    write_entry(repository, "tiny_batched", onnx_path, max_queue_delay_us=200_000,
+    add_entry(repository, "tiny", onnx_path)
+    add_entry(repository, "tiny_batched", onnx_path, max_queue_delay_us=200_000,
                 preferred_batch_sizes=[4])
-    write_entry(repository, "fragile", fragile_path, max_queue_delay_us=200_000,
+    add_entry(repository, "fragile", fragile_path, max_queue_delay_us=200_000,
                 preferred_batch_sizes=[3])
     http_port, grpc_port, metrics_port = find_free_ports(3)
     with TritonServer(
@@ -243,7 +243,7 @@ def test_a_bad_request_fails_its_whole_batch_as_in_the_onnxruntime_backend(
 
 
 def test_stop_leaves_no_process(tmp_path: Path, tiny: tuple[Path, TinyClassifier]) -> None:
-    write_entry(tmp_path / "repository", "tiny", tiny[0])
+    add_entry(tmp_path / "repository", "tiny", tiny[0])
     http_port, grpc_port, metrics_port = find_free_ports(3)
     server = TritonServer(
         repository=tmp_path / "repository", http_port=http_port, grpc_port=grpc_port,
@@ -292,7 +292,7 @@ def make_it_openvino_with_a_bad_parameter(entry: Path) -> None:
 def test_a_python_model_that_fails_to_load_reports_why(tmp_path: Path, tiny: tuple[Path, TinyClassifier]) -> None:
     """A python-backend model's own code decides whether it loads: the contract cannot tell first."""
     repository = tmp_path / "repository"
-    write_entry(repository, "broken", tiny[0], target=PYTHON_ONNXRUNTIME)
+    add_entry(repository, "broken", tiny[0], target=PYTHON_ONNXRUNTIME)
     truncate_the_model(repository / "broken")
     http_port, grpc_port, metrics_port = find_free_ports(3)
 
@@ -316,8 +316,8 @@ def test_an_entry_the_official_backend_would_not_load_is_skipped_with_why_and_th
     tmp_path: Path, tiny: tuple[Path, TinyClassifier], break_entry, reason: str
 ) -> None:
     repository = tmp_path / "repository"
-    write_entry(repository, "broken", tiny[0])
-    write_entry(repository, "tiny", tiny[0])
+    add_entry(repository, "broken", tiny[0])
+    add_entry(repository, "tiny", tiny[0])
     break_entry(repository / "broken")
     http_port, grpc_port, metrics_port = find_free_ports(3)
 
@@ -332,8 +332,8 @@ def test_explicit_mode_loads_the_named_models_less_the_skipped_ones(
     tmp_path: Path, tiny: tuple[Path, TinyClassifier]
 ) -> None:
     repository = tmp_path / "repository"
-    write_entry(repository, "tiny", tiny[0])
-    write_entry(repository, "not-loaded", tiny[0])
+    add_entry(repository, "tiny", tiny[0])
+    add_entry(repository, "not-loaded", tiny[0])
     (repository / "trt").mkdir()
     (repository / "trt" / "config.pbtxt").write_text('name: "trt" platform: "tensorrt_plan"\n')
     http_port, grpc_port, metrics_port = find_free_ports(3)
@@ -352,7 +352,7 @@ def test_the_admin_key_stays_out_of_the_server_and_its_models_environment(
     line only, never in the environment that every python-backend model's code can read."""
     key = "environment-admin-key-0123456789"
     monkeypatch.setenv(ADMIN_KEY_VARIABLE, key)
-    write_entry(tmp_path / "repository", "tiny", tiny[0])
+    add_entry(tmp_path / "repository", "tiny", tiny[0])
     http_port, grpc_port, metrics_port = find_free_ports(3)
     with TritonServer(repository=tmp_path / "repository", http_port=http_port, grpc_port=grpc_port,
                       metrics_port=metrics_port, admin_key=key) as server:
@@ -371,7 +371,7 @@ def test_the_admin_key_stays_out_of_the_server_and_its_models_environment(
 def test_a_killed_runs_leftovers_are_removed_by_the_next_start_and_a_run_leaves_nothing(
     tmp_path: Path, tiny: tuple[Path, TinyClassifier]
 ) -> None:
-    write_entry(tmp_path / "repository", "tiny", tiny[0])
+    add_entry(tmp_path / "repository", "tiny", tiny[0])
     # What `serve` killed with SIGKILL leaves: its run folder, its served copy and log inside.
     left = runtime_folder() / f"serve-{dead_pid()}-k1ll3d"
     (left / "repository-1" / "tiny").mkdir(parents=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from samples import fashion_mnist
-from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 from typer.testing import CliRunner
 
 from resnet_serve.cli import app
@@ -19,8 +19,7 @@ from resnet_serve.client.inference import InferenceClient
 from resnet_serve.runtimes import OnnxRuntime
 from resnet_serve.triton.config import VersionPolicy
 from resnet_serve.triton.images import find_image
-from resnet_serve.triton.repository import read_model_entry, write_model_entry
-from resnet_serve.triton.repository_check import check_repository
+from resnet_serve.triton.repository import check_repository, read_model_entry
 from resnet_serve.triton.server import TritonServer, find_free_ports
 
 pytestmark = pytest.mark.triton
@@ -118,7 +117,7 @@ def test_a_short_tune_measures_every_candidate_and_writes_the_winner_as_a_served
 
 def test_when_nothing_settles_tune_says_so_rather_than_blaming_the_budget(tmp_path: Path) -> None:
     export_tiny_classifier(tmp_path / "tiny.onnx")
-    write_model_entry(repository=tmp_path / "repo", name="tiny", onnx_path=tmp_path / "tiny.onnx",
+    write_entry(repository=tmp_path / "repo", name="tiny", model_file=tmp_path / "tiny.onnx",
                       class_names=CLASS_NAMES, preprocessing=PREPROCESSING)
 
     # Three 100 ms windows that must agree within 0.001%: nothing can settle.

@@ -120,3 +120,54 @@ def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function(tmp_path: Path) -> 
     assert {"p.export.onnx", "p.verify", "p.runtimes"} <= set(cycle)
     graph["p.export.onnx"] = set()  # the function-level import gone
     assert find_cycle(graph) is None
+
+
+# The pipeline's floors, lowest first (DESIGN.md: models → fold/export → triton repository →
+# serve → client). A module imports from its own floor or below, never from above: a floor can
+# be read, and tested, without the ones over it.
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("foundations", frozenset({"resnet_serve", "errors", "files", "progress", "official_image", "machine",
+                               "preprocessing", "parity"})),
+    ("models and data", frozenset({"models", "datasets", "checkpoints", "selection", "samples", "runtimes"})),
+    ("training and conversion", frozenset({"train", "experiments", "fold", "export", "artifacts", "verify"})),
+    ("serving", frozenset({"triton"})),
+    ("client", frozenset({"client"})),
+    ("orchestration", frozenset({"pipeline", "tuning", "report", "demo"})),
+    ("interface", frozenset({"cli", "rich_progress"})),
+)
+
+
+def floor_of(module: str) -> int:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else parts[0]
+    return next(index for index, (_, members) in enumerate(LAYERS) if top in members)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{module} ({LAYERS[floor_of(module)][0]}) imports {target} ({LAYERS[floor_of(target)][0]})"
+        for module, targets in graph.items() for target in targets if floor_of(target) > floor_of(module)
+    )
+
+
+def test_every_module_has_a_floor_and_no_import_runs_up_the_floors() -> None:
+    graph = import_graph()
+    tops = {name.split(".")[1] if "." in name else name for name in graph}
+    assert tops <= set().union(*(members for _, members in LAYERS)), "modules without a floor"
+    assert upward_imports(graph) == []
+
+
+def test_an_import_up_the_floors_is_found() -> None:
+    # The one the package had: the TensorRT exporter took the container tag from triton/.
+    graph = {"resnet_serve.export.tensorrt": {"resnet_serve.triton.images", "resnet_serve.errors"}}
+    assert upward_imports(graph) == [
+        "resnet_serve.export.tensorrt (training and conversion) imports resnet_serve.triton.images (serving)"
+    ]
+
+
+def test_the_split_packages_keep_modules_short() -> None:
+    # One concern per module: the repository writer and the CLI were one file each of ~950 lines.
+    for package in ("cli", "triton/repository"):
+        for path in sorted((PACKAGE / package).glob("*.py")):
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            assert lines <= 300, f"{path.relative_to(PACKAGE)} has {lines} lines"

@@ -17,18 +17,17 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 from samples import fashion_mnist
-from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier, write_entry
 from tritonclient.grpc import model_config_pb2
 
 from resnet_serve.export.tensorrt import EngineSidecar, OptimizationProfile, sidecar_path
-from resnet_serve.triton import TRITON_CONTAINER_TAG
-from resnet_serve.triton.config import GPU_ACCELERATORS, OPENVINO, PYTHON_ONNXRUNTIME, TENSORRT_PLAN
+from resnet_serve.official_image import TRITON_CONTAINER_TAG
 from resnet_serve.triton.contract import RULES, find_rule
 from resnet_serve.triton.contract.document import contract_markdown
 from resnet_serve.triton.images import find_image
 from resnet_serve.triton.proxy import build_proxy_repository
-from resnet_serve.triton.repository import write_image_pipeline, write_model_entry
-from resnet_serve.triton.repository_check import check_repository
+from resnet_serve.triton.repository import check_repository, write_image_pipeline
+from resnet_serve.triton.serving import GPU_ACCELERATORS, OPENVINO, PYTHON_ONNXRUNTIME, TENSORRT_PLAN
 
 Config = model_config_pb2.ModelConfig
 # The image deploy/ builds, with the TensorRT version its release notes do not record filled in and
@@ -42,7 +41,7 @@ KIND = model_config_pb2.ModelInstanceGroup
 
 
 def write(repository: Path, name: str, model: Path, **options: object) -> Path:
-    return write_model_entry(repository=repository, name=name, onnx_path=model, class_names=CLASS_NAMES,
+    return write_entry(repository=repository, name=name, model_file=model, class_names=CLASS_NAMES,
                              preprocessing=PREPROCESSING, warmup_images=None, **options).path  # type: ignore[arg-type]
 
 
@@ -53,7 +52,7 @@ def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx_path = root / "tiny.onnx"
     export_tiny_classifier(onnx_path)
     repository = root / "repository"
-    write_model_entry(repository=repository, name="ort", onnx_path=onnx_path, class_names=CLASS_NAMES,
+    write_entry(repository=repository, name="ort", model_file=onnx_path, class_names=CLASS_NAMES,
                       preprocessing=PREPROCESSING, warmup_images=fashion_mnist(2))
     write_image_pipeline(repository=repository, classifier="ort")
     write(repository, "ov", onnx_path, target=OPENVINO)

@@ -17,9 +17,10 @@ from resnet_serve.client.bench import summarize_windows
 from resnet_serve.client.inference import ModelStatistics
 from resnet_serve.client.load import Schedule, Window
 from resnet_serve.client.perf_analyzer import find_perf_analyzer, read_perf_analyzer_csv
-from resnet_serve.client.results import PERF_ANALYZER_COLUMNS, BenchmarkResult, ConcurrencyResult, describe_machine
+from resnet_serve.client.results import PERF_ANALYZER_COLUMNS, BenchmarkResult, ConcurrencyResult
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError, measure_until_stable
 from resnet_serve.errors import ClientError, MissingDependencyError
+from resnet_serve.machine import describe_machine
 
 # Written by perf_analyzer 2.40 (-f out.csv --verbose-csv) against the embedded server.
 PERF_ANALYZER_CSV = """\

@@ -16,7 +16,7 @@ from deploy_files import (
     triton_container,
 )
 
-from resnet_serve.triton import TRITON_CONTAINER_TAG
+from resnet_serve.official_image import TRITON_CONTAINER_TAG
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:

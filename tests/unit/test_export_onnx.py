@@ -11,7 +11,7 @@ import pytest
 import torch
 from hostile import classifier_graph, onnx_with_external_weight
 from onnx import numpy_helper
-from samples import fashion_mnist, with_realistic_batchnorm
+from samples import fashion_mnist
 from torch import nn
 
 from resnet_serve.errors import ExportError
@@ -19,6 +19,7 @@ from resnet_serve.export.onnx import OnnxExportResult, OnnxOptions, count_ops, e
 from resnet_serve.fold import fold_batchnorm
 from resnet_serve.models import create_model
 from resnet_serve.preprocessing import MAX_IMAGE_SIDE
+from resnet_serve.samples import with_realistic_batchnorm
 
 METADATA = {"architecture": "resnet20", "dataset": "fashion-mnist"}
 

@@ -14,14 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
-from samples import (
-    FASHION_PREPROCESSING,
-    fashion_mnist,
-    photo_crops,
-    photo_image_folder,
-    with_realistic_batchnorm,
-    with_trained_magnitudes,
-)
+from samples import FASHION_PREPROCESSING, fashion_mnist, photo_image_folder
 from torch import nn
 from typer.testing import CliRunner
 
@@ -34,6 +27,7 @@ from resnet_serve.models import create_model
 from resnet_serve.parity import DEFAULT_RTOL, Tolerance, check_parity
 from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.runtimes import OnnxRuntime, TorchRuntime, compare_runtimes
+from resnet_serve.samples import photo_crops, with_realistic_batchnorm, with_trained_magnitudes
 
 
 def inputs_for(name: str) -> tuple[int, torch.Tensor]:

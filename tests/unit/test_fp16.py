@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from samples import fashion_mnist, with_realistic_batchnorm
+from samples import fashion_mnist
 
 from resnet_serve.errors import ExportError
 from resnet_serve.export.fp16 import convert_fp16
@@ -16,6 +16,7 @@ from resnet_serve.export.onnx import export_onnx
 from resnet_serve.fold import fold_batchnorm
 from resnet_serve.models import create_model
 from resnet_serve.runtimes import OnnxRuntime
+from resnet_serve.samples import with_realistic_batchnorm
 
 
 @pytest.fixture(scope="module")

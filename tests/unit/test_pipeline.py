@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from samples import photo_crops, photo_image_folder, with_trained_magnitudes
+from samples import photo_image_folder
 from typer.testing import CliRunner
 
 from resnet_serve.checkpoints import IMAGENET_PREPROCESSING
@@ -17,7 +17,9 @@ from resnet_serve.errors import ExportError, RepositoryError
 from resnet_serve.export.tensorrt import EngineOptions
 from resnet_serve.models import create_model
 from resnet_serve.parity import DEFAULT_RTOL
-from resnet_serve.pipeline import ExportOptions, ServingOptions
+from resnet_serve.pipeline import ExportOptions
+from resnet_serve.samples import photo_crops, with_trained_magnitudes
+from resnet_serve.triton.serving import ServingOptions
 
 runner = CliRunner()
 
@@ -36,9 +38,9 @@ def test_export_options_resolve_their_defaults_once() -> None:
         ({"precision": "int4"}, ExportError, "unknown ONNX precision 'int4'"),
         ({"format": "tflite"}, ExportError, "unknown export format 'tflite'"),
         ({"calibration_method": "kl"}, ExportError, "unknown calibration method 'kl'"),
-        ({"serving": {"max_batch_size": 0}}, ExportError, "max_batch_size must be ≥ 1"),
-        ({"serving": {"instance_kind": "tpu"}}, ExportError, "unknown instance kind 'tpu'"),
-        ({"serving": {"version": 0}}, ExportError, "model versions start at 1"),
+        ({"serving": {"max_batch_size": 0}}, RepositoryError, "max_batch_size must be ≥ 1"),
+        ({"serving": {"instance_kind": "tpu"}}, RepositoryError, "unknown instance kind 'tpu'"),
+        ({"serving": {"version": 0}}, RepositoryError, "model versions start at 1"),
         ({"engine": EngineOptions()}, ExportError, "engine options apply only to the tensorrt format"),
         ({"serving": {"target": "tflite-serving"}}, RepositoryError, "unknown serving target 'tflite-serving'"),
         ({"serving": {"target": "tensorrt-plan"}}, ExportError, "export with the tensorrt format"),

@@ -7,16 +7,21 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier, write_entry
 from typer.testing import CliRunner
 
 from resnet_serve.cli import app
 from resnet_serve.export.tensorrt import EngineSidecar, OptimizationProfile, sidecar_path
-from resnet_serve.triton import TRITON_CONTAINER_TAG
-from resnet_serve.triton.config import ONNXRUNTIME, OPENVINO, PYTHON_ONNXRUNTIME, TENSORRT_PLAN, ServingTarget
+from resnet_serve.official_image import TRITON_CONTAINER_TAG
 from resnet_serve.triton.images import find_image
-from resnet_serve.triton.repository import read_model_entry, write_image_pipeline, write_model_entry
-from resnet_serve.triton.repository_check import check_repository
+from resnet_serve.triton.repository import check_repository, read_model_entry, write_image_pipeline
+from resnet_serve.triton.serving import (
+    ONNXRUNTIME,
+    OPENVINO,
+    PYTHON_ONNXRUNTIME,
+    TENSORRT_PLAN,
+    ServingTarget,
+)
 
 runner = CliRunner()
 
@@ -29,8 +34,8 @@ def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write(repository: Path, model_file: Path, *, name: str = "tiny", target: ServingTarget = ONNXRUNTIME) -> Path:
-    return write_model_entry(
-        repository=repository, name=name, onnx_path=model_file, class_names=CLASS_NAMES,
+    return write_entry(
+        repository=repository, name=name, model_file=model_file, class_names=CLASS_NAMES,
         preprocessing=PREPROCESSING, target=target,
     ).path
 

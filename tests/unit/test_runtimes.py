@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from samples import fashion_mnist, with_realistic_batchnorm
+from samples import fashion_mnist
 from torch import nn
 
 from resnet_serve.errors import VerificationError
@@ -23,6 +23,7 @@ from resnet_serve.runtimes import (
     compare_runtimes,
     get_runtime_kind,
 )
+from resnet_serve.samples import with_realistic_batchnorm
 
 
 @pytest.fixture(scope="module")

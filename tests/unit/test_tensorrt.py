@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from samples import FASHION_PREPROCESSING
+from tiny_onnx import write_entry
 from typer.testing import CliRunner
 
 from resnet_serve.cli import app
@@ -25,15 +26,9 @@ from resnet_serve.export.tensorrt import (
     save_cache,
     sidecar_path,
 )
-from resnet_serve.triton import TRITON_CONTAINER_TAG
-from resnet_serve.triton.config import (
-    SERVING_TARGETS,
-    TENSORRT_PLAN,
-    DynamicBatching,
-    InstanceGroup,
-    ModelConfig,
-    TensorConfig,
-)
+from resnet_serve.official_image import TRITON_CONTAINER_TAG
+from resnet_serve.triton.config import DynamicBatching, InstanceGroup, ModelConfig, TensorConfig
+from resnet_serve.triton.serving import SERVING_TARGETS, TENSORRT_PLAN
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -191,22 +186,21 @@ def test_gpu_check_exits_with_one_line_without_cuda():
 
 def test_repository_entry_carries_a_plan_and_its_sidecar(tmp_path):
     from resnet_serve.errors import RepositoryError
-    from resnet_serve.triton.repository import write_model_entry
 
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"serialized engine")
     arguments = dict(
-        repository=tmp_path / "repository", name="r20-trt", onnx_path=plan,
+        repository=tmp_path / "repository", name="r20-trt", model_file=plan,
         class_names=[f"class_{i}" for i in range(10)], preprocessing=FASHION_PREPROCESSING, target=TENSORRT_PLAN,
     )
     with pytest.raises(RepositoryError, match="no sidecar"):
-        write_model_entry(**arguments)
+        write_entry(**arguments)
     EngineSidecar(
         tensorrt_version="10.5.0", gpu_name="NVIDIA H100", compute_capability="9.0",
         precision="fp16", profile=_profile(max_batch=64, input_shape=(1, 28, 28)),
         triton_container_tag=TRITON_CONTAINER_TAG, onnx_sha256="0" * 64, built_at="now",
     ).write(sidecar_path(plan))
-    entry = write_model_entry(**arguments)
+    entry = write_entry(**arguments)
     assert entry.model_path.name == "model.plan"
     assert entry.model_path.read_bytes() == b"serialized engine"
     assert EngineSidecar.read(sidecar_path(entry.model_path)).precision == "fp16"

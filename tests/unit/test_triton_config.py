@@ -9,22 +9,24 @@ from tritonclient.grpc import model_config_pb2
 
 from resnet_serve.errors import RepositoryError
 from resnet_serve.triton.config import (
-    ONNXRUNTIME,
-    OPENVINO,
-    PYTHON_ONNXRUNTIME,
-    SERVING_TARGETS,
     DynamicBatching,
     EnsembleStep,
     InstanceGroup,
     ModelConfig,
     ModelWarmup,
     ResponseCache,
-    ServingTarget,
     TensorConfig,
     VersionPolicy,
     WarmupInput,
-    get_serving_target,
     parse_model_config,
+)
+from resnet_serve.triton.serving import (
+    ONNXRUNTIME,
+    OPENVINO,
+    PYTHON_ONNXRUNTIME,
+    SERVING_TARGETS,
+    ServingTarget,
+    get_serving_target,
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from resnet_serve.errors import RepositoryError
-from resnet_serve.triton import TRITON_CONTAINER_TAG
+from resnet_serve.official_image import TRITON_CONTAINER_TAG
 from resnet_serve.triton.images import DEPLOY_IMAGE, OFFICIAL_IMAGES, find_image
 
 

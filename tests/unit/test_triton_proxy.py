@@ -11,17 +11,17 @@ import pytest
 from google.protobuf import text_format
 from hostile import dead_pid
 from openvino_entry import convert_to_openvino_entry
-from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 from tritonclient.grpc import model_config_pb2
 
-from resnet_serve.triton.config import ONNXRUNTIME, PYTHON_ONNXRUNTIME, TENSORRT_PLAN, parse_model_config
+from resnet_serve.triton.config import parse_model_config
 from resnet_serve.triton.proxy import (
     MODEL_FILE_PARAMETER,
     RUNTIME_PARAMETER,
     SkippedEntry,
     build_proxy_repository,
 )
-from resnet_serve.triton.repository import write_model_entry
+from resnet_serve.triton.serving import ONNXRUNTIME, PYTHON_ONNXRUNTIME, TENSORRT_PLAN
 
 TUNED = """
 optimization {
@@ -48,8 +48,8 @@ def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write(repository: Path, name: str, onnx_path: Path, **options: object) -> Path:
-    write_model_entry(
-        repository=repository, name=name, onnx_path=onnx_path, class_names=CLASS_NAMES,
+    write_entry(
+        repository=repository, name=name, model_file=onnx_path, class_names=CLASS_NAMES,
         preprocessing=PREPROCESSING, **options,  # type: ignore[arg-type]
     )
     return repository / name
@@ -91,7 +91,7 @@ def test_an_onnxruntime_entry_becomes_a_python_proxy_that_keeps_everything_it_se
     tmp_path: Path, onnx_path: Path
 ) -> None:
     entry = write(tmp_path / "repo", "tiny", onnx_path, target=ONNXRUNTIME, max_batch_size=16,
-                  preferred_batch_sizes=[4, 8], max_queue_delay_us=500, intra_op_threads=2)
+                  preferred_batch_sizes=[4, 8], max_queue_delay_us=500, threads=2)
     (entry / "2").mkdir()
     (entry / "2" / "model.onnx").write_bytes((entry / "1" / "model.onnx").read_bytes())
     add_to_config(entry, TUNED)
@@ -200,11 +200,14 @@ def test_entries_the_server_cannot_run_are_skipped_with_their_reason(tmp_path: P
                      ", which Triton would try to load as a model"),
         SkippedEntry("no-config", "no config.pbtxt"),
         SkippedEntry("torch", "the embedded server cannot run 'pytorch' entries "
-                              "(it runs python, ensemble, onnxruntime and openvino ones)"),
+                              "(it runs python, ensemble, onnxruntime and openvino ones)", kind="not runnable"),
         SkippedEntry("trt", "a TensorRT plan needs Triton's tensorrt backend and the GPU it was built "
-                            "for; the embedded server has neither (serve it in the official container)"),
-        SkippedEntry("trt-image", "ensemble 'trt-image' depends on 'trt' which is not valid"),
-        SkippedEntry("trt-image-twice", "ensemble 'trt-image-twice' depends on 'trt-image' which is not valid"),
+                            "for; the embedded server has neither (serve it in the official container)",
+                     kind="not runnable"),
+        # The official container loads them where it loads "trt": --strict does not refuse to serve them.
+        SkippedEntry("trt-image", "ensemble 'trt-image' depends on 'trt' which is not valid", kind="not runnable"),
+        SkippedEntry("trt-image-twice", "ensemble 'trt-image-twice' depends on 'trt-image' which is not valid",
+                     kind="not runnable"),
     ), key=lambda skipped: skipped.name))
     assert sorted(p.name for p in proxy.path.iterdir()) == ["served"]
 

@@ -19,10 +19,10 @@ from google.protobuf import text_format
 from hostile import dead_pid
 from PIL import Image
 from samples import FASHION_PREPROCESSING, fashion_mnist, fashion_test_set
-from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING, export_tiny_classifier, write_entry
 
 from resnet_serve.errors import RepositoryError
-from resnet_serve.triton.config import ONNXRUNTIME, OPENVINO, PYTHON_ONNXRUNTIME, ModelConfig, parse_model_config
+from resnet_serve.triton.config import ModelConfig, parse_model_config
 from resnet_serve.triton.repository import (
     ModelEntry,
     list_model_entries,
@@ -30,8 +30,8 @@ from resnet_serve.triton.repository import (
     read_warmup_images,
     summarize_repository,
     write_image_pipeline,
-    write_model_entry,
 )
+from resnet_serve.triton.serving import ONNXRUNTIME, OPENVINO, PYTHON_ONNXRUNTIME
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +45,14 @@ def write(repository: Path, onnx_path: Path, **overrides: object) -> ModelEntry:
     arguments: dict[str, object] = dict(
         repository=repository,
         name="tiny",
-        onnx_path=onnx_path,
+        model_file=onnx_path,
         class_names=CLASS_NAMES,
         preprocessing=PREPROCESSING,
         target=ONNXRUNTIME,
         metadata={"architecture": "tiny-cnn"},
     )
     arguments.update(overrides)
-    return write_model_entry(**arguments)  # type: ignore[arg-type]
+    return write_entry(**arguments)  # type: ignore[arg-type]
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -87,7 +87,7 @@ def test_python_target_layout(tmp_path: Path, onnx_path: Path) -> None:
 
 
 def test_parameters_carry_preprocessing_and_metadata(tmp_path: Path, onnx_path: Path) -> None:
-    entry = write(tmp_path, onnx_path, intra_op_threads=2)
+    entry = write(tmp_path, onnx_path, threads=2)
 
     on_disk = ModelConfig.parse(entry.config_path.read_text())
     assert on_disk == entry.config
@@ -101,7 +101,7 @@ def test_parameters_carry_preprocessing_and_metadata(tmp_path: Path, onnx_path: 
 def test_openvino_target_serves_the_onnx_file_with_the_backends_own_parameters(
     tmp_path: Path, onnx_path: Path
 ) -> None:
-    entry = write(tmp_path, onnx_path, target=OPENVINO, intra_op_threads=2, bf16=True)
+    entry = write(tmp_path, onnx_path, target=OPENVINO, threads=2, bf16=True)
 
     assert sorted(p.name for p in (tmp_path / "tiny" / "1").iterdir()) == ["model.onnx"]
     config = entry.config
@@ -128,7 +128,7 @@ def test_onnxruntime_target_has_no_python_model(tmp_path: Path, onnx_path: Path)
     assert config.dynamic_batching.preferred_batch_size == (4, 8)
     assert config.dynamic_batching.max_queue_delay_microseconds == 250
     assert config.instance_groups[0].kind == "KIND_AUTO"
-    kind = write(tmp_path / "cpu", onnx_path, target=ONNXRUNTIME, instance_kind="KIND_CPU").config
+    kind = write(tmp_path / "cpu", onnx_path, target=ONNXRUNTIME, instance_kind="cpu").config
     assert kind.instance_groups[0].kind == "KIND_CPU"
 
 
@@ -213,7 +213,7 @@ def test_replacing_an_entry_swaps_it_whole(tmp_path: Path, onnx_path: Path) -> N
     write(tmp_path, onnx_path)
     names = [f"new_{i}" for i in range(10)]
 
-    entry = write(tmp_path, onnx_path, class_names=names, target=OPENVINO, replace_entry=True)
+    entry = write(tmp_path, onnx_path, class_names=names, target=OPENVINO, replace=True)
 
     assert entry.versions == (1,)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
@@ -246,15 +246,15 @@ def test_warmup_images_become_triton_warmup_requests_from_raw_fp32_files(tmp_pat
          r"tensor 'logits': the model expects 2 dimensions \(shape \[-1,10\]\) .*shape \[-1,5\]\) \[onnxruntime.tensors\]"),
         ({"preprocessing": dataclasses.replace(PREPROCESSING, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)},
          r"making complete shape \[-1,3,28,28\]\) \[onnxruntime.tensors\]"),
-        ({"preferred_batch_sizes": [128]}, r"preferred batch sizes \[128\] exceed"),
+        ({"preferred_batch_sizes": [128]}, r"preferred batch sizes \[128\] are not within 1..64"),
         ({"name": "../escape"}, "invalid model name"),
         ({"name": "a/b"}, "invalid model name"),
         ({"name": ".hidden"}, "invalid model name"),
         ({"class_names": ["ok", "two\nlines"] + CLASS_NAMES[2:]}, "single lines"),
         ({"metadata": {"preprocessing": "x"}}, "reserved"),
-        ({"version": 0}, "version must be >= 1"),
-        ({"intra_op_threads": 0}, "intra_op_threads must be >= 1"),
-        ({"onnx_path": Path("/no/such/model.onnx")}, "does not exist"),
+        ({"version": 0}, "model versions start at 1"),
+        ({"threads": 0}, "threads must be ≥ 1"),
+        ({"model_file": Path("/no/such/model.onnx")}, "does not exist"),
     ],
 )
 def test_a_failed_write_leaves_the_repository_as_it_was(
@@ -263,13 +263,13 @@ def test_a_failed_write_leaves_the_repository_as_it_was(
     repository = tmp_path / "repository"
     repository.mkdir()
     if existing:
-        write(repository, onnx_path, name="tiny", replace_entry=True)
+        write(repository, onnx_path, name="tiny", replace=True)
     before = snapshot(repository)
     arguments = dict(overrides)
-    source = arguments.pop("onnx_path", onnx_path)
+    source = arguments.pop("model_file", onnx_path)
 
     with pytest.raises(RepositoryError, match=message):
-        write(repository, source, replace_entry=True, **arguments)  # type: ignore[arg-type]
+        write(repository, source, replace=True, **arguments)  # type: ignore[arg-type]
 
     assert snapshot(repository) == before
 
@@ -282,7 +282,7 @@ def test_a_file_that_is_not_onnx_is_refused_after_staging(tmp_path: Path, onnx_p
     not_onnx.write_bytes(b"\x00not an onnx model")
 
     with pytest.raises(RepositoryError, match="not a readable ONNX model"):
-        write(repository, not_onnx, replace_entry=True)
+        write(repository, not_onnx, replace=True)
 
     assert snapshot(repository) == before
 
@@ -415,15 +415,16 @@ _WRITER = """
 import json, sys, time
 from pathlib import Path
 from resnet_serve.preprocessing import Preprocessing
-from resnet_serve.triton.repository import write_image_pipeline, write_model_entry
+from resnet_serve.triton.repository import Classifier, write_image_pipeline, write_model_entry
 repository, onnx_path, go = map(Path, sys.argv[1:4])
 preprocessing = Preprocessing.from_dict(json.loads(sys.argv[4]))
 while not go.exists():
     time.sleep(0.005)
 versions = []
 for _ in range(3):
-    entry = write_model_entry(repository=repository, name="m", onnx_path=onnx_path,
-                              class_names=json.loads(sys.argv[5]), preprocessing=preprocessing)
+    classifier = Classifier(model_file=onnx_path, class_names=tuple(json.loads(sys.argv[5])),
+                            preprocessing=preprocessing)
+    entry = write_model_entry(repository=repository, name="m", classifier=classifier)
     write_image_pipeline(repository=repository, classifier="m")
     versions.append(entry.version)
 print(json.dumps(versions))

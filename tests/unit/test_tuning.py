@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 from samples import fashion_mnist
-from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier
+from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 from typer.testing import CliRunner
 
 from resnet_serve.cli import app
 from resnet_serve.client.results import ConcurrencyResult
 from resnet_serve.errors import ResnetServeError, TuningError
 from resnet_serve.export.quantize import quantize_int8
-from resnet_serve.triton.config import PYTHON_ONNXRUNTIME
-from resnet_serve.triton.repository import write_model_entry
+from resnet_serve.triton.serving import PYTHON_ONNXRUNTIME
 from resnet_serve.tuning.pareto import best_within, pareto_front, rank
 from resnet_serve.tuning.search import Measurement, TuneOptions, quick_search, tune_model_entry
 from resnet_serve.tuning.space import SETTINGS, Candidate, SearchSpace
@@ -152,7 +151,7 @@ def repository(tmp_path: Path) -> Path:
     onnx_path = tmp_path / "tiny.onnx"
     export_tiny_classifier(onnx_path)
     for name, target in (("tiny", None), ("tiny-python", PYTHON_ONNXRUNTIME)):
-        write_model_entry(repository=tmp_path / "repo", name=name, onnx_path=onnx_path, class_names=CLASS_NAMES,
+        write_entry(repository=tmp_path / "repo", name=name, model_file=onnx_path, class_names=CLASS_NAMES,
                           preprocessing=PREPROCESSING, **({"target": target} if target else {}))
     return tmp_path / "repo"
 
@@ -198,7 +197,7 @@ def test_an_entry_without_an_fp32_version_is_refused(tmp_path: Path) -> None:
     source = tmp_path / "tiny.onnx"
     export_tiny_classifier(source)
     int8 = quantize_int8(source, tmp_path / "int8.onnx", calibration_images=fashion_mnist(16), keep_ends_fp32=False)
-    write_model_entry(repository=tmp_path / "repo", name="tiny", onnx_path=int8.path, class_names=CLASS_NAMES,
+    write_entry(repository=tmp_path / "repo", name="tiny", model_file=int8.path, class_names=CLASS_NAMES,
                       preprocessing=PREPROCESSING)
 
     with pytest.raises(TuningError, match=r"no version holding an FP32 ONNX file \(versions \[1\]\)"):

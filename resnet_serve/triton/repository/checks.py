@@ -1,24 +1,25 @@
-"""Would each entry of a repository load in the official container? One module for `repo check`
-and for `serve`, which loads only what passes, so the two never disagree.
+"""Would each entry of a repository load in the official container? One module for `repo check`,
+for `serve` (which loads only what passes, so the two never disagree) and for the writer (which
+writes nothing that breaks the contract).
 
 Per entry:
 - the folder: a hidden one (a writer's staging folder, or anything Triton would try as a model),
-  a ``config.pbtxt`` that reads and parses with Triton's own schema;
+  what would hang, stop or exhaust a reader (``resnet_serve.triton.entry_files``), a
+  ``config.pbtxt`` that reads and parses with Triton's own schema;
+- file names in the config that reach out of the entry;
 - the contract (``resnet_serve.triton.contract``): what core and the entry's official backend
   refuse, on the host it is checked for;
-- with an image named (`repo check`): its backends, its python backend's packages (the imports of
-  python-backend models), the TensorRT version a plan was built with and the GPUs the image runs;
-- resnet-serve's own: a label file naming another number of classes than its output has (a
-  warning: Triton serves it, with labels that are off).
+- with an image named (`repo check`): what it holds (``image_checks``);
+- resnet-serve's own: a label file larger than it may be (an error: read whole), or naming
+  another number of classes than its output has (a warning: Triton serves it, with labels that
+  are off).
 
 And across entries: an ensemble with a refused step is refused, as core refuses it.
 """
 
 from __future__ import annotations
 
-import ast
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,8 +27,8 @@ from typing import Literal
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from resnet_serve.errors import ExportError, RepositoryError
-from resnet_serve.triton.config import parse_model_config
+from resnet_serve.errors import RepositoryError
+from resnet_serve.triton.config import ModelConfig, parse_model_config
 from resnet_serve.triton.contract import EntryFacts, Host, Severity, When, entry_host, entry_violations
 from resnet_serve.triton.entry_files import (
     MAX_CONFIG_BYTES,
@@ -36,17 +37,23 @@ from resnet_serve.triton.entry_files import (
     read_bounded,
     tree_problems,
 )
-from resnet_serve.triton.images import OfficialImage
-from resnet_serve.triton.repository import CONFIG_FILENAME, writer_folder
+from resnet_serve.triton.images import OfficialImage, deploy_image
+from resnet_serve.triton.repository.image_checks import image_problems
+from resnet_serve.triton.repository.layout import CONFIG_FILENAME
+from resnet_serve.triton.repository.writing import writer_folder
 
-__all__ = ["CheckedHost", "EntryCheck", "Problem", "check_entries", "check_repository", "python_imports"]
+__all__ = [
+    "CheckedHost",
+    "EntryCheck",
+    "Problem",
+    "check_entries",
+    "check_repository",
+    "refuse_what_would_not_load",
+]
 
 # "auto": an entry whose instance groups ask for KIND_GPU is meant for a GPU host and checked for
 # one; any other entry must load on both (compose's GPU and CPU profiles serve one repository).
 CheckedHost = Host | Literal["auto"]
-
-# Provided by the python backend's stub process itself.
-_STUB_MODULES = frozenset({"triton_python_backend_utils"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,9 @@ class EntryCheck:
     folder: Path
     facts: EntryFacts | None
     problems: tuple[Problem, ...]
+    # Refused because this server cannot run it, or an ensemble step of it: the official
+    # container would load it.
+    cannot_run: bool = False
 
     @property
     def refused(self) -> bool:
@@ -90,17 +100,6 @@ class EntryCheck:
         first, *more = self._refusals()
         rule = f" [{first.rule}]" if first.rule else ""
         return first.message + rule + (f" (and {len(more)} more: resnet-serve repo check lists them)" if more else "")
-
-
-def python_imports(source: str) -> set[str]:
-    """Top-level names of the modules a python file imports (relative imports excluded)."""
-    names = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names - {"__future__"}
 
 
 def _read_config(folder: Path) -> tuple[model_config_pb2.ModelConfig | None, str]:
@@ -156,7 +155,8 @@ def check_entries(
         reason = cannot_run(facts) if cannot_run else ""
         if reason:
             # Nothing else matters to a server that cannot run the entry at all.
-            checks[folder.name] = EntryCheck(folder.name, folder, facts, (Problem(folder.name, reason),))
+            checks[folder.name] = EntryCheck(folder.name, folder, facts, (Problem(folder.name, reason),),
+                                             cannot_run=True)
             continue
         # A path out of the entry is refused before any rule reads the file it names.
         problems = list(_path_problems(folder, config)) or [
@@ -164,7 +164,7 @@ def check_entries(
             *_label_problems(folder, config),
         ]
         if image is not None:
-            problems += [Problem(folder.name, m) for m in _image_problems(facts, image)]
+            problems += [Problem(folder.name, m) for m in image_problems(facts, image)]
         checks[folder.name] = EntryCheck(folder.name, folder, facts, tuple(problems))
     return list(_refuse_ensembles_of_refused(checks).values())
 
@@ -214,7 +214,8 @@ def _refuse_ensembles_of_refused(checks: dict[str, EntryCheck]) -> dict[str, Ent
                    if s.model_name in checks and checks[s.model_name].refused]
             if bad:
                 problem = Problem(name, f"ensemble '{name}' depends on '{bad[0]}' which is not valid")
-                checks[name] = EntryCheck(name, check.folder, check.facts, (*check.problems, problem))
+                checks[name] = EntryCheck(name, check.folder, check.facts, (*check.problems, problem),
+                                          cannot_run=checks[bad[0]].cannot_run)
                 changed = True
     return checks
 
@@ -227,76 +228,15 @@ def check_repository(*, repository: Path, image: OfficialImage, host: CheckedHos
     return [problem for check in checks for problem in check.problems]
 
 
-def _image_problems(facts: EntryFacts, image: OfficialImage) -> Iterator[str]:
-    if facts.backend and facts.backend not in image.backends:
-        yield f"backend {facts.backend!r} is not in {image.reference}"
-    for version in facts.versions:
-        version_folder = facts.version_path(version)
-        if facts.backend == "python" and version_folder.is_dir():
-            yield from _import_problems(version_folder, image)
-        model_path = version_folder / facts.model_filename
-        if facts.backend == "tensorrt" and model_path.is_file():
-            yield from (f"version {version}: {m}" for m in _plan_problems(model_path, image))
-
-
-def _import_problems(version_folder: Path, image: OfficialImage) -> Iterator[str]:
-    # Modules and packages shipped in the version folder itself (copied code) are importable.
-    local = {p.stem for p in version_folder.glob("*.py")} | {
-        p.name for p in version_folder.iterdir() if p.is_dir() and (p / "__init__.py").is_file()
-    }
-    available = set(sys.stdlib_module_names) | image.python_packages | _STUB_MODULES | local
-    for path in sorted(version_folder.rglob("*.py")):
-        try:
-            imports = python_imports(path.read_text(encoding="utf-8"))
-        except (OSError, SyntaxError, ValueError) as error:
-            yield f"{path.relative_to(version_folder.parent)} cannot be read as python ({error})"
-            continue
-        for module in sorted(imports - available):
-            yield (
-                f"{path.relative_to(version_folder.parent)} imports {module}, which the python backend "
-                f"of {image.reference} does not have"
-            )
-
-
-def _plan_problems(plan: Path, image: OfficialImage) -> Iterator[str]:
-    # Imported here: the export package pulls in torch, which no other check needs.
-    from resnet_serve.export.tensorrt import EngineSidecar, sidecar_path
-
-    try:
-        sidecar = EngineSidecar.read(sidecar_path(plan))
-    except ExportError as error:
-        yield f"{error}; without it the TensorRT version that built the plan is unknown"
-        return
-    if image.tensorrt_version is None:
-        yield (
-            f"{plan.name} was built with TensorRT {sidecar.tensorrt_version}, and a plan loads only in that "
-            f"version; the TensorRT version of {image.reference} is not recorded, so this cannot be confirmed: "
-            "build the plan inside that image"
-        )
-    elif not _same_tensorrt(sidecar.tensorrt_version, image.tensorrt_version):
-        yield (
-            f"{plan.name} was built with TensorRT {sidecar.tensorrt_version}, {image.reference} has "
-            f"{image.tensorrt_version}: rebuild it there"
-        )
-    if image.min_compute_capability is not None and _version(sidecar.compute_capability) < _version(
-        image.min_compute_capability
-    ):
-        yield (
-            f"{plan.name} was built for a GPU of compute capability {sidecar.compute_capability} "
-            f"({sidecar.gpu_name}); {image.reference} supports {image.min_compute_capability} and later"
-        )
-
-
-def _same_tensorrt(built_with: str, image_has: str) -> bool:
-    """Whether a plan's TensorRT is the image's. The build number counts (a plan built by
-    8.6.1.6 is refused by 8.6.1.2), but pip's wheels before 10.8 report only major.minor.patch,
-    so the parts the sidecar records are compared."""
-    recorded = built_with.split(".")
-    return recorded == image_has.split(".")[: len(recorded)]
-
-
-def _version(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split("."))
-    except ValueError:
-        return ()
+def refuse_what_would_not_load(
+    folder: Path, *, name: str, config: ModelConfig, source: Path | None = None,
+    repository: Mapping[str, model_config_pb2.ModelConfig] | None = None,
+) -> None:
+    """The staged entry against the backend contract, for the official image deploy/ builds:
+    an entry the official container would refuse is never swapped in."""
+    message = config.to_protobuf()
+    facts = EntryFacts(folder=folder, entry_name=name, config=message, host=entry_host(message),
+                       triton_version=deploy_image().triton_version, repository=repository or {})
+    errors = [v for v in entry_violations(facts) if v.severity == "error"]
+    if errors:
+        raise RepositoryError(f"{source or name}: the official container would refuse model {name!r}: {errors[0]}")

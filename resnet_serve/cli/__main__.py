@@ -1,0 +1,5 @@
+import sys
+
+from resnet_serve.cli import app
+
+sys.exit(app())

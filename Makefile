@@ -1,16 +1,19 @@
-# Every target installs what it needs on a fresh machine: Python packages into .venv,
-# Debian packages (the Fashion-MNIST data, prometheus, libb64 for perf_analyzer, chromium) through apt
-# when missing.
+# Every target installs what it needs on a fresh machine: Python packages into .venv, Debian
+# packages through apt when missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := dataset-fashion-mnist prometheus libb64-0d chromium
+# The demo reads only the Fashion-MNIST data. The tests also need prometheus (a real Prometheus
+# and promtool), libb64 (perf_analyzer) and chromium (report --screenshot): chromium and prometheus
+# with their dependencies took minutes to install before a fresh clone's demo could start.
+DEMO_DEBIAN_PACKAGES := dataset-fashion-mnist
+DEBIAN_PACKAGES := $(DEMO_DEBIAN_PACKAGES) prometheus libb64-0d chromium
 # The last perf_analyzer shipped inside a PyPI wheel; `resnet-serve bench --engine perf_analyzer` runs it.
 PERF_ANALYZER_WHEEL := tritonclient==2.40.0
 PERF_ANALYZER := $(BIN)/perf_analyzer
 
-.PHONY: demo test test-unit test-integration lint install system-packages perf-analyzer clean docs-pages
+.PHONY: demo test test-unit test-integration lint install system-packages demo-packages perf-analyzer clean docs-pages
 
 install: $(STAMP)
 
@@ -36,16 +39,24 @@ $(PERF_ANALYZER): | $(STAMP)
 	chmod +x $@.tmp && mv $@.tmp $@
 	rm -rf $(VENV)/perf-analyzer-wheel
 
-system-packages:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+# Installs the packages of $(1) that are missing.
+define install-debian-packages
+	@missing=""; for p in $(1); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+endef
 
-demo: install system-packages
+system-packages:
+	$(call install-debian-packages,$(DEBIAN_PACKAGES))
+
+demo-packages:
+	$(call install-debian-packages,$(DEMO_DEBIAN_PACKAGES))
+
+demo: install demo-packages
 	$(BIN)/resnet-serve demo
 
 # The whole suite: the linter, then the unit tests and the integration tests (a real tritonserver)

@@ -13,7 +13,7 @@ DEBIAN_PACKAGES := $(DEMO_DEBIAN_PACKAGES) prometheus libb64-0d chromium
 PERF_ANALYZER_WHEEL := tritonclient==2.40.0
 PERF_ANALYZER := $(BIN)/perf_analyzer
 
-.PHONY: demo test test-unit test-integration lint install system-packages demo-packages perf-analyzer clean docs-pages
+.PHONY: demo test test-unit test-integration lint docs install system-packages demo-packages perf-analyzer clean docs-pages
 
 install: $(STAMP)
 
@@ -59,13 +59,19 @@ demo-packages:
 demo: install demo-packages
 	$(BIN)/resnet-serve demo
 
-# The whole suite: the linter, then the unit tests and the integration tests (a real tritonserver)
-# in one pytest run, so session fixtures such as the trained ResNet-20 are made once.
-test: lint system-packages perf-analyzer
+# The whole suite: the linter, the docs build, then the unit tests and the integration tests (a
+# real tritonserver) in one pytest run, so session fixtures such as the trained ResNet-20 are made once.
+test: lint docs system-packages perf-analyzer
 	$(BIN)/python -m pytest -q tests/unit tests/integration
 
 lint: install
-	$(BIN)/ruff check resnet_serve tests benchmarks
+	$(BIN)/ruff check resnet_serve tests benchmarks docs/_hooks
+
+# The site goes into the virtualenv, so nothing is written into the tree; --strict fails on a
+# broken link, a missing page or one left out of the nav. NO_MKDOCS_2_WARNING quiets
+# mkdocs-material's notice about its end of life, printed on every build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 
 test-unit: install system-packages
 	$(BIN)/python -m pytest -q tests/unit

@@ -211,9 +211,9 @@ def test_bad_files_get_an_error_answer_and_the_server_keeps_serving(
         assert parse(classify_bytes(client, "tiny-image", [good], k=1)[0][0]) == expected
 
 
-def test_the_readme_curl_command_returns_the_top_3_labels(server: TritonServer, photos: list[Path]) -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    (command,) = [block for block in re.findall(r"```bash\n(.*?)```", readme, re.S)
+def test_the_docs_curl_command_returns_the_top_3_labels(server: TritonServer, photos: list[Path]) -> None:
+    page = (REPO_ROOT / "docs" / "model-repository.md").read_text()
+    (command,) = [block for block in re.findall(r"```bash\n(.*?)```", page, re.S)
                   if "Inference-Header-Content-Length" in block]
     command = command.replace("localhost:8000", server.urls.http).replace("resnet20-fashion-image", "photo-image")
 

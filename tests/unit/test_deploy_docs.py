@@ -1,5 +1,5 @@
-"""The README's "Deploy" section matches the files: the paths, profiles and kustomizations its
-commands name exist, and its sizing follows from the committed benchmark."""
+"""The docs' Deploy page matches the files: the paths, profiles and kustomizations its commands
+name exist, and its sizing follows from the committed benchmark."""
 
 import json
 import math
@@ -8,37 +8,31 @@ import re
 import yaml
 from deploy_files import COMPOSE_FILE, ROOT
 
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "deploy.md"
 BENCHMARK = ROOT / "benchmarks" / "results" / "demo-summary-2core-cpu.json"
 TARGET_RATE = 5000
 HEADROOM = 0.7
 
 
-def deploy_section() -> str:
-    text = README.read_text()
-    start = text.index("\n## Deploy\n")
-    return text[start:text.index("\n## ", start + 1)]
-
-
-def test_every_deploy_path_the_readme_names_exists():
-    paths = set(re.findall(r"\bdeploy/[\w./-]*\w", deploy_section()))
+def test_every_deploy_path_the_page_names_exists():
+    paths = set(re.findall(r"\bdeploy/[\w./-]*\w", PAGE.read_text()))
     assert "deploy/docker-compose.yml" in paths
     assert not [p for p in paths if not (ROOT / p).exists()]
 
 
-def test_the_readme_uses_the_compose_files_profiles():
+def test_the_page_uses_the_compose_files_profiles():
     profiles = {p for s in yaml.safe_load(COMPOSE_FILE.read_text())["services"].values() for p in s.get("profiles", [])}
-    assert set(re.findall(r"--profile (\w+)", deploy_section())) == profiles == {"gpu", "cpu", "observability"}
+    assert set(re.findall(r"--profile (\w+)", PAGE.read_text())) == profiles == {"gpu", "cpu", "observability"}
 
 
-def test_every_kustomization_the_readme_applies_exists():
-    targets = re.findall(r"kubectl (?:apply -k|kustomize) (\S+)", deploy_section())
+def test_every_kustomization_the_page_applies_exists():
+    targets = re.findall(r"kubectl (?:apply -k|kustomize) (\S+)", PAGE.read_text())
     assert len(targets) >= 4
     assert all((ROOT / t / "kustomization.yaml").is_file() for t in targets)
 
 
 def test_sizing_follows_from_the_committed_benchmark():
-    section = deploy_section()
+    section = PAGE.read_text()
     results = json.loads(BENCHMARK.read_text())["benchmark"]["results"]
     for result in results:
         row = (f"| {result['concurrency']} | {result['requests_per_second']:.0f} requests/s | "

@@ -83,7 +83,7 @@ test-integration: install system-packages perf-analyzer
 docs-pages: install
 	$(BIN)/python -c "from resnet_serve.triton.contract.document import contract_markdown; \
 	  open('docs/backend-contract.md', 'w').write(contract_markdown())"
-	$(BIN)/python -c "from resnet_serve.cli_reference import cli_reference_markdown; \
+	$(BIN)/python -c "from resnet_serve.cli.reference import cli_reference_markdown; \
 	  open('docs/cli.md', 'w').write(cli_reference_markdown())"
 
 clean:

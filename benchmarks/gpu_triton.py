@@ -1,7 +1,7 @@
 """ResNet-50 on a GPU through the embedded Triton, measured by perf_analyzer (issue 11, item 7).
 
 Runs on a machine with an NVIDIA GPU, PyTorch with CUDA, the nvidia-pytriton wheel's
-tritonserver and perf_analyzer (the device machine of `../shared`; see the README's "GPU
+tritonserver and perf_analyzer (the device machine of `../shared`; see docs/benchmarks.md, "GPU
 through Triton"). A folded ResNet-50 (random weights: speed does not depend on their values)
 is traced to TorchScript and served by a python-backend model that runs it on the GPU in FP16,
 channels-last, through one CUDA graph per batch bucket (1, 2, 4, … 64: a batch is padded to

@@ -35,7 +35,7 @@ __all__ = [
     "check_parity",
 ]
 
-# Measured on ResNet-20/50/152 (README "Fold, export, verify"): faithful FP32 copies stay below
+# Measured on ResNet-20/50/152 (docs/export-and-verify.md): faithful FP32 copies stay below
 # 1e-5 of the largest logit; a folded weight off by 1e-3 or a BatchNorm eps left out does not.
 DEFAULT_RTOL = 1e-4
 # An INT8 or FP16 copy changes logits by design; what it must keep is the top-1 class.

@@ -32,7 +32,7 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
     address: Annotated[str, typer.Option(
         help="Address to listen on: an IPv4 or IPv6 address or a host name; 0.0.0.0 or :: for every interface (the "
-        "embedded server is for local use: see Security in the README)."
+        "embedded server is for local use: see docs/serving.md, Security)."
     )] = "127.0.0.1",
     log_file: Annotated[Path | None, typer.Option(help="Write the server log here.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the models to load.")] = 180.0,

@@ -10,7 +10,7 @@ import markdown
 import typer
 
 from resnet_serve.cli import app
-from resnet_serve.cli_reference import cli_reference_markdown
+from resnet_serve.cli.reference import cli_reference_markdown
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 

@@ -36,7 +36,7 @@ EXPORT_OPTIONS = ["--name", MODEL, "--verify-images", "8", "--warmup-images", "1
 # model file and say so: the moment the test kills it.
 _EXPORT_KILLED_WHILE_WRITING = """
 import sys, time
-import resnet_serve.triton.repository as repository
+import resnet_serve.triton.repository.classifier as repository
 write_model_files = repository._write_model_files
 
 def write_then_hang(*args, **kwargs):

@@ -63,16 +63,16 @@ def dynamic_batch(entry: Path) -> None:
 
 # label → (write_model_entry's options, a change made to the written entry)
 WAYS: dict[str, tuple[dict, Callable[[Path], None] | None]] = {
-    "max batch 1, 1 instance × 2 threads": ({"max_batch_size": 1, "instances": 1, "intra_op_threads": 2}, None),
-    "max batch 1, 2 instances × 1 thread": ({"max_batch_size": 1, "instances": 2, "intra_op_threads": 1}, None),
+    "max batch 1, 1 instance × 2 threads": ({"max_batch_size": 1, "instances": 1, "threads": 2}, None),
+    "max batch 1, 2 instances × 1 thread": ({"max_batch_size": 1, "instances": 2, "threads": 1}, None),
     "max batch 4 padded, 1 instance × 2 threads": (
         {"max_batch_size": 4, "batch_padding": True, "max_queue_delay_us": 2000, "instances": 1,
-         "intra_op_threads": 2}, None),
+         "threads": 2}, None),
     "max batch 4 padded, 2 instances × 1 thread": (
         {"max_batch_size": 4, "batch_padding": True, "max_queue_delay_us": 2000, "instances": 2,
-         "intra_op_threads": 1}, None),
+         "threads": 1}, None),
     "max batch 0 (the file's dynamic batch), 2 instances × 1 thread": (
-        {"max_batch_size": 1, "instances": 2, "intra_op_threads": 1}, dynamic_batch),
+        {"max_batch_size": 1, "instances": 2, "threads": 1}, dynamic_batch),
 }
 
 

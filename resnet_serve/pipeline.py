@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -77,6 +77,10 @@ class ServingOptions:
         warmup_images: real test images written as Triton warm-up requests (0 for none).
         image_pipeline: also write ``<name>-preprocess`` and the ensemble ``<name>-image``,
             which take encoded JPEG/PNG bytes.
+        exact_decode: serve preprocessing that decodes every pixel of an encoded file and
+            resizes it exactly as torchvision's evaluation transform does, instead of decoding
+            large JPEGs at a reduced scale (``Preprocessing.exact_decode``); the image pipeline
+            and the clients that read the served config both follow it.
 
     Raises:
         ExportError: a value out of range.
@@ -94,6 +98,7 @@ class ServingOptions:
     bf16: bool = False
     warmup_images: int = 4
     image_pipeline: bool = True
+    exact_decode: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "preferred_batch_sizes", tuple(self.preferred_batch_sizes))
@@ -297,7 +302,11 @@ def export_to_repository(
     loaded = load_checkpoint(checkpoint)
     meta = loaded.meta
     name = options.name or default_model_name(checkpoint)
-    images = verification_images(options.selection, meta.preprocessing).images
+    # What the entry will serve: the verification and warm-up images are prepared with it too.
+    preprocessing = meta.preprocessing
+    if options.serving.exact_decode:
+        preprocessing = replace(preprocessing, exact_decode=True)
+    images = verification_images(options.selection, preprocessing).images
     batch_sizes = (1, min(options.verify_batch_size, len(images)))
 
     with tempfile.TemporaryDirectory(prefix="resnet-serve-export-") as scratch:
@@ -307,7 +316,7 @@ def export_to_repository(
             onnx=options.onnx,
             tolerance=options.tolerance,
             simplify_images=images,
-            calibration=lambda: calibration_images(options.selection, meta.preprocessing),
+            calibration=lambda: calibration_images(options.selection, preprocessing),
             calibration_method=options.calibration_method,
         )
         reporter.message(
@@ -350,7 +359,7 @@ def export_to_repository(
             name=name,
             onnx_path=model_file,
             class_names=meta.class_names,
-            preprocessing=meta.preprocessing,
+            preprocessing=preprocessing,
             target=options.serving_target,
             version=serving.version,
             replace_entry=serving.replace,

@@ -555,6 +555,7 @@ def bench(
     max_trials: Annotated[int, typer.Option("--max-trials", "-r", help="Windows per level before it is reported unstable.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the input batch and of Poisson arrivals.")] = 0,
     retries: Annotated[int, typer.Option(help="resnet-serve engine: try a failed request again up to N times, after 0.1 s, 0.2 s, … (at most 2 s), on a new connection, to ride out a server restart; windows with a failed try are not measured.")] = 0,
+    images: Annotated[Path | None, typer.Option(help="A folder of image files (any format and size) to send, --batch-size per request, to an image ensemble (--model <name>-image or <name>); perf_analyzer gets them as --input-data. Rows then split the server's time between the ensemble's steps.")] = None,
     json_path: JsonOption = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write perf_analyzer's CSV here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the latency-throughput plot (PNG) here.")] = None,
@@ -576,7 +577,7 @@ def bench(
         distribution=distribution, max_outstanding=max_outstanding, client=client,
         warmup_seconds=warmup, measurement_seconds=measurement_interval / 1000,
         stability=StabilityRule(percentage=stability_percentage, max_trials=max_trials), seed=seed,
-        retries=Retries(count=retries), connection=_connection(header, ca_cert, insecure, admin_key),
+        retries=Retries(count=retries), images=images, connection=_connection(header, ca_cert, insecure, admin_key),
         reporter=RichReporter(err_console),
     )
     rate_mode = result.mode == "request-rate"
@@ -596,6 +597,13 @@ def bench(
                str(row.dropped_requests if row.dropped_requests is not None else "–")) if rate_mode else ()),
         )
     console.print(table)
+    for row in result.results:
+        for step in row.steps or ():
+            console.print(
+                f"  {row.request_rate if rate_mode else row.concurrency}: {step.model}: queue {step.queue_us:.0f} µs, "
+                f"compute {step.compute_us:.0f} µs per request, {step.requests / max(step.executions, 1):.2f} "
+                "requests per execution", highlight=False,
+            )
     retried = sum(row.retried_requests or 0 for row in result.results)
     if retried:
         console.print(f"{retried} failed tries were retried (the windows they fell in were not measured)")

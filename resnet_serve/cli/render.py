@@ -31,6 +31,7 @@ __all__ = [
     "models_table",
     "parity_line",
     "repository_table",
+    "step_lines",
     "tune_table",
     "verify_table",
     "write_json",
@@ -103,6 +104,17 @@ def bench_table(result: BenchmarkResult) -> Table:
             *((_count(row.late_requests), _count(row.dropped_requests)) if rate_mode else ()),
         )
     return table
+
+
+def step_lines(result: BenchmarkResult) -> list[str]:
+    """An ensemble's rows split by step (``bench --images``): where each level's server time went."""
+    rate_mode = result.mode == "request-rate"
+    return [
+        f"  {row.request_rate if rate_mode else row.concurrency}: {step.model}: queue {step.queue_us:.0f} µs, "
+        f"compute {step.compute_us:.0f} µs per request, {step.requests / max(step.executions, 1):.2f} requests per "
+        "execution"
+        for row in result.results for step in row.steps or ()
+    ]
 
 
 def _count(value: int | None) -> str:

@@ -37,10 +37,10 @@ Versions and the config: Triton's config belongs to the model, not to a version,
 settings cannot be given to the new version alone; they apply to the entry; the entry's image
 pipeline (``-preprocess``, ``-image``) is rewritten to its new batch limit. The config names
 ``version_policy: latest 1``, so the tuned version is the one served, and the earlier versions
-stay on disk untouched. Without ``images`` the ``-preprocess`` step keeps its instances and delay
-and follows the classifier's batch limit. All of them hold a ``model.onnx``, which both targets read, so any
-earlier version can be served again under the tuned config (a ``specific`` version policy): a
-rollback of the model that needs no other change. The settings it replaced, and the figures
+stay on disk untouched (without ``images`` the ``-preprocess`` step keeps its instances and
+delay). All of them hold a ``model.onnx``, which both targets read, so any earlier version can
+be served again under the tuned config (a ``specific`` version policy): a rollback of the model
+that needs no other change. The settings it replaced, and the figures
 measured, and where they were measured (this machine's CPU), are kept in the config's
 ``tuning`` parameter. The instance kind stays the entry's own (a GPU deployment stays on its
 GPU; OpenVINO runs on the CPU only) unless ``instance_kind`` names another.
@@ -456,9 +456,10 @@ def _fp32_source(repository: Path, entry: ModelEntry) -> ModelEntry:
 
 def _image_pipeline(repository: Path, name: str) -> tuple[ModelEntry, ModelEntry]:
     """The ``-preprocess`` and ``-image`` entries beside the classifier ``name``."""
+    preprocess, image = image_pipeline_names(name)
     try:
-        return tuple(read_model_entry(repository=repository, name=step)  # type: ignore[return-value]
-                     for step in image_pipeline_names(name))
+        return (read_model_entry(repository=repository, name=preprocess),
+                read_model_entry(repository=repository, name=image))
     except RepositoryError as error:
         raise TuningError(
             f"model {name!r} has no image pipeline to send files to ({error}): export it with --image-pipeline, or "

@@ -38,7 +38,7 @@ BATCH_SIZES = (1, 32, 128)
 IMAGE_SHAPE = (3, 224, 224)
 
 
-def _resnet50() -> torch.nn.Module:
+def resnet50() -> torch.nn.Module:
     """ResNet-50 with random weights and random, plausible BatchNorm statistics.
 
     Fresh BatchNorms (mean 0, var 1, weight 1, bias 0) would make folding nearly a no-op.
@@ -54,7 +54,7 @@ def _resnet50() -> torch.nn.Module:
     return model.eval()
 
 
-def _measure(run: Callable[[], object], *, batch: int, seconds: float) -> dict[str, float]:
+def measure(run: Callable[[], object], *, batch: int, seconds: float) -> dict[str, float]:
     for _ in range(5):
         run()
     torch.cuda.synchronize()
@@ -80,7 +80,7 @@ def _measure(run: Callable[[], object], *, batch: int, seconds: float) -> dict[s
     }
 
 
-def _cuda_graph(model: torch.nn.Module, example: torch.Tensor) -> Callable[[], torch.Tensor]:
+def cuda_graph(model: torch.nn.Module, example: torch.Tensor) -> Callable[[], torch.Tensor]:
     static_input = example.clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -105,7 +105,7 @@ def run_check(*, seconds: float) -> dict[str, object]:
     torch.backends.cudnn.benchmark = True
     timed_with_tf32 = torch.backends.cudnn.allow_tf32
     device = torch.device("cuda")
-    model = _resnet50()
+    model = resnet50()
     folded32 = fold_batchnorm(model).model.to(device)
     fp32 = model.to(device)
     # .half() converts in place: the FP16 model must be a copy of the folded FP32 one.
@@ -117,12 +117,12 @@ def run_check(*, seconds: float) -> dict[str, object]:
     for batch in BATCH_SIZES:
         x32 = torch.randn(batch, *IMAGE_SHAPE, device=device)
         x16 = x32.half().contiguous(memory_format=torch.channels_last)
-        results["eager_fp32"][str(batch)] = _measure(lambda x32=x32: fp32(x32), batch=batch, seconds=seconds)
-        results["eager_fp16_channels_last"][str(batch)] = _measure(
+        results["eager_fp32"][str(batch)] = measure(lambda x32=x32: fp32(x32), batch=batch, seconds=seconds)
+        results["eager_fp16_channels_last"][str(batch)] = measure(
             lambda x16=x16: fp16(x16), batch=batch, seconds=seconds
         )
-        results["cuda_graph_fp16_channels_last"][str(batch)] = _measure(
-            _cuda_graph(fp16, x16), batch=batch, seconds=seconds
+        results["cuda_graph_fp16_channels_last"][str(batch)] = measure(
+            cuda_graph(fp16, x16), batch=batch, seconds=seconds
         )
 
     torch.manual_seed(1)

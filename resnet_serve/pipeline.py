@@ -225,7 +225,9 @@ def export_to_repository(
     loaded = load_checkpoint(checkpoint)
     meta = loaded.meta
     name = options.name or default_model_name(checkpoint)
-    images = verification_images(options.selection, meta.preprocessing).images
+    # What the entry will serve: the verification and warm-up images are prepared with it too.
+    preprocessing = options.serving.served_preprocessing(meta.preprocessing)
+    images = verification_images(options.selection, preprocessing).images
     batch_sizes = (1, min(options.verify_batch_size, len(images)))
 
     with tempfile.TemporaryDirectory(prefix="resnet-serve-export-") as scratch:
@@ -235,7 +237,7 @@ def export_to_repository(
             onnx=options.onnx,
             tolerance=options.tolerance,
             simplify_images=images,
-            calibration=lambda: calibration_images(options.selection, meta.preprocessing),
+            calibration=lambda: calibration_images(options.selection, preprocessing),
             calibration_method=options.calibration_method,
         )
         reporter.message(
@@ -274,7 +276,7 @@ def export_to_repository(
             model_file = engine.plan_path
         serving = options.serving
         classifier = Classifier(
-            model_file=model_file, class_names=meta.class_names, preprocessing=meta.preprocessing,
+            model_file=model_file, class_names=meta.class_names, preprocessing=preprocessing,
             metadata={
                 "architecture": meta.architecture,
                 "class_names": json.dumps(meta.class_names),

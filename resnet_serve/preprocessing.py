@@ -5,6 +5,14 @@ crop, interpolation, mean and std) is stored with every checkpoint and in every 
 config, and training, export verification, the dataset readers and the clients all prepare
 images through it, so every stage feeds the model identically.
 
+Files are decoded one of two ways (``Preprocessing.exact_decode``). The exact way decodes every
+pixel, then resizes with Pillow's filter: PIL's path through torchvision's evaluation transform.
+The default decodes a large JPEG at a reduced scale in the DCT domain (``Image.draft``: 1/2, 1/4
+or 1/8) and resizes with a reducing gap, as ``Image.thumbnail`` does, so that an image is never
+resampled from more than ``REDUCING_GAP`` times the size it is resized to: a 12-megapixel photo
+costs a tenth of its full decode, and its tensor differs from the exact one by a few grey levels
+(docs/image-path.md has the measurements).
+
 This module imports only the standard library, numpy, Pillow and ``resnet_serve.errors``
 (which imports nothing): the Triton python-backend model that decodes images on the server
 carries a verbatim copy of it, so server and client decode with exactly the same code. A unit
@@ -16,16 +24,18 @@ from __future__ import annotations
 import io
 import math
 import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from resnet_serve.errors import DatasetError, ImageError
 
-__all__ = ["MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "Preprocessing", "decode_image", "resize_and_crop"]
+__all__ = ["MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "REDUCING_GAP", "Preprocessing", "decode_image", "resize_and_crop"]
 
 # The most pixels an image may declare in its header; larger ones are refused before their
 # pixels are decoded, so a small file that expands to gigabytes (a decompression bomb) costs
@@ -53,6 +63,28 @@ _INTERPOLATIONS = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 _PIL_MODES = {1: "L", 3: "RGB"}
+# The fast decode reads a JPEG at the smallest DCT scale, and box-reduces any other image by the
+# largest whole factor, that leaves at least this many times the resize target for the filter.
+# Chosen by benchmarks/image_preprocessing.py: at 2 a 12-megapixel photo is read at 1/4 scale
+# (1008×756 for a 341×256 target) and the tensors stay within a few grey levels of the exact ones;
+# at 1 (1/8 scale) they move by up to 12 levels for a third less time, at 3 (1/2 scale) by 1 for
+# 1.7× the time.
+REDUCING_GAP = 2.0
+# EXIF orientation → the transposition that makes the image upright, as ImageOps.exif_transpose
+# has it; 5 to 8 swap width and height.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPPING = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
+                       Image.Transpose.ROTATE_90})
+# (stored width, stored height, transposition to upright) → the smallest size to decode at.
+_DraftSize = Callable[[int, int, "Image.Transpose | None"], tuple[int, int]]
 # Statistics are rounded so configs stay readable; 1e-4 is far below one grey level (1/255).
 _STAT_DECIMALS = 4
 
@@ -77,9 +109,29 @@ def decode_image(data: bytes, *, channels: int, name: str = "image") -> Image.Im
         ImageError: not a readable image, an image of more than ``MAX_IMAGE_PIXELS`` pixels
             (checked from the header, before decoding), or a mode that cannot be converted.
     """
+    decoded = _decode(data, channels=channels, name=name)
+    return decoded.pixels if decoded.upright is None else decoded.pixels.transpose(decoded.upright)
+
+
+class _Decoded(NamedTuple):
+    # In the mode asked for, as stored (not yet upright); smaller than stored_size where a JPEG
+    # was decoded at a reduced scale.
+    pixels: Image.Image
+    stored_size: tuple[int, int]
+    # The part of ``pixels`` the whole image covers after a reduced-scale decode (its last row
+    # and column may be partly outside it), else None.
+    region: tuple[float, float, float, float] | None
+    # The transposition the EXIF orientation asks for; None when the pixels are upright.
+    upright: Image.Transpose | None
+
+
+def _decode(data: bytes, *, channels: int, name: str, draft_size: _DraftSize | None = None) -> _Decoded:
+    """Decode ``data`` as :func:`decode_image` does, but leave it as stored. With ``draft_size``
+    (stored width, height, upright → the smallest size wanted) a JPEG is decoded at the smallest
+    DCT scale that is at least that size."""
     mode = _PIL_MODES[channels]
     try:
-        # Image.open reads only the header; pixels are decoded by load() or the first use.
+        # Image.open reads only the header; pixels are decoded by load().
         with Image.open(io.BytesIO(data)) as opened:
             width, height = opened.size
             if width * height > MAX_IMAGE_PIXELS:
@@ -88,17 +140,22 @@ def decode_image(data: bytes, *, channels: int, name: str = "image") -> Image.Im
                     "an image may have; refused before decoding"
                 )
             # Cameras store rotation as an EXIF tag rather than rotating the pixels.
-            pil = ImageOps.exif_transpose(opened)
+            upright = _UPRIGHT.get(opened.getexif().get(ExifTags.Base.Orientation, 1))
+            # Only JPEG decodes at a reduced scale; draft() is a no-op returning None elsewhere.
+            drafted = None if draft_size is None else opened.draft(None, draft_size(width, height, upright))
+            opened.load()
+            pil = _to_eight_bit(opened)
+            try:
+                converted = pil.convert(mode)
+            except ValueError as exc:
+                raise ImageError(f"{name}: cannot convert a {pil.mode} image to {mode} ({exc})") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(
             f"{name}: more than the {MAX_IMAGE_PIXELS:,} pixels an image may have; refused before decoding ({exc})"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: not a readable image ({exc})") from None
-    try:
-        return _to_eight_bit(pil).convert(mode)
-    except ValueError as exc:
-        raise ImageError(f"{name}: cannot convert a {pil.mode} image to {mode} ({exc})") from None
+    return _Decoded(converted, (width, height), None if drafted is None else drafted[1], upright)
 
 
 def _to_eight_bit(pil: Image.Image) -> Image.Image:
@@ -133,17 +190,7 @@ def resize_and_crop(
             would have more than ``MAX_IMAGE_PIXELS`` pixels.
     """
     if resize is not None:
-        width, height = pil.size
-        if width <= height:
-            size = (resize, int(resize * height / width))
-        else:
-            size = (int(resize * width / height), resize)
-        if size[0] * size[1] > MAX_IMAGE_PIXELS:
-            # A 64-megapixel strip one pixel high would become terabytes at its shorter side's new size.
-            raise DatasetError(
-                f"{name}: {width}×{height} resized to a shorter side of {resize} would be {size[0]}×{size[1]}, "
-                f"more than the {MAX_IMAGE_PIXELS:,} pixels an image may have"
-            )
+        size = _shorter_side_to(resize, pil.size, name=name)
         if size != pil.size:
             pil = pil.resize(size, resample)
     if crop is not None:
@@ -157,6 +204,22 @@ def resize_and_crop(
         left = int(round((pil.width - crop_width) / 2.0))
         pil = pil.crop((left, top, left + crop_width, top + crop_height))
     return pil
+
+
+def _shorter_side_to(resize: int, size: tuple[int, int], *, name: str) -> tuple[int, int]:
+    """width×height with the shorter side scaled to ``resize``, rounded as torchvision rounds."""
+    width, height = size
+    if width <= height:
+        resized = (resize, int(resize * height / width))
+    else:
+        resized = (int(resize * width / height), resize)
+    if resized[0] * resized[1] > MAX_IMAGE_PIXELS:
+        # A 64-megapixel strip one pixel high would become terabytes at its shorter side's new size.
+        raise DatasetError(
+            f"{name}: {width}×{height} resized to a shorter side of {resize} would be {resized[0]}×{resized[1]}, "
+            f"more than the {MAX_IMAGE_PIXELS:,} pixels an image may have"
+        )
+    return resized
 
 
 class _HoldsImages(Protocol):
@@ -174,6 +237,11 @@ class Preprocessing:
     height×width cropped (the ImageNet evaluation transform, e.g. resize 256 → crop 224), so
     images of any size and aspect ratio fit. ``to_dict``/``from_dict`` is the JSON form stored
     in checkpoints and Triton model configs.
+
+    Encoded files are decoded at a reduced scale where they are much larger than the resize
+    target (see the module's notes), unless ``exact_decode`` is set: then every pixel is decoded
+    and resized, exactly as torchvision's evaluation transform does on a PIL image. Pixel arrays
+    (:meth:`normalize`) are always resized exactly.
     """
 
     channels: int
@@ -183,6 +251,7 @@ class Preprocessing:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     resize: int | None = None
+    exact_decode: bool = False
 
     def __post_init__(self) -> None:
         # Lists from JSON become tuples so instances stay hashable and comparable.
@@ -221,6 +290,10 @@ class Preprocessing:
             math.isfinite(v) and v > 0 for v in self.std
         ):
             raise DatasetError(f"preprocessing mean must be finite and std positive, got {self.mean}, {self.std}")
+        if not isinstance(self.exact_decode, (bool, np.bool_)):
+            shown = reprlib.repr(self.exact_decode)
+            raise DatasetError(f"preprocessing exact_decode must be true or false, got {shown}")
+        object.__setattr__(self, "exact_decode", bool(self.exact_decode))
         if not isinstance(self.interpolation, str) or self.interpolation not in _INTERPOLATIONS:
             raise DatasetError(
                 f"unknown interpolation {reprlib.repr(self.interpolation)}; choose one of: {', '.join(_INTERPOLATIONS)}"
@@ -264,9 +337,11 @@ class Preprocessing:
             "std": list(self.std),
             "interpolation": self.interpolation,
         }
-        # Omitted when unset, so configs written before resize existed stay byte-identical.
+        # Omitted when unset, so configs written before these fields existed stay byte-identical.
         if self.resize is not None:
             data["resize"] = self.resize
+        if self.exact_decode:
+            data["exact_decode"] = True
         return data
 
     @classmethod
@@ -276,7 +351,7 @@ class Preprocessing:
             raise DatasetError(f"preprocessing must be a mapping, got {type(data).__name__}")
         required = {"channels", "height", "width", "mean", "std"}
         missing = sorted(required - data.keys())
-        unknown = sorted(map(str, data.keys() - required - {"interpolation", "resize"}))
+        unknown = sorted(map(str, data.keys() - required - {"interpolation", "resize", "exact_decode"}))
         if missing or unknown:
             problems = [f"missing {', '.join(missing)}"] if missing else []
             shown = ", ".join(reprlib.repr(key).strip("'") for key in unknown[:5]) + (", …" if len(unknown) > 5 else "")
@@ -296,6 +371,7 @@ class Preprocessing:
             std=tuple(data["std"]),
             interpolation=data.get("interpolation", "bilinear"),
             resize=data.get("resize"),
+            exact_decode=data.get("exact_decode", False),
         )
 
     def _fit(self, pil: Image.Image, *, name: str) -> np.ndarray:
@@ -307,11 +383,18 @@ class Preprocessing:
             pil = pil.resize((self.width, self.height), resample)
         return np.asarray(pil)
 
-    def _standardize(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 pixels of the input size (N×H×W or N×H×W×C) → contiguous float32 N×C×H×W."""
+    @cached_property
+    def _scale_and_shift(self) -> tuple[np.ndarray, np.ndarray]:
+        # (x/255 - mean)/std as x·scale - shift, worked out once in float64 and kept in float32, so
+        # the per-image work is one float32 multiply-subtract with no float64 temporaries.
+        std = np.asarray(self.std, np.float64)
+        return (1.0 / (255.0 * std)).astype(np.float32), (np.asarray(self.mean, np.float64) / std).astype(np.float32)
+
+    def standardize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels already of the input size (N×H×W or N×H×W×C) → contiguous float32
+        N×C×H×W: (x/255 - mean) / std per channel."""
         nhwc = pixels.reshape(len(pixels), self.height, self.width, self.channels)
-        scale = (1.0 / (255.0 * np.asarray(self.std, np.float64))).astype(np.float32)
-        shift = (np.asarray(self.mean, np.float64) / np.asarray(self.std, np.float64)).astype(np.float32)
+        scale, shift = self._scale_and_shift
         out = np.empty((len(pixels), self.channels, self.height, self.width), np.float32)
         for c in range(self.channels):
             np.multiply(nhwc[..., c], scale[c], out=out[:, c], dtype=np.float32)
@@ -341,18 +424,54 @@ class Preprocessing:
                 for image in images
             ]
             images = np.stack(fitted) if fitted else np.zeros((0, self.height, self.width, self.channels), np.uint8)
-        return self._standardize(images)
+        return self.standardize(images)
 
     def prepare_encoded(self, data: bytes, *, name: str = "image") -> np.ndarray:
         """An encoded image's bytes (PNG, JPEG, any format Pillow reads, of any size) → the
-        C×H×W float32 model input: decoded by :func:`decode_image` (pixel limit, modes),
-        resized (and centre-cropped) to the input size, then normalized.
+        C×H×W float32 model input: :meth:`prepare_pixels`, then :meth:`standardize`.
 
         Raises:
             ImageError: see :func:`decode_image`.
         """
-        pil = decode_image(data, channels=self.channels, name=name)
-        return self._standardize(self._fit(pil, name=name)[None])[0]
+        return self.standardize(self.prepare_pixels(data, name=name)[None])[0]
+
+    def prepare_pixels(self, data: bytes, *, name: str = "image") -> np.ndarray:
+        """An encoded image's bytes → uint8 pixels of the input size (H×W, or H×W×3): decoded by
+        :func:`decode_image`'s rules (pixel limit, modes, EXIF orientation), then resized (and
+        centre-cropped). With ``exact_decode`` every pixel is decoded and resized; otherwise a
+        JPEG is decoded at a reduced DCT scale and any image resized with ``REDUCING_GAP``.
+
+        Raises:
+            ImageError: see :func:`decode_image`.
+        """
+        if self.exact_decode:
+            return self._fit(decode_image(data, channels=self.channels, name=name), name=name)
+
+        def draft_size(width: int, height: int, upright: Image.Transpose | None) -> tuple[int, int]:
+            target = self._stored_target((width, height), upright, name=name)
+            return int(target[0] * REDUCING_GAP), int(target[1] * REDUCING_GAP)
+
+        decoded = _decode(data, channels=self.channels, name=name, draft_size=draft_size)
+        pil, region = decoded.pixels, decoded.region
+        # Resized as stored and turned upright after: the region is in stored coordinates, and
+        # the transposition then moves a few thousand pixels instead of millions.
+        target = self._stored_target(decoded.stored_size, decoded.upright, name=name)
+        if pil.size != target or (region is not None and region != (0, 0, *pil.size)):
+            pil = pil.resize(target, _INTERPOLATIONS[self.interpolation], box=region, reducing_gap=REDUCING_GAP)
+        if decoded.upright is not None:
+            pil = pil.transpose(decoded.upright)
+        if self.resize is not None:
+            pil = resize_and_crop(pil, resize=None, crop=(self.height, self.width), name=name)
+        return np.asarray(pil)
+
+    def _stored_target(self, size: tuple[int, int], upright: Image.Transpose | None, *, name: str) -> tuple[int, int]:
+        """The size the resize step gives an image stored at ``size`` (width, height), in stored
+        orientation: the shorter side at ``resize``, or the input's width×height."""
+        swapped = upright in _SWAPPING
+        width, height = size[::-1] if swapped else size
+        target = (self.width, self.height) if self.resize is None else _shorter_side_to(
+            self.resize, (width, height), name=name)
+        return target[::-1] if swapped else target
 
     def load_image(self, path: Path | str) -> np.ndarray:
         """Read an image file into a C×H×W float32 model input, as :meth:`prepare_encoded` does."""

@@ -10,7 +10,7 @@ import typer
 
 from resnet_serve.cli.console import check_outputs, command, console, err_console
 from resnet_serve.cli.options import Connection, DataOption, JsonOption, Measurement, ModelOption, levels
-from resnet_serve.cli.render import bench_table, write_json
+from resnet_serve.cli.render import bench_table, step_lines, write_json
 from resnet_serve.errors import ClientError
 from resnet_serve.rich_progress import RichReporter
 
@@ -126,6 +126,11 @@ def bench(
         help="resnet-serve engine: try a failed request again up to N times, after 0.1 s, 0.2 s, … (at most 2 s), on "
         "a new connection, to ride out a server restart; windows with a failed try are not measured."
     )] = 0,
+    images: Annotated[Path | None, typer.Option(
+        help="A folder of image files (any format and size) to send, --batch-size per request, to an image ensemble "
+        "(--model <name>-image or <name>); perf_analyzer gets them as --input-data. Rows then split the server's "
+        "time between the ensemble's steps."
+    )] = None,
     json_path: JsonOption = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write perf_analyzer's CSV here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the latency-throughput plot (PNG) here.")] = None,
@@ -141,10 +146,12 @@ def bench(
         concurrency=levels(concurrency, option="--concurrency"), request_rates=_rates(request_rate),
         distribution=distribution, max_outstanding=max_outstanding, client=client,
         warmup_seconds=measurement.warmup, measurement_seconds=measurement.seconds, stability=measurement.rule(),
-        seed=seed, retries=Retries(count=retries), connection=connection.options(),
+        seed=seed, retries=Retries(count=retries), images=images, connection=connection.options(),
         reporter=RichReporter(err_console),
     )
     console.print(bench_table(result))
+    for line in step_lines(result):
+        console.print(line, highlight=False)
     retried = sum(row.retried_requests or 0 for row in result.results)
     if retried:
         console.print(f"{retried} failed tries were retried (the windows they fell in were not measured)")

@@ -197,6 +197,11 @@ class Serving(OptionBundle):
         "--image-pipeline/--no-image-pipeline",
         help="Also write <name>-preprocess and the ensemble <name>-image, which take encoded JPEG/PNG files.",
     )] = True
+    exact_decode: Annotated[bool, typer.Option(
+        "--exact-decode",
+        help="Serve preprocessing that decodes every pixel of an image file, as torchvision's eval transform does, "
+        "instead of decoding large JPEGs at a reduced scale (docs/image-path.md).",
+    )] = False
 
     def settings(self) -> ServingOptions:
         fields = dataclasses.asdict(self)

@@ -31,6 +31,7 @@ __all__ = [
     "models_table",
     "parity_line",
     "repository_table",
+    "step_lines",
     "tune_table",
     "verify_table",
     "write_json",
@@ -105,15 +106,30 @@ def bench_table(result: BenchmarkResult) -> Table:
     return table
 
 
+def step_lines(result: BenchmarkResult) -> list[str]:
+    """An ensemble's rows split by step (``bench --images``): where each level's server time went."""
+    rate_mode = result.mode == "request-rate"
+    return [
+        f"  {row.request_rate if rate_mode else row.concurrency}: {step.model}: queue {step.queue_us:.0f} µs, "
+        f"compute {step.compute_us:.0f} µs per request, {step.requests / max(step.executions, 1):.2f} requests per "
+        "execution"
+        for row in result.results for step in row.steps or ()
+    ]
+
+
 def _count(value: int | None) -> str:
     return "–" if value is None else str(value)
 
 
 def tune_table(result: TuneResult, *, concurrency: int, batch_size: int, p99_ms: float | None) -> Table:
+    # The -preprocess step's settings, where the image pipeline was searched with the classifier.
+    pipeline = result.baseline.candidate.searches_pipeline
     table = Table(
-        "", "runtime", "batch ≤", "pref.", "delay µs", "inst. × thr.", "infer/s", "p50 ms", "p99 ms", "",
+        "", "runtime", "batch ≤", "pref.", "delay µs", "inst. × thr.",
+        *(("preprocess",) if pipeline else ()), "infer/s", "p50 ms", "p99 ms", "",
         title=f"Pareto front of {result.model}: concurrency {concurrency}, batch {batch_size}"
-        + (f", p99 ≤ {p99_ms:g} ms" if p99_ms is not None else ""),
+        + (f", p99 ≤ {p99_ms:g} ms" if p99_ms is not None else "")
+        + (f", image files from {result.options.images}" if pipeline else ""),
     )
     for label in dict.fromkeys([*result.pareto, "current"]):
         measured = result.measurement(label)
@@ -121,9 +137,11 @@ def tune_table(result: TuneResult, *, concurrency: int, batch_size: int, p99_ms:
         notes = (("chosen", label == result.chosen), ("not on the front", label not in result.pareto))
         figures = (f"{row.inferences_per_second:.1f}", f"{row.p50_ms:.1f}", f"{row.p99_ms:.1f}") if row else (
             measured.status, "", "")
+        step = (f"{candidate.preprocess_instances} inst., batch ≤ {candidate.preprocess_max_batch_size}, "
+                f"{candidate.preprocess_max_queue_delay_us} µs",) if pipeline else ()
         table.add_row(
             label, candidate.runtime, str(candidate.max_batch_size), str(candidate.preferred_batch_size or "–"),
-            str(candidate.max_queue_delay_us), f"{candidate.instances} × {candidate.threads or 'default'}",
+            str(candidate.max_queue_delay_us), f"{candidate.instances} × {candidate.threads or 'default'}", *step,
             *figures, ", ".join(note for note, on in notes if on),
         )
     return table

@@ -36,7 +36,9 @@ def _listed(values: tuple) -> str:
 
 @command
 def tune(
-    name: Annotated[str, typer.Argument(help="The repository entry to tune (onnxruntime or openvino target).")],
+    name: Annotated[str, typer.Argument(
+        help="The classifier entry to tune (onnxruntime or openvino target); with --images, with its image pipeline."
+    )],
     repository: Annotated[Path, typer.Option(help="Triton model repository holding the entry.")] = DEFAULT_REPOSITORY,
     p99_ms: Annotated[float | None, typer.Option(
         "--p99-ms", help="Largest p99 latency the chosen configuration may have, in ms (default: no limit)."
@@ -61,6 +63,21 @@ def tune(
         help="Intra-op threads per instance, comma-separated; combinations with instances × threads above the CPU "
         "cores are left out."
     )] = _listed(_SPACE.threads),
+    images: Annotated[Path | None, typer.Option(
+        help="A folder of image files (any format and size) to measure with: every candidate then also sets the "
+        "<name>-preprocess step (--preprocess-*), and is measured by sending --batch-size files per request to "
+        "<name>-image, as bench --images does; the chosen settings are written to all three entries."
+    )] = None,
+    preprocess_instances: Annotated[str, typer.Option(
+        help="--images: instance counts of the -preprocess step, comma-separated."
+    )] = _listed(_SPACE.preprocess_instances),
+    preprocess_max_batch_sizes: Annotated[str, typer.Option(
+        help="--images: max_batch_size values of the -preprocess step, comma-separated (the ensemble takes the "
+        "smaller of its steps' limits)."
+    )] = _listed(_SPACE.preprocess_max_batch_sizes),
+    preprocess_queue_delays_us: Annotated[str, typer.Option(
+        help="--images: max queue delays of the -preprocess step's dynamic batcher in µs, comma-separated."
+    )] = _listed(_SPACE.preprocess_max_queue_delays_us),
     quick: Annotated[bool, typer.Option(
         "--quick",
         help="Vary one setting at a time from the current configuration instead of measuring every combination.",
@@ -110,11 +127,16 @@ def tune(
             max_queue_delays_us=tuple(levels(queue_delays_us, option="--queue-delays-us")),
             instances=tuple(levels(instances, option="--instances")),
             threads=tuple(levels(threads, option="--threads")),
+            preprocess_instances=tuple(levels(preprocess_instances, option="--preprocess-instances")),
+            preprocess_max_batch_sizes=tuple(levels(preprocess_max_batch_sizes, option="--preprocess-max-batch-sizes")),
+            preprocess_max_queue_delays_us=tuple(levels(preprocess_queue_delays_us,
+                                                        option="--preprocess-queue-delays-us")),
         ),
         quick=quick, max_candidates=max_candidates, warmup_seconds=measurement.warmup,
         measurement_seconds=measurement.seconds, stability=measurement.rule(),
         selection=ImageSelection(data_dir=data, verify_images=verify_images, calibration_images=calibration_images),
         calibration_method=calibration_method, min_agreement=min_agreement, write=write, instance_kind=instance_kind,
+        images=images,
     )
     result = tune_model_entry(repository=repository, name=name, options=options, reporter=RichReporter(err_console))
     for check in result.runtimes:

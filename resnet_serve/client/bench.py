@@ -6,6 +6,10 @@
 - ``perf_analyzer``: the real perf_analyzer binary (`client/perf_analyzer.py`), its CSV read
   into the same rows.
 
+Either engine sends a seeded random batch of the shape a classifier declares, or, given a folder
+of image files, those files (any sizes, as users send them) to an image ensemble such as
+`<name>-image`; its rows then split the server's time between the ensemble's steps.
+
 Both report throughput, p50/p90/p95/p99, mean and standard deviation of the latency, the
 client's send/receive time and the server's split (queue, compute input/infer/output) over
 the stable windows, and write perf_analyzer's CSV columns, so the two can be compared row by
@@ -14,12 +18,16 @@ row and plotted by the same tools.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from resnet_serve.client.classify import EncodedImageClient
 from resnet_serve.client.connection import ConnectionOptions, Protocol
 from resnet_serve.client.inference import InferenceClient
 from resnet_serve.client.load import (
@@ -32,11 +40,11 @@ from resnet_serve.client.load import (
     measure_load,
 )
 from resnet_serve.client.perf_analyzer import run_perf_analyzer
-from resnet_serve.client.prepared import prepare_request
-from resnet_serve.client.results import BenchmarkResult, ConcurrencyResult
+from resnet_serve.client.prepared import PreparedRequest, prepare_image_requests, prepare_request
+from resnet_serve.client.results import BenchmarkResult, ConcurrencyResult, StepResult
 from resnet_serve.client.retries import Retries
 from resnet_serve.client.stability import StabilityRule
-from resnet_serve.errors import ClientError
+from resnet_serve.errors import ClientError, ImageError
 from resnet_serve.machine import describe_machine
 from resnet_serve.progress import Reporter, SilentReporter
 
@@ -56,6 +64,7 @@ def summarize_windows(
     # Requests that finish after the last edge still reach the server's counters; averaging
     # per executed request keeps the split right regardless.
     per_request = max(delta.success_count, 1) * 1000
+    steps = StepResult.split(delta)
     p50, p90, p95, p99 = np.percentile(latencies, [50, 90, 95, 99])
     return ConcurrencyResult(
         concurrency=concurrency,
@@ -80,7 +89,27 @@ def summarize_windows(
         dropped_requests=None if request_rate is None else sum(w.dropped for w in windows),
         windows=len(windows),
         retried_requests=retried,
+        steps=steps or None,
     )
+
+
+def read_image_files(folder: Path) -> list[bytes]:
+    """The bytes of every file in ``folder`` (not its subfolders or hidden files), in name order,
+    each checked to be an image Pillow can open, so a stray file costs no traffic."""
+    if not folder.is_dir():
+        raise ClientError(f"{folder}: not a folder of image files")
+    files = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        data = path.read_bytes()
+        try:
+            with Image.open(io.BytesIO(data)):  # reads the header only
+                pass
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
+            raise ImageError(f"{path}: not a readable image ({error})") from None
+        files.append(data)
+    if not files:
+        raise ClientError(f"{folder} holds no image files")
+    return files
 
 
 def check_levels(*, concurrency: Sequence[int], request_rates: Sequence[float]) -> None:
@@ -94,7 +123,7 @@ def check_levels(*, concurrency: Sequence[int], request_rates: Sequence[float]) 
 def benchmark(
     *,
     probe: InferenceClient,
-    batch: np.ndarray,
+    request: PreparedRequest,
     concurrency: Sequence[int] = (1, 2),
     request_rates: Sequence[float] = (),
     distribution: Distribution = "constant",
@@ -107,7 +136,7 @@ def benchmark(
     retries: Retries = Retries(),
     reporter: Reporter | None = None,
 ) -> BenchmarkResult:
-    """Measure the model ``probe`` is connected to with ``batch`` ([N, C, H, W], preprocessed).
+    """Measure the model ``probe`` is connected to with ``request`` (prepared for it).
 
     With ``request_rates`` each rate is an open loop of at most ``max_outstanding`` requests in
     flight; otherwise each ``concurrency`` level is a closed loop of that many ``client``
@@ -122,7 +151,6 @@ def benchmark(
         raise ClientError(f"unknown client {client!r}; choose threads or asyncio")
     if client == "asyncio" and retries.count and not request_rates:
         raise ClientError("the asyncio client does not retry; use the threads client with retries")
-    request = prepare_request(served=probe.model, batch=batch, endpoint=probe.endpoint)
     levels: list[tuple[int, float | None]] = (
         [(max_outstanding, rate) for rate in request_rates] if request_rates else [(n, None) for n in concurrency]
     )
@@ -183,14 +211,18 @@ def benchmark_served_model(
     stability: StabilityRule | None = None,
     seed: int = 0,
     retries: Retries = Retries(),
+    images: Path | None = None,
     connection: ConnectionOptions | None = None,
     reporter: Reporter | None = None,
 ) -> BenchmarkResult:
-    """Benchmark a served model with a batch of the shape it declares, with either engine.
+    """Benchmark a served model with either engine.
 
-    The pixel values do not change a ResNet's cost, so a seeded random batch stands in for
-    images (perf_analyzer sends its own random data) and the benchmark works for any served
-    classifier.
+    Without ``images`` the model is a classifier and a seeded random batch of the shape it
+    declares is sent (perf_analyzer sends its own random data): the pixel values do not change
+    a ResNet's cost. With ``images`` (a folder of encoded image files) the model takes encoded
+    files, an image ensemble or a classifier whose `<name>-image` is served, and requests of
+    ``batch_size`` files go round the folder's files (perf_analyzer gets them as --input-data);
+    decoding costs what the files' sizes make it cost.
     """
     if batch_size < 1:
         raise ClientError(f"batch size must be ≥ 1, got {batch_size}")
@@ -200,17 +232,26 @@ def benchmark_served_model(
     stability = stability or StabilityRule()
     if engine == "perf_analyzer" and retries.count:
         raise ClientError("perf_analyzer does not retry failed requests; use the resnet-serve engine with retries")
-    with InferenceClient(model=model, protocol=protocol, url=url, connection=connection) as probe:
+    files = None if images is None else read_image_files(images)
+    opened = InferenceClient if files is None else EncodedImageClient
+    with opened(model=model, protocol=protocol, url=url, connection=connection) as probe:
         if engine == "perf_analyzer":
             return run_perf_analyzer(
-                served=probe.model, endpoint=probe.endpoint, batch_size=batch_size,
+                model=probe.model.name, endpoint=probe.endpoint, batch_size=batch_size,
                 concurrency=concurrency, request_rates=request_rates, distribution=distribution,
                 max_outstanding=max_outstanding, measurement_seconds=measurement_seconds, stability=stability,
+                inputs=None if files is None else {probe.model.input_name: files}, statistics=probe.statistics,
                 reporter=reporter,
             )
-        batch = np.random.default_rng(seed).standard_normal((batch_size, *probe.model.input_shape), dtype=np.float32)
+        if files is None:
+            batch = np.random.default_rng(seed).standard_normal((batch_size, *probe.model.input_shape),
+                                                                dtype=np.float32)
+            request = prepare_request(served=probe.model, batch=batch, endpoint=probe.endpoint)
+        else:
+            request = prepare_image_requests(model=probe.model, files=files, batch_size=batch_size,
+                                             endpoint=probe.endpoint)
         return benchmark(
-            probe=probe, batch=batch, concurrency=concurrency, request_rates=request_rates,
+            probe=probe, request=request, concurrency=concurrency, request_rates=request_rates,
             distribution=distribution, max_outstanding=max_outstanding, seed=seed, client=client,
             warmup_seconds=warmup_seconds, measurement_seconds=measurement_seconds, stability=stability,
             retries=retries, reporter=reporter,

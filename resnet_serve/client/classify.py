@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from resnet_serve.client.connection import ConnectionOptions, Protocol
-from resnet_serve.client.inference import InferenceClient, Prediction, rank_classes
+from resnet_serve.client.inference import InferenceClient, ModelStatistics, Prediction, rank_classes
 from resnet_serve.errors import ClientError, ImageError, first_line
 
 
@@ -67,12 +67,15 @@ def classify_files(
 
 @dataclass(frozen=True)
 class EncodedImageModel:
-    """A served model that takes encoded image files: one BYTES input, one labelled output."""
+    """A served model that takes encoded image files: one BYTES input, one labelled output of
+    ``num_classes`` scores; ``steps`` are its composing models where it is an ensemble."""
 
     name: str
     input_name: str
     output_name: str
     max_batch_size: int
+    num_classes: int
+    steps: tuple[str, ...] = ()
 
 
 class EncodedImageClient(InferenceClient):
@@ -119,10 +122,17 @@ class EncodedImageClient(InferenceClient):
                 f"model {name!r} does not take encoded images: expected one BYTES input and one labelled output"
             )
         config = self._config(name)
+        output = config["output"][0]
         return EncodedImageModel(
-            name=name, input_name=config["input"][0]["name"], output_name=config["output"][0]["name"],
+            name=name, input_name=config["input"][0]["name"], output_name=output["name"],
             max_batch_size=int(config.get("max_batch_size", 0)),
+            num_classes=int(next(iter(output.get("dims", [])), 0)),
+            steps=tuple(step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])),
         )
+
+    def statistics(self) -> ModelStatistics:
+        """The model's statistics, and for an ensemble its steps' (where Triton times its work)."""
+        return replace(super().statistics(), steps=tuple((name, self.statistics_of(name)) for name in self.model.steps))
 
     def classify(self, encoded: Sequence[bytes], *, top_k: int) -> list[list[bytes]]:
         """`score:index:label` strings of the top-k classes of each encoded file."""

@@ -50,7 +50,11 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class ModelStatistics:
-    """Triton's cumulative statistics for one model; differences of two give a window's figures."""
+    """Triton's cumulative statistics for one model; differences of two give a window's figures.
+
+    For an ensemble, ``steps`` holds its composing models' statistics (name and figures, in
+    step order): Triton times the queue and compute of an ensemble's requests only in them.
+    """
 
     inference_count: int
     execution_count: int
@@ -60,11 +64,15 @@ class ModelStatistics:
     compute_input_ns: int
     compute_infer_ns: int
     compute_output_ns: int
+    steps: tuple[tuple[str, ModelStatistics], ...] = ()
 
     def __sub__(self, other: ModelStatistics) -> ModelStatistics:
-        return ModelStatistics(
-            **{field: getattr(self, field) - getattr(other, field) for field in self.__dataclass_fields__}
-        )
+        counters = {field: getattr(self, field) - getattr(other, field) for field in _COUNTERS}
+        steps = tuple((name, mine - theirs) for (name, mine), (_, theirs) in zip(self.steps, other.steps, strict=True))
+        return ModelStatistics(**counters, steps=steps)
+
+
+_COUNTERS = tuple(f for f in ModelStatistics.__dataclass_fields__ if f != "steps")
 
 
 def _module(protocol: str) -> Any:
@@ -180,6 +188,11 @@ class InferenceClient:
                 f"model {name!r} has {len(inputs)} inputs and {len(outputs)} outputs; "
                 "a classifier has one of each"
             )
+        if inputs[0].get("data_type") == "TYPE_STRING":
+            raise ClientError(
+                f"model {name!r} takes encoded image files, not float images: send it files "
+                "(bench --images DIR, classify --server-side)"
+            )
         dims = tuple(int(d) for d in inputs[0].get("dims", []))
         out_dims = [int(d) for d in outputs[0].get("dims", [])]
         if not int(config.get("max_batch_size", 0)) and dims[:1] == (-1,) and out_dims[:1] == [-1]:
@@ -274,10 +287,14 @@ class InferenceClient:
         return logits
 
     def statistics(self) -> ModelStatistics:
-        stats = self._json(self._client.get_inference_statistics, self.model.name)
+        return self.statistics_of(self.model.name)
+
+    def statistics_of(self, name: str) -> ModelStatistics:
+        """Triton's cumulative statistics of model ``name`` (any model on this server)."""
+        stats = self._json(self._client.get_inference_statistics, name)
         model_stats = stats.get("model_stats", [])
         if not model_stats:
-            raise ClientError(f"the server returned no statistics for {self.model.name!r}")
+            raise ClientError(f"the server returned no statistics for {name!r}")
         entry = model_stats[0]
         inference = entry.get("inference_stats", {})
 

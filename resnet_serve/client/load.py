@@ -24,6 +24,7 @@ is taken instead.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
 import time
@@ -217,10 +218,12 @@ class AsyncClosedLoop(LoadGenerator):
         request, clock = self._request, time.perf_counter_ns
         call, record, stopping = channel.unary_unary(MODEL_INFER_METHOD), records.append, self.stopping
         metadata = request.endpoint.grpc_metadata or None
+        bodies = itertools.cycle(request.bodies)
         while not stopping.is_set():
+            body = next(bodies)
             began = clock()
             try:
-                answer = await call(request.body, timeout=request.timeout_s, metadata=metadata)
+                answer = await call(body, timeout=request.timeout_s, metadata=metadata)
             except grpc.RpcError as exc:
                 raise ClientError(f"inference on {request.model!r} failed: {grpc_reason(exc)}") from None
             answered = clock()

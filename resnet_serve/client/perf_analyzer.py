@@ -10,10 +10,15 @@ Each level runs as one perf_analyzer process (its ranges cannot express 1,2,4) w
 ``--percentile=99``, so that it judges stability on p99 as our engine does, and with
 ``--verbose-csv`` (mean latency) and ``--profile-export-file`` (every request of the stable
 windows, for the standard deviation and the request count, which its CSV lacks).
+
+Real files are sent through ``--input-data``: a JSON file with one entry per file, which
+perf_analyzer goes round (a batch of N takes N consecutive entries). An ensemble's split between
+its steps comes from Triton's statistics asked before and after each level's process.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -21,27 +26,28 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from resnet_serve.client.connection import Endpoint
-from resnet_serve.client.inference import ServedModel
+from resnet_serve.client.inference import ModelStatistics
 from resnet_serve.client.load import Distribution
 from resnet_serve.client.results import (
     PERF_ANALYZER_COLUMNS,
     REQUEST_RATE_COLUMN,
     BenchmarkResult,
     ConcurrencyResult,
+    StepResult,
 )
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
 from resnet_serve.errors import ClientError, MissingDependencyError
 from resnet_serve.machine import describe_machine
 from resnet_serve.progress import Reporter, SilentReporter
 
-__all__ = ["find_perf_analyzer", "link_cuda_runtime", "read_perf_analyzer_csv", "run_perf_analyzer"]
+__all__ = ["find_perf_analyzer", "link_cuda_runtime", "read_perf_analyzer_csv", "run_perf_analyzer", "write_input_data"]
 
 INSTALL_HINT = "perf_analyzer is not installed; `make perf-analyzer` takes it from the tritonclient 2.40.0 wheel"
 # perf_analyzer's exit codes when a level did not stabilise within --max-trials windows, and
@@ -107,6 +113,7 @@ def perf_analyzer_command(
     stability: StabilityRule,
     csv_path: Path,
     export_path: Path,
+    input_data: Path | None = None,
 ) -> list[str]:
     """One level's command line: a concurrency level, or a request rate when ``request_rate`` is set."""
     level = (
@@ -120,7 +127,22 @@ def perf_analyzer_command(
         f"--measurement-interval={max(round(measurement_seconds * 1000), 1)}",
         f"--stability-percentage={stability.percentage:g}", f"--max-trials={stability.max_trials}",
         "--percentile=99", "-f", str(csv_path), "--verbose-csv", f"--profile-export-file={export_path}",
+        *([f"--input-data={input_data}"] if input_data is not None else []),
     ]
+
+
+def write_input_data(path: Path, *, inputs: Mapping[str, Sequence[bytes]]) -> None:
+    """perf_analyzer's --input-data JSON: entry i holds element i of every input (BYTES tensors of
+    one element each). A BYTES element is base64 of its 4-byte little-endian length, then it."""
+    counts = {len(values) for values in inputs.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise ClientError(f"input data needs the same, non-zero number of elements for every input, got {counts}")
+    entries = [
+        {name: {"b64": base64.b64encode(len(values[i]).to_bytes(4, "little") + values[i]).decode("ascii")}
+         for name, values in inputs.items()}
+        for i in range(counts.pop())
+    ]
+    path.write_text(json.dumps({"data": entries}))
 
 
 def read_perf_analyzer_csv(
@@ -178,7 +200,7 @@ def _profile_figures(path: Path) -> tuple[int, float | None]:
 
 def run_perf_analyzer(
     *,
-    served: ServedModel,
+    model: str,
     endpoint: Endpoint,
     batch_size: int = 1,
     concurrency: Sequence[int] = (1, 2, 4),
@@ -187,12 +209,17 @@ def run_perf_analyzer(
     max_outstanding: int = 16,
     measurement_seconds: float = 5.0,
     stability: StabilityRule | None = None,
+    inputs: Mapping[str, Sequence[bytes]] | None = None,
+    statistics: Callable[[], ModelStatistics] | None = None,
     reporter: Reporter | None = None,
 ) -> BenchmarkResult:
-    """Run perf_analyzer once per level against ``served`` and return its figures in our schema.
+    """Run perf_analyzer once per level against ``model`` and return its figures in our schema.
 
-    perf_analyzer sends its own random data and takes no warm-up: its first windows, until three
-    agree, are its warm-up. In request-rate mode ``max_outstanding`` is its --max-threads.
+    perf_analyzer sends its own random data, or with ``inputs`` (input name → encoded elements,
+    e.g. image files) those elements in turn, and takes no warm-up: its first windows, until
+    three agree, are its warm-up. In request-rate mode ``max_outstanding`` is its --max-threads.
+    With ``statistics`` (the model's Triton statistics) an ensemble's rows get its steps' split,
+    over the whole of each level's process.
     """
     reporter = reporter or SilentReporter()
     stability = stability or StabilityRule()
@@ -203,20 +230,26 @@ def run_perf_analyzer(
     rows = []
     with tempfile.TemporaryDirectory(prefix="perf-analyzer-") as scratch:
         link_cuda_runtime(Path(scratch))
+        input_data = None
+        if inputs is not None:
+            input_data = Path(scratch) / "input-data.json"
+            write_input_data(input_data, inputs=inputs)
         environment = dict(os.environ)
         environment["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (scratch, environment.get("LD_LIBRARY_PATH")) if p)
         for index, (level, rate) in enumerate(levels):
             label = f"perf_analyzer, concurrency {level}" if rate is None else f"perf_analyzer, request rate {rate:g}/s"
             csv_path, export_path = Path(scratch) / f"{index}.csv", Path(scratch) / f"{index}.json"
             command = perf_analyzer_command(
-                binary, model=served.name, endpoint=endpoint, batch_size=batch_size, concurrency=level,
+                binary, model=model, endpoint=endpoint, batch_size=batch_size, concurrency=level,
                 request_rate=rate, distribution=distribution, max_threads=max_outstanding,
                 measurement_seconds=measurement_seconds, stability=stability, csv_path=csv_path,
-                export_path=export_path,
+                export_path=export_path, input_data=input_data,
             )
             reporter.start(label, total=None)
             try:
+                before = statistics() if statistics is not None else None
                 finished = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+                steps = [] if statistics is None or before is None else StepResult.split(statistics() - before)
             except OSError as exc:
                 raise MissingDependencyError(f"cannot run {binary}: {exc.strerror}") from None
             finally:
@@ -228,9 +261,10 @@ def run_perf_analyzer(
                                            windows=stability.windows)
             if not found:
                 raise ClientError(f"{label} wrote no result row")
-            rows.extend(row if rate is None else replace(row, concurrency=max_outstanding) for row in found)
+            rows.extend(replace(row, concurrency=max_outstanding if rate is not None else row.concurrency,
+                                steps=steps or None) for row in found)
     return BenchmarkResult(
-        model=served.name, protocol=endpoint.protocol, url=endpoint.address, batch_size=batch_size, warmup_seconds=0.0,
+        model=model, protocol=endpoint.protocol, url=endpoint.address, batch_size=batch_size, warmup_seconds=0.0,
         measurement_seconds=measurement_seconds, results=rows, engine="perf_analyzer",
         mode="request-rate" if request_rates else "concurrency",
         distribution=distribution if request_rates else None, client=None,

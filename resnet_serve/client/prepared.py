@@ -17,13 +17,20 @@ the answer and turn it into an array of logits, which is timed as the client's r
 
 Both connect as the request's `Endpoint` says: TLS or not, with its headers (gRPC metadata).
 A `RetryingSender` reconnects and tries a failed request again, to ride out a server restart.
+
+A request may hold several bodies, sent in turn (as perf_analyzer goes round its --input-data):
+`prepare_image_requests` makes one per group of encoded files, so that a benchmark of an image
+ensemble sends every file of a folder, not one file again and again.
 """
 
 from __future__ import annotations
 
 import http.client
+import itertools
+import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 
@@ -31,7 +38,9 @@ import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
+from tritonclient.utils import serialize_byte_tensor
 
+from resnet_serve.client.classify import EncodedImageModel
 from resnet_serve.client.connection import Endpoint, Protocol
 from resnet_serve.client.inference import ServedModel
 from resnet_serve.client.retries import Retries
@@ -53,16 +62,17 @@ RequestTimes = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """One inference request of ``batch_size`` images in the wire format of its endpoint's protocol."""
+    """Inference requests of ``batch_size`` images in the wire format of their endpoint's
+    protocol: one body, or several that a sender sends in turn."""
 
     endpoint: Endpoint
     model: str
     output_name: str
     batch_size: int
     num_classes: int
-    body: bytes
-    # HTTP only: the length of the JSON header at the start of ``body``.
-    json_size: int | None = None
+    bodies: tuple[bytes, ...]
+    # HTTP only: the length of the JSON header at the start of each body.
+    json_sizes: tuple[int, ...] | None = None
     timeout_s: float = 60.0
 
     @property
@@ -87,30 +97,65 @@ def prepare_request(
     """Serialise ``batch`` ([N, C, H, W], float32) as an inference request for ``served``."""
     served.check_batch(batch)
     batch = np.ascontiguousarray(batch, dtype=np.float32)
-    json_size = None
-    protocol = endpoint.protocol
-    if protocol == "grpc":
-        request = service_pb2.ModelInferRequest(model_name=served.name)
-        tensor = request.inputs.add()
-        tensor.name, tensor.datatype = served.input_name, "FP32"
-        tensor.shape.extend(batch.shape)
-        request.outputs.add().name = served.output_name
-        request.raw_input_contents.append(batch.tobytes())
-        body = request.SerializeToString()
-    elif protocol == "http":
-        import tritonclient.http as httpclient
-
-        tensor = httpclient.InferInput(served.input_name, list(batch.shape), "FP32")
-        tensor.set_data_from_numpy(batch, binary_data=True)
-        output = httpclient.InferRequestedOutput(served.output_name, binary_data=True)
-        body, json_size = httpclient.InferenceServerClient.generate_request_body([tensor], outputs=[output])
-    else:
-        raise ClientError(f"unknown protocol {protocol!r}; choose http or grpc")
+    body, json_size = _serialise(endpoint.protocol, model=served.name, input_name=served.input_name,
+                                 output_name=served.output_name, datatype="FP32", tensor=batch)
     return PreparedRequest(
         endpoint=endpoint, model=served.name, output_name=served.output_name,
-        batch_size=int(batch.shape[0]), num_classes=served.num_classes, body=bytes(body),
-        json_size=json_size, timeout_s=timeout_s,
+        batch_size=int(batch.shape[0]), num_classes=served.num_classes, bodies=(body,),
+        json_sizes=None if json_size is None else (json_size,), timeout_s=timeout_s,
     )
+
+
+def prepare_image_requests(
+    *, model: EncodedImageModel, files: Sequence[bytes], batch_size: int, endpoint: Endpoint, timeout_s: float = 60.0
+) -> PreparedRequest:
+    """Requests of ``batch_size`` encoded files each (a BYTES tensor [N, 1]) for an image
+    ensemble, going round ``files`` as perf_analyzer goes round its input data: request k holds
+    files k·N … k·N+N-1 (modulo their number), and there are as many requests as it takes for
+    every file to be sent equally often."""
+    if not files:
+        raise ClientError("no image files to send")
+    if batch_size < 1 or (model.max_batch_size and batch_size > model.max_batch_size):
+        raise ClientError(
+            f"batch of {batch_size} is not within 1..{model.max_batch_size}, model {model.name!r}'s max_batch_size"
+        )
+    bodies, json_sizes = [], []
+    for start in range(0, math.lcm(len(files), batch_size), batch_size):
+        group = np.array([files[(start + i) % len(files)] for i in range(batch_size)], dtype=np.object_)
+        body, json_size = _serialise(endpoint.protocol, model=model.name, input_name=model.input_name,
+                                     output_name=model.output_name, datatype="BYTES", tensor=group.reshape(-1, 1))
+        bodies.append(body)
+        json_sizes.append(json_size)
+    return PreparedRequest(
+        endpoint=endpoint, model=model.name, output_name=model.output_name, batch_size=batch_size,
+        num_classes=model.num_classes, bodies=tuple(bodies),
+        json_sizes=None if endpoint.protocol == "grpc" else tuple(json_sizes), timeout_s=timeout_s,
+    )
+
+
+def _serialise(
+    protocol: Protocol, *, model: str, input_name: str, output_name: str, datatype: str, tensor: np.ndarray
+) -> tuple[bytes, int | None]:
+    """One request's body, and for HTTP the length of its JSON header."""
+    if protocol == "grpc":
+        request = service_pb2.ModelInferRequest(model_name=model)
+        entry = request.inputs.add()
+        entry.name, entry.datatype = input_name, datatype
+        entry.shape.extend(tensor.shape)
+        request.outputs.add().name = output_name
+        # BYTES elements go as Triton's raw form: each one's 4-byte little-endian length, then it.
+        raw = serialize_byte_tensor(tensor).item() if datatype == "BYTES" else tensor.tobytes()
+        request.raw_input_contents.append(raw)
+        return request.SerializeToString(), None
+    if protocol == "http":
+        import tritonclient.http as httpclient
+
+        entry = httpclient.InferInput(input_name, list(tensor.shape), datatype)
+        entry.set_data_from_numpy(tensor, binary_data=True)
+        output = httpclient.InferRequestedOutput(output_name, binary_data=True)
+        body, json_size = httpclient.InferenceServerClient.generate_request_body([entry], outputs=[output])
+        return bytes(body), json_size
+    raise ClientError(f"unknown protocol {protocol!r}; choose http or grpc")
 
 
 def check_logits(request: PreparedRequest, logits: np.ndarray | None) -> None:
@@ -131,12 +176,14 @@ class GrpcSender:
         # No serializers: the body is already the serialised protobuf, the answer stays bytes.
         self._call = self._channel.unary_unary(MODEL_INFER_METHOD)
         self._metadata = request.endpoint.grpc_metadata or None
+        self._bodies = itertools.cycle(request.bodies)
 
     def send(self) -> RequestTimes:
         request = self._request
+        body = next(self._bodies)
         began = time.perf_counter_ns()
         try:
-            answer = self._call(request.body, timeout=request.timeout_s, metadata=self._metadata)
+            answer = self._call(body, timeout=request.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise ClientError(f"inference on {request.model!r} failed: {grpc_reason(exc)}") from None
         answered = time.perf_counter_ns()
@@ -169,18 +216,19 @@ class HttpSender:
         self._request = request
         self._connection = request.endpoint.http_connection(timeout_s=request.timeout_s)
         self._path = f"/v2/models/{request.model}/infer"
-        self._headers = {
-            **request.endpoint.http_headers,
-            "Content-Type": "application/octet-stream",
-            "Inference-Header-Content-Length": str(request.json_size),
-        }
+        headers = {**request.endpoint.http_headers, "Content-Type": "application/octet-stream"}
+        self._requests = itertools.cycle([
+            (body, {**headers, "Inference-Header-Content-Length": str(json_size)})
+            for body, json_size in zip(request.bodies, request.json_sizes or (), strict=True)
+        ])
         self._parse = httpclient.InferenceServerClient.parse_response_body
 
     def send(self) -> RequestTimes:
         request = self._request
+        body, headers = next(self._requests)
         began = time.perf_counter_ns()
         try:
-            self._connection.request("POST", self._path, request.body, self._headers)
+            self._connection.request("POST", self._path, body, headers)
             sent = time.perf_counter_ns()
             response = self._connection.getresponse()
             answer = response.read()

@@ -7,15 +7,20 @@ from __future__ import annotations
 import csv
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from resnet_serve.files import replacing_atomically
+
+if TYPE_CHECKING:
+    from resnet_serve.client.inference import ModelStatistics
 
 __all__ = [
     "PERF_ANALYZER_COLUMNS",
     "REQUEST_RATE_COLUMN",
+    "SERVER_PARTS",
     "BenchmarkResult",
     "ConcurrencyResult",
+    "StepResult",
 ]
 
 # perf_analyzer's CSV header after its first column ("Concurrency", or "Request Rate" in
@@ -36,6 +41,37 @@ PERF_ANALYZER_COLUMNS = (
     "p99 latency",
 )
 REQUEST_RATE_COLUMN = "Request Rate"
+# Triton's statistics of where a request's server time goes.
+SERVER_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step of an ensemble (e.g. the image pipeline's preprocessing, then the classifier) over
+    a level's measurement, from Triton's statistics of that model: microseconds per request it
+    executed, and how many requests it executed in how many batches (its dynamic batching)."""
+
+    model: str
+    requests: int
+    executions: int
+    queue_us: float
+    compute_input_us: float
+    compute_infer_us: float
+    compute_output_us: float
+
+    @property
+    def compute_us(self) -> float:
+        return self.compute_input_us + self.compute_infer_us + self.compute_output_us
+
+    @classmethod
+    def split(cls, delta: ModelStatistics) -> list[StepResult]:
+        """An ensemble's steps over a span (``delta``: the difference of two statistics)."""
+        return [
+            cls(model=name, requests=stats.success_count, executions=stats.execution_count,
+                **{f"{part}_us": getattr(stats, f"{part}_ns") / max(stats.success_count, 1) / 1000
+                   for part in SERVER_PARTS})
+            for name, stats in delta.steps
+        ]
 
 
 @dataclass(frozen=True)
@@ -45,6 +81,10 @@ class ConcurrencyResult:
 
     In request-rate mode ``request_rate`` is the rate asked for, ``requests_per_second`` the rate
     achieved, and ``concurrency`` the bound on requests in flight.
+
+    For an ensemble the server figures are Triton's for the ensemble itself, as perf_analyzer
+    reports them (its own queue, which is near zero, and its steps' compute added up), and
+    ``steps`` splits the time between its models, each step's queue included.
     """
 
     concurrency: int
@@ -71,6 +111,7 @@ class ConcurrencyResult:
     windows: int = 1
     # With retries only (None otherwise): the level's tries that failed and were tried again.
     retried_requests: int | None = None
+    steps: list[StepResult] | None = None
 
     @property
     def server_us(self) -> float:
@@ -128,8 +169,17 @@ class BenchmarkResult:
     @classmethod
     def from_dict(cls, data: dict) -> BenchmarkResult:
         """Read a result written by any version: unknown keys are ignored, missing ones default."""
-        row_keys = {f.name for f in fields(ConcurrencyResult)}
-        rows = [ConcurrencyResult(**{k: v for k, v in row.items() if k in row_keys}) for row in data["results"]]
+        row_keys = {f.name for f in fields(ConcurrencyResult)} - {"steps"}
+        step_keys = {f.name for f in fields(StepResult)}
+        rows = [
+            ConcurrencyResult(
+                **{k: v for k, v in row.items() if k in row_keys},
+                steps=None if row.get("steps") is None else [
+                    StepResult(**{k: v for k, v in step.items() if k in step_keys}) for step in row["steps"]
+                ],
+            )
+            for row in data["results"]
+        ]
         keys = {f.name for f in fields(cls)} - {"results"}
         return cls(**{k: v for k, v in data.items() if k in keys}, results=rows)
 

@@ -4,11 +4,15 @@ and ``ServingOptions``, the one serving-settings object that `export`, the repos
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from resnet_serve.errors import RepositoryError
 from resnet_serve.triton.config import ExecutionAccelerator, VersionPolicy
+
+if TYPE_CHECKING:
+    from resnet_serve.preprocessing import Preprocessing
 
 __all__ = [
     "GPU_ACCELERATORS",
@@ -171,6 +175,11 @@ class ServingOptions:
         warmup_images: real test images written as Triton warm-up requests (0 for none).
         image_pipeline: also write ``<name>-preprocess`` and the ensemble ``<name>-image``,
             which take encoded JPEG/PNG bytes.
+        exact_decode: serve preprocessing that decodes every pixel of an encoded file and
+            resizes it exactly as torchvision's evaluation transform does, instead of decoding
+            large JPEGs at a reduced scale (``Preprocessing.exact_decode``); the image pipeline
+            and the clients that read the served config both follow it. Only switches it on:
+            an entry whose preprocessing already decodes exactly keeps doing so.
 
     Raises:
         RepositoryError: a value out of range, or a setting its target does not take.
@@ -192,6 +201,7 @@ class ServingOptions:
     gpu_accelerator: GpuAccelerator | None = None
     warmup_images: int = 4
     image_pipeline: bool = True
+    exact_decode: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "preferred_batch_sizes", tuple(int(s) for s in self.preferred_batch_sizes))
@@ -237,3 +247,7 @@ class ServingOptions:
     @property
     def triton_instance_kind(self) -> str | None:
         return TRITON_INSTANCE_KINDS[self.instance_kind]
+
+    def served_preprocessing(self, preprocessing: Preprocessing) -> Preprocessing:
+        """``preprocessing`` as the entry serves it (``exact_decode`` switched on when asked for)."""
+        return dataclasses.replace(preprocessing, exact_decode=True) if self.exact_decode else preprocessing

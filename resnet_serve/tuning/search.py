@@ -21,18 +21,26 @@ One run:
    by the bench engine: a closed loop over gRPC, windows until perf_analyzer's stability rule
    holds. A candidate that fails to load or does not settle is recorded with why; the search
    goes on.
+   With ``images`` (``tune NAME --images DIR``), the entry's image pipeline is searched with
+   it: each candidate is written with its ``-preprocess`` step and the ``-image`` ensemble, the
+   three served together, and measured by the bench engine's ``--images`` machinery: requests of
+   the folder's encoded files sent to the ensemble, as users send them, so decoding costs what
+   the files make it cost and the two steps compete for the cores as they will when served. The
+   rows keep Triton's statistics of each step (``ConcurrencyResult.steps``).
 4. **Choice.** Among everything measured (baseline included) the fastest within the p99
    budget wins; the Pareto front (throughput against p99) is reported beside it.
 5. **Writing.** Unless the winner is the baseline, it becomes the entry's next version: the
-   chosen runtime's model file and a config with the chosen settings.
+   chosen runtime's model file and a config with the chosen settings; with ``images``, its
+   ``-preprocess`` and ``-image`` entries are rewritten with the chosen step settings too.
 
 Versions and the config: Triton's config belongs to the model, not to a version, so the tuned
 settings cannot be given to the new version alone; they apply to the entry; the entry's image
 pipeline (``-preprocess``, ``-image``) is rewritten to its new batch limit. The config names
 ``version_policy: latest 1``, so the tuned version is the one served, and the earlier versions
-stay on disk untouched. All of them hold a ``model.onnx``, which both targets read, so any
-earlier version can be served again under the tuned config (a ``specific`` version policy): a
-rollback of the model that needs no other change. The settings it replaced, and the figures
+stay on disk untouched (without ``images`` the ``-preprocess`` step keeps its instances and
+delay). All of them hold a ``model.onnx``, which both targets read, so any earlier version can
+be served again under the tuned config (a ``specific`` version policy): a rollback of the model
+that needs no other change. The settings it replaced, and the figures
 measured, and where they were measured (this machine's CPU), are kept in the config's
 ``tuning`` parameter. The instance kind stays the entry's own (a GPU deployment stays on its
 GPU; OpenVINO runs on the CPU only) unless ``instance_kind`` names another.
@@ -54,7 +62,7 @@ from typing import Any, Literal
 
 import onnx
 
-from resnet_serve.client.bench import benchmark_served_model
+from resnet_serve.client.bench import benchmark_served_model, read_image_files
 from resnet_serve.client.results import ConcurrencyResult
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
 from resnet_serve.errors import (
@@ -77,7 +85,7 @@ from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.runtimes import OnnxRuntime, OpenVinoRuntime, compare_runtimes
 from resnet_serve.selection import ImageSelection, calibration_images, verification_images
-from resnet_serve.triton.config import VersionPolicy
+from resnet_serve.triton.config import ModelConfig, VersionPolicy
 from resnet_serve.triton.repository import (
     PREPROCESSING_PARAMETER,
     TARGET_PARAMETER,
@@ -99,7 +107,7 @@ from resnet_serve.triton.serving import (
     ServingOptions,
 )
 from resnet_serve.tuning.pareto import best_within, pareto_front, rank
-from resnet_serve.tuning.space import SETTINGS, TUNED_RUNTIMES, Candidate, SearchSpace
+from resnet_serve.tuning.space import PREPROCESS_SETTINGS, SETTINGS, TUNED_RUNTIMES, Candidate, SearchSpace
 
 __all__ = [
     "TUNING_PARAMETER",
@@ -148,6 +156,10 @@ class TuneOptions:
             KIND_CPU for an OpenVINO winner, the only kind that backend runs). Candidates are
             measured on this machine's CPU whatever it is.
         cores: the CPU cores instances × threads may use (None: those this process may run on).
+        images: a folder of encoded image files: search the entry's image pipeline with it and
+            measure every candidate by sending these files to ``<name>-image``
+            (``concurrency`` requests of ``batch_size`` files); None measures the classifier
+            with float tensors.
 
     Raises:
         TuningError: a value out of range.
@@ -168,6 +180,7 @@ class TuneOptions:
     write: bool = True
     instance_kind: InstanceKind | None = None
     cores: int | None = None
+    images: Path | None = None
     # What an OpenVINO runtime must keep of onnxruntime FP32: the top-1 class.
     agreement_tolerance: Tolerance = field(init=False)
 
@@ -284,21 +297,37 @@ def tune_model_entry(
     cores = options.cores or len(os.sched_getaffinity(0))
     entry = read_model_entry(repository=repository, name=name)
     target = entry_target(entry.config)
+    classifier = name.rpartition("-")[0]
+    if target in ("ensemble", "python") and classifier and name in image_pipeline_names(classifier):
+        raise TuningError(
+            f"{name!r} is a step of {classifier!r}'s image pipeline: `tune {classifier} --images DIR` searches the "
+            "classifier and the pipeline together, measured with your image files"
+        )
     if target not in _TUNABLE_TARGETS:
         raise TuningError(
             f"model {name!r} is served by {target}; tune searches entries of the "
             f"{' and '.join(_TUNABLE_TARGETS)} targets"
         )
     source = _fp32_source(repository, entry)
-    largest = max(options.space.max_batch_sizes)
-    if options.batch_size > largest:
-        raise TuningError(
-            f"no configuration of the search space takes requests of {options.batch_size} images: the largest "
-            f"max_batch_size searched is {largest} (--max-batch-sizes)"
-        )
+    pipeline = _image_pipeline(repository, name) if options.images is not None else None
+    limits = [("--max-batch-sizes", options.space.max_batch_sizes)]
+    if pipeline is not None:
+        limits.append(("--preprocess-max-batch-sizes", options.space.preprocess_max_batch_sizes))
+    for option, values in limits:
+        if options.batch_size > max(values):
+            raise TuningError(
+                f"no configuration of the search space takes requests of {options.batch_size} images: the largest "
+                f"max_batch_size searched is {max(values)} ({option})"
+            )
+    if pipeline is not None:
+        # Read and checked before anything is measured, as bench --images does each time.
+        reporter.message(f"{len(read_image_files(options.images))} image files in {options.images} to send to "
+                         f"{pipeline[1].name}")
     if options.write:
-        _check_can_write(repository, name)
-    grid, pruned = ([], {}) if options.quick else options.space.grid(batch_size=options.batch_size, cores=cores)
+        for written in (name, *(image_pipeline_names(name) if pipeline is not None else ())):
+            _check_can_write(repository, written)
+    grid, pruned = ([], {}) if options.quick else options.space.grid(
+        batch_size=options.batch_size, cores=cores, image_pipeline=pipeline is not None)
     if len(grid) > options.max_candidates:
         raise TuningError(
             f"the search space has {len(grid)} candidates after pruning, more than the {options.max_candidates} "
@@ -314,8 +343,9 @@ def tune_model_entry(
         files, checks = _prepare_runtimes(
             source.model_path, options=options, preprocessing=preprocessing, scratch=scratch, reporter=reporter
         )
-        measurer = _Measurer(entry=entry, preprocessing=preprocessing, files=files, options=options,
-                             scratch=scratch, reporter=reporter)
+        measurer = _Measurer(entry=entry, preprocess=None if pipeline is None else pipeline[0],
+                             preprocessing=preprocessing, files=files, options=options, scratch=scratch,
+                             reporter=reporter)
         baseline = measurer.measure_current(repository)
         if options.quick:
             measurements, pruned, complete = quick_search(
@@ -376,16 +406,17 @@ def quick_search(
     batch_size: int,
     cores: int,
 ) -> tuple[list[Measurement], dict[str, int], bool]:
-    """Coordinate search: for each of ``SETTINGS`` in turn, measure the candidates that differ
-    from the best configuration so far in that setting only, then move to the best (by
-    ``pareto.rank``). Runtimes not in ``searched`` are skipped. Returns the measurements, how
+    """Coordinate search: for each of ``SETTINGS`` in turn (then ``PREPROCESS_SETTINGS`` where
+    ``start`` has the image pipeline's), measure the candidates that differ from the best
+    configuration so far in that setting only, then move to the best (by ``pareto.rank``).
+    Runtimes not in ``searched`` are skipped. Returns the measurements, how
     many candidates each pruning rule left out, and whether the walk finished within
     ``max_candidates``."""
     seen: dict[Candidate, Measurement] = {start.candidate: start}
     measurements: list[Measurement] = []
     pruned: Counter[str] = Counter()
     best = start
-    for setting in SETTINGS:
+    for setting in SETTINGS + (PREPROCESS_SETTINGS if start.candidate.searches_pipeline else ()):
         candidates, left_out = space.neighbours(best.candidate, setting, batch_size=batch_size, cores=cores)
         pruned.update(left_out)
         for candidate in candidates:
@@ -423,8 +454,22 @@ def _fp32_source(repository: Path, entry: ModelEntry) -> ModelEntry:
     )
 
 
-def _current_candidate(entry: ModelEntry) -> Candidate:
-    """The entry's current settings as a candidate (its first preferred batch size only)."""
+def _image_pipeline(repository: Path, name: str) -> tuple[ModelEntry, ModelEntry]:
+    """The ``-preprocess`` and ``-image`` entries beside the classifier ``name``."""
+    preprocess, image = image_pipeline_names(name)
+    try:
+        return (read_model_entry(repository=repository, name=preprocess),
+                read_model_entry(repository=repository, name=image))
+    except RepositoryError as error:
+        raise TuningError(
+            f"model {name!r} has no image pipeline to send files to ({error}): export it with --image-pipeline, or "
+            "tune without --images"
+        ) from None
+
+
+def _current_candidate(entry: ModelEntry, preprocess: ModelEntry | None = None) -> Candidate:
+    """The entry's current settings as a candidate (its first preferred batch size only), with
+    its ``-preprocess`` step's where that is searched too."""
     config = entry.config
     runtime = entry_target(config)
     if runtime == OPENVINO.name and entry.model_path is not None and _model_precision(entry.model_path) == "int8":
@@ -432,14 +477,25 @@ def _current_candidate(entry: ModelEntry) -> Candidate:
     batching = config.dynamic_batching
     preferred = batching.preferred_batch_size[0] if batching and batching.preferred_batch_size else 0
     threads = config.parameters.get(SERVING_TARGETS[entry_target(config)].threads_parameter)
+    step = {}
+    if preprocess is not None:
+        step_batching = preprocess.config.dynamic_batching
+        step = {"preprocess_instances": _instances(preprocess.config),
+                "preprocess_max_batch_size": preprocess.config.max_batch_size,
+                "preprocess_max_queue_delay_us": step_batching.max_queue_delay_microseconds if step_batching else 0}
     return Candidate(
         runtime=runtime,
         max_batch_size=config.max_batch_size,
         preferred_batch_size=preferred,
         max_queue_delay_us=batching.max_queue_delay_microseconds if batching else 0,
-        instances=sum(group.count for group in config.instance_groups) or 1,
+        instances=_instances(config),
         threads=int(threads) if threads and threads.isdigit() else None,
+        **step,
     )
+
+
+def _instances(config: ModelConfig) -> int:
+    return sum(group.count for group in config.instance_groups) or 1
 
 
 def _prepare_runtimes(
@@ -490,10 +546,11 @@ class _Measurer:
     chosen one with the very arguments its candidate was measured with."""
 
     def __init__(
-        self, *, entry: ModelEntry, preprocessing: Preprocessing, files: dict[str, Path], options: TuneOptions,
-        scratch: Path, reporter: Reporter,
+        self, *, entry: ModelEntry, preprocess: ModelEntry | None, preprocessing: Preprocessing,
+        files: dict[str, Path], options: TuneOptions, scratch: Path, reporter: Reporter,
     ) -> None:
         self.entry = entry
+        self.preprocess = preprocess
         self.preprocessing = preprocessing
         self.files = files
         self.options = options
@@ -524,7 +581,7 @@ class _Measurer:
 
     def measure_current(self, repository: Path) -> Measurement:
         """The entry as the user's repository serves it now: the baseline."""
-        candidate = _current_candidate(self.entry)
+        candidate = _current_candidate(self.entry, self.preprocess)
         return self._report(self._serve(BASELINE_LABEL, candidate, repository, time.perf_counter()))
 
     def measure(self, candidate: Candidate) -> Measurement:
@@ -536,6 +593,8 @@ class _Measurer:
         try:
             write_model_entry(repository=repository, name=self.entry.name, classifier=self.classifier(candidate),
                               settings=self.settings(candidate), warmup_images=self.warmup_images)
+            if candidate.searches_pipeline:
+                self._write_image_pipeline(repository, candidate)
             return self._report(self._serve(label, candidate, repository, began))
         except RepositoryError as error:
             return self._report(Measurement(label, candidate, "failed", reason=str(error)))
@@ -545,17 +604,20 @@ class _Measurer:
     def _serve(self, label: str, candidate: Candidate, repository: Path, began: float) -> Measurement:
         options = self.options
         http, grpc, metrics = find_free_ports(3)
+        # With files, the ensemble is what is measured, and it needs both its steps loaded.
+        pipeline = image_pipeline_names(self.entry.name) if options.images is not None else ()
         try:
             # Nothing is in flight when the measurement ends, so the server need not wait to stop.
             with TritonServer(
                 repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                model_control="explicit", load_models=(self.entry.name,), exit_timeout_s=0,
+                model_control="explicit", load_models=(self.entry.name, *pipeline), exit_timeout_s=0,
                 log_file=self.scratch / f"{label}.log",
             ) as server:
                 run = benchmark_served_model(
-                    model=self.entry.name, protocol="grpc", url=server.urls.grpc, batch_size=options.batch_size,
-                    concurrency=(options.concurrency,), warmup_seconds=options.warmup_seconds,
-                    measurement_seconds=options.measurement_seconds, stability=options.stability,
+                    model=pipeline[-1] if pipeline else self.entry.name, protocol="grpc", url=server.urls.grpc,
+                    batch_size=options.batch_size, concurrency=(options.concurrency,),
+                    warmup_seconds=options.warmup_seconds, measurement_seconds=options.measurement_seconds,
+                    stability=options.stability, images=options.images,
                 )
         except UnstableMeasurementError as error:
             return Measurement(label, candidate, "unstable", reason=str(error), seconds=time.perf_counter() - began)
@@ -583,6 +645,8 @@ class _Measurer:
             "measured_on": "CPU, through the embedded Triton server (python-backend proxies of the official backends)",
             "concurrency": self.options.concurrency,
             "batch_size": self.options.batch_size,
+            # What each request carried: float tensors to the classifier, or the user's files to its ensemble.
+            "images": None if self.options.images is None else str(self.options.images),
             "p99_budget_ms": self.options.p99_budget_ms,
             "computes_in": computes_in,
             "inferences_per_second": round(chosen.point[0], 2),
@@ -603,7 +667,10 @@ class _Measurer:
             repository=repository, name=self.entry.name, settings=settings, warmup_images=self.warmup_images,
             classifier=self.classifier(chosen.candidate, **{TUNING_PARAMETER: json.dumps(record, sort_keys=True)}),
         )
-        self._rewrite_image_pipeline(repository)
+        if chosen.candidate.searches_pipeline:
+            self._write_image_pipeline(repository, chosen.candidate)
+        else:
+            self._rewrite_image_pipeline(repository)
         return written
 
     def _written_instance_kind(self, measured: ServingOptions) -> InstanceKind:
@@ -617,16 +684,25 @@ class _Measurer:
         return next(name for name, triton in TRITON_INSTANCE_KINDS.items() if triton == kind or
                     (triton is None and kind == "KIND_AUTO"))
 
+    def _write_image_pipeline(self, repository: Path, candidate: Candidate) -> None:
+        """``-preprocess`` and ``-image`` with the candidate's step settings (the ensemble takes
+        the smaller of its steps' batch limits: see ``write_image_pipeline``)."""
+        write_image_pipeline(
+            repository=repository, classifier=self.entry.name, instances=candidate.preprocess_instances,
+            max_batch_size=candidate.preprocess_max_batch_size,
+            max_queue_delay_us=candidate.preprocess_max_queue_delay_us,
+        )
+
     def _rewrite_image_pipeline(self, repository: Path) -> None:
-        """``-preprocess`` and ``-image`` follow the classifier's new batch limit: core refuses
-        an ensemble whose batching steps allow less than it does (ensemble_utils.cc:288-302)."""
+        """Without ``images``, ``-preprocess`` keeps its instances and delay and ``-image``
+        follows the classifier's new batch limit: core refuses an ensemble whose batching steps
+        allow less than it does (ensemble_utils.cc:288-302)."""
         preprocess, image = image_pipeline_names(self.entry.name)
         if not (repository / preprocess).is_dir() or not (repository / image).is_dir():
             return
         current = read_model_entry(repository=repository, name=preprocess).config
         batching = current.dynamic_batching
         write_image_pipeline(
-            repository=repository, classifier=self.entry.name,
-            instances=sum(group.count for group in current.instance_groups) or 1,
+            repository=repository, classifier=self.entry.name, instances=_instances(current),
             max_queue_delay_us=batching.max_queue_delay_microseconds if batching else 0,
         )

@@ -2,16 +2,25 @@
 
 A candidate is one serving configuration of an entry: the runtime that runs its model file,
 Triton's `max_batch_size`, one preferred batch size (or none), the dynamic batcher's queue
-delay, the instance count and each instance's intra-op threads. The space is a few explicit
-value lists per setting, as in Model Analyzer's brute search; its grid is their product, less
-the combinations that cannot load or cannot differ, each left out with its reason counted:
+delay, the instance count and each instance's intra-op threads. When the image pipeline is
+searched with it (`tune --images`), a candidate also holds the `-preprocess` step's instances,
+`max_batch_size` and queue delay: the two steps share the cores, and what one of them is given
+the other lacks, so they are searched together rather than one after the other. The space is a
+few explicit value lists per setting, as in Model Analyzer's brute search; its grid is their
+product, less the combinations that cannot load or cannot differ, each left out with its reason
+counted:
 
 - instances × threads above the CPU cores: the instances run side by side, so more threads
   than cores only make them preempt each other (oversubscription);
-- a `max_batch_size` below the request's batch: the server would refuse every request;
+- a `max_batch_size` below the request's batch: the server would refuse every request (for
+  the preprocessing step too: the ensemble takes at most the smaller of its steps' limits);
 - a preferred batch size above `max_batch_size`: Triton refuses the config;
 - `max_batch_size` 1: nothing is ever batched, so the queue delay and preferred sizes cannot
-  change anything; one candidate stays (no preferred size, the smallest delay).
+  change anything; one candidate stays (no preferred size, the smallest delay); the same for
+  the preprocessing step's queue delay;
+- more preprocessing instances than cores: each decodes on one core, so more only preempt each
+  other (the classifier's instances are not counted against them: the two steps of one request
+  run one after the other, and a core idle in one is busy in the other).
 
 Every candidate is one the official backend accepts: an OpenVINO candidate with
 `max_batch_size` above 1 gets `ENABLE_BATCH_PADDING`, without which the backend fails every
@@ -32,6 +41,7 @@ from resnet_serve.errors import TuningError
 from resnet_serve.triton.serving import ONNXRUNTIME, OPENVINO, ServingTarget
 
 __all__ = [
+    "PREPROCESS_SETTINGS",
     "SETTINGS",
     "TUNED_RUNTIMES",
     "Candidate",
@@ -60,14 +70,18 @@ TUNED_RUNTIMES: dict[str, TunedRuntime] = {
 }
 
 # The settings quick mode varies, one after the other; instances and threads move together
-# because their product is what the cores bound.
+# because their product is what the cores bound. The preprocessing step's come after the
+# classifier's, when the image pipeline is searched.
 SETTINGS = ("runtime", "instances_threads", "max_batch_size", "max_queue_delay_us", "preferred_batch_size")
+PREPROCESS_SETTINGS = ("preprocess_instances", "preprocess_max_batch_size", "preprocess_max_queue_delay_us")
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One serving configuration. ``preferred_batch_size`` 0 is none; ``threads`` None is the
-    backend's own default (only an entry's current configuration has it)."""
+    backend's own default (only an entry's current configuration has it). The ``preprocess_``
+    settings are the image pipeline's `-preprocess` step's, None where the pipeline is not
+    searched."""
 
     runtime: str
     max_batch_size: int
@@ -75,6 +89,13 @@ class Candidate:
     max_queue_delay_us: int
     instances: int
     threads: int | None
+    preprocess_instances: int | None = None
+    preprocess_max_batch_size: int | None = None
+    preprocess_max_queue_delay_us: int | None = None
+
+    @property
+    def searches_pipeline(self) -> bool:
+        return self.preprocess_instances is not None
 
     @property
     def batch_padding(self) -> bool:
@@ -86,8 +107,11 @@ class Candidate:
         preferred = self.preferred_batch_size or "–"
         threads = "default" if self.threads is None else self.threads
         padded = ", every batch padded to it" if self.batch_padding else ""
+        pipeline = (f"; preprocess: {self.preprocess_instances} instance(s), max batch "
+                    f"{self.preprocess_max_batch_size}, delay {self.preprocess_max_queue_delay_us} µs"
+                    if self.searches_pipeline else "")
         return (f"{self.runtime}, max batch {self.max_batch_size}{padded}, preferred {preferred}, "
-                f"delay {self.max_queue_delay_us} µs, {self.instances} instance(s) × {threads} thread(s)")
+                f"delay {self.max_queue_delay_us} µs, {self.instances} instance(s) × {threads} thread(s){pipeline}")
 
 
 def _values(name: str, values: tuple[int, ...], *, least: int) -> tuple[int, ...]:
@@ -102,7 +126,8 @@ def _values(name: str, values: tuple[int, ...], *, least: int) -> tuple[int, ...
 class SearchSpace:
     """The values the search tries for each setting (defaults sized for a 2-core CPU).
 
-    ``preferred_batch_sizes`` lists single preferred sizes, 0 meaning none.
+    ``preferred_batch_sizes`` lists single preferred sizes, 0 meaning none. The ``preprocess_``
+    lists are the image pipeline's `-preprocess` step's, searched only with ``image_pipeline``.
 
     Raises:
         TuningError: an empty list, an unknown runtime or a value out of range.
@@ -114,6 +139,11 @@ class SearchSpace:
     max_queue_delays_us: tuple[int, ...] = (100, 2000)
     instances: tuple[int, ...] = (1, 2)
     threads: tuple[int, ...] = (1, 2)
+    preprocess_instances: tuple[int, ...] = (1, 2)
+    # 1: each file of a request is decoded by whichever instance is free, never queued behind
+    # another request's files on a busy one; 64: one execution decodes all that waited.
+    preprocess_max_batch_sizes: tuple[int, ...] = (1, 64)
+    preprocess_max_queue_delays_us: tuple[int, ...] = (100,)
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.runtimes if name not in TUNED_RUNTIMES]
@@ -121,34 +151,44 @@ class SearchSpace:
             raise TuningError(f"unknown runtimes {unknown}; choose from {', '.join(TUNED_RUNTIMES)}")
         object.__setattr__(self, "runtimes", tuple(dict.fromkeys(self.runtimes)))
         for name, least in (("max_batch_sizes", 1), ("preferred_batch_sizes", 0), ("max_queue_delays_us", 0),
-                            ("instances", 1), ("threads", 1)):
+                            ("instances", 1), ("threads", 1), ("preprocess_instances", 1),
+                            ("preprocess_max_batch_sizes", 1), ("preprocess_max_queue_delays_us", 0)):
             object.__setattr__(self, name, _values(name, tuple(getattr(self, name)), least=least))
 
     def values(self, setting: str) -> tuple:
-        """The values of one of ``SETTINGS``; (instances, threads) pairs for instances_threads."""
+        """The values of one of ``SETTINGS`` or ``PREPROCESS_SETTINGS``; (instances, threads)
+        pairs for instances_threads."""
         if setting == "instances_threads":
             return tuple(itertools.product(self.instances, self.threads))
         plural = {"runtime": "runtimes", "max_batch_size": "max_batch_sizes",
-                  "max_queue_delay_us": "max_queue_delays_us", "preferred_batch_size": "preferred_batch_sizes"}
+                  "max_queue_delay_us": "max_queue_delays_us", "preferred_batch_size": "preferred_batch_sizes",
+                  "preprocess_instances": "preprocess_instances",
+                  "preprocess_max_batch_size": "preprocess_max_batch_sizes",
+                  "preprocess_max_queue_delay_us": "preprocess_max_queue_delays_us"}
         return getattr(self, plural[setting])
 
-    def grid(self, *, batch_size: int, cores: int) -> tuple[list[Candidate], dict[str, int]]:
-        """Every candidate of the space in a stable order, and how many combinations each
-        pruning rule left out (see the module docstring)."""
+    def grid(
+        self, *, batch_size: int, cores: int, image_pipeline: bool = False
+    ) -> tuple[list[Candidate], dict[str, int]]:
+        """Every candidate of the space in a stable order (with the preprocessing step's
+        settings when ``image_pipeline``), and how many combinations each pruning rule left out
+        (see the module docstring)."""
         pruned: Counter[str] = Counter()
         kept: dict[Candidate, None] = {}
-        for runtime, max_batch, preferred, delay, (instances, threads) in itertools.product(
+        steps = itertools.product(self.preprocess_instances, self.preprocess_max_batch_sizes,
+                                  self.preprocess_max_queue_delays_us) if image_pipeline else [(None, None, None)]
+        for runtime, max_batch, preferred, delay, (instances, threads), step in itertools.product(
             self.runtimes, self.max_batch_sizes, self.preferred_batch_sizes, self.max_queue_delays_us,
-            self.values("instances_threads"),
+            self.values("instances_threads"), list(steps),
         ):
-            candidate = Candidate(runtime, max_batch, preferred, delay, instances, threads)
+            candidate = Candidate(runtime, max_batch, preferred, delay, instances, threads, *step)
             reason = prune_reason(candidate, batch_size=batch_size, cores=cores)
             if reason:
                 pruned[reason] += 1
                 continue
             collapsed = collapse_unbatched(candidate, self)
             if collapsed in kept:
-                pruned["max_batch_size 1 batches nothing: queue delay and preferred size cannot matter"] += 1
+                pruned[_UNBATCHED] += 1
                 continue
             kept[collapsed] = None
         return list(kept), dict(pruned)
@@ -183,12 +223,23 @@ def prune_reason(candidate: Candidate, *, batch_size: int, cores: int) -> str:
         return f"max_batch_size below the request batch of {batch_size}"
     if candidate.preferred_batch_size > candidate.max_batch_size:
         return "preferred batch size above max_batch_size"
+    if candidate.searches_pipeline:
+        if candidate.preprocess_instances > cores:
+            return f"preprocessing instances above the {cores} cores (oversubscribed)"
+        if candidate.preprocess_max_batch_size < batch_size:
+            return f"preprocessing max_batch_size below the request batch of {batch_size}"
     return ""
+
+
+_UNBATCHED = "max_batch_size 1 batches nothing: queue delay and preferred size cannot matter"
 
 
 def collapse_unbatched(candidate: Candidate, space: SearchSpace) -> Candidate:
     """With max_batch_size 1 nothing is batched: the one representative of all such delays
-    and preferred sizes (no preferred size, the space's smallest delay)."""
-    if candidate.max_batch_size != 1:
-        return candidate
-    return replace(candidate, preferred_batch_size=0, max_queue_delay_us=space.max_queue_delays_us[0])
+    and preferred sizes (no preferred size, the space's smallest delay); the same for the
+    preprocessing step's delay."""
+    if candidate.max_batch_size == 1:
+        candidate = replace(candidate, preferred_batch_size=0, max_queue_delay_us=space.max_queue_delays_us[0])
+    if candidate.preprocess_max_batch_size == 1:
+        candidate = replace(candidate, preprocess_max_queue_delay_us=space.preprocess_max_queue_delays_us[0])
+    return candidate

@@ -321,3 +321,44 @@ def test_a_generic_triton_ensemble_client_sends_a_batch_of_files(server: TritonS
         assert results.shape == (batch_size, 2)
         assert [parse(row[0])[1] for row in results] == expected
         assert all(parse(entry)[2] in PHOTO_CLASSES for row in results for entry in row)
+
+
+@pytest.mark.parametrize("engine", ["resnet-serve", "perf_analyzer"])
+def test_bench_sends_the_folders_files_and_splits_the_time_between_the_steps(
+    server: TritonServer, client: grpcclient.InferenceServerClient, photos: list[Path], tmp_path: Path, engine: str
+) -> None:
+    def served(model: str) -> int:
+        return int(client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_count"])
+
+    before = served("photo-preprocess")
+    report = tmp_path / "bench.json"
+    # Short windows and a loose rule: this checks what is measured, not how steady 2 shared cores are.
+    result = CliRunner().invoke(app, [
+        "bench", "--url", server.urls.grpc, "--model", "photo", "--images", str(photos[0].parent), "--engine", engine,
+        "--concurrency", "2", "--batch-size", "3", "--warmup", "0.2", "--measurement-interval", "300",
+        "--stability-percentage", "1000", "--json", str(report),
+    ])
+
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(report.read_text())["results"]
+    assert json.loads(report.read_text())["model"] == "photo-image" and row["requests"] > 0
+    assert [step["model"] for step in row["steps"]] == ["photo-preprocess", "photo"]
+    for step in row["steps"]:
+        # Every request of the ensemble ran each step once, in batches of one or more requests.
+        assert step["requests"] >= step["executions"] > 0 and step["compute_infer_us"] > 0
+    # Three files per request: the steps count images, and decoding JPEGs costs more than a 32² conv.
+    assert served("photo-preprocess") - before >= 3 * row["requests"]
+    assert row["steps"][0]["compute_infer_us"] > row["steps"][1]["compute_infer_us"]
+    assert "photo-preprocess: queue" in result.output
+
+
+def test_bench_refuses_an_image_ensemble_without_files_and_a_folder_without_images(
+    server: TritonServer, tmp_path: Path
+) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    for arguments, reason in ((["--model", "photo-image"], "takes encoded image files, not float images"),
+                              (["--model", "photo", "--images", str(tmp_path)], "notes.txt: not a readable image"),
+                              (["--model", "photo", "--images", str(tmp_path / "absent")], "not a folder of image")):
+        result = CliRunner().invoke(app, ["bench", "--url", server.urls.grpc, *arguments])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1 and reason in result.output, result.output

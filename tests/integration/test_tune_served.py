@@ -1,6 +1,7 @@
-"""A short `resnet-serve tune` run on the real embedded tritonserver: the session's trained
+"""Short `resnet-serve tune` runs on the real embedded tritonserver: the session's trained
 ResNet-20 exported with a slow batcher as the baseline, onnxruntime and OpenVINO INT8
-candidates measured by the bench engine, the winner written as version 2 and served."""
+candidates measured by the bench engine, the winner written as version 2 and served; and the
+tiny classifier tuned with its image pipeline, measured with JPEG files."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from resnet_serve.client.inference import InferenceClient
 from resnet_serve.runtimes import OnnxRuntime
 from resnet_serve.triton.config import VersionPolicy
 from resnet_serve.triton.images import find_image
-from resnet_serve.triton.repository import check_repository, read_model_entry
+from resnet_serve.triton.repository import check_repository, read_model_entry, write_image_pipeline
 from resnet_serve.triton.server import TritonServer, find_free_ports
 
 pytestmark = pytest.mark.triton
@@ -132,3 +133,60 @@ def test_when_nothing_settles_tune_says_so_rather_than_blaming_the_budget(tmp_pa
     assert result.exit_code == 1 and "Traceback" not in output
     assert "no configuration could be measured: 2 unstable (each with why, above); nothing written" in output
     assert "no configuration met p99" not in output
+
+
+def test_tune_with_image_files_searches_the_pipeline_and_writes_its_three_entries_consistently(
+    tmp_path: Path,
+) -> None:
+    from skimage import data
+
+    export_tiny_classifier(tmp_path / "tiny.onnx")
+    repository = tmp_path / "repo"
+    write_entry(repository=repository, name="tiny", model_file=tmp_path / "tiny.onnx", warmup_images=fashion_mnist(1))
+    # A baseline the search must beat: a -preprocess step that waits 20 ms for files that never come.
+    write_image_pipeline(repository=repository, classifier="tiny", max_queue_delay_us=20000)
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        Image.fromarray(getattr(data, name)()).resize((96, 72)).save(files / f"{name}.jpg", quality=90)
+
+    result = runner.invoke(app, [
+        "tune", "tiny", "--repository", str(repository), "--images", str(files), "--concurrency", "2",
+        "--batch-size", "2", "--runtimes", "onnxruntime", "--max-batch-sizes", "8", "--preferred-batch-sizes", "0",
+        "--queue-delays-us", "100", "--instances", "1", "--threads", "1", "--preprocess-instances", "1",
+        "--preprocess-max-batch-sizes", "2,4", "--preprocess-queue-delays-us", "100", "-o", str(tmp_path / "out"),
+        *QUICK,
+    ])
+
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert f"image files from {files}" in output and "preprocess" in output
+    report = json.loads((tmp_path / "out" / "tune.json").read_text())
+    assert report["options"]["images"] == str(files)
+    measurements = {m["label"]: m for m in report["measurements"]}
+    step_settings = ("preprocess_instances", "preprocess_max_batch_size", "preprocess_max_queue_delay_us")
+    assert [tuple(m["candidate"][key] for key in step_settings) for m in measurements.values()] == [
+        (1, 64, 20000), (1, 2, 100), (1, 4, 100)]
+    for measured in measurements.values():
+        assert measured["status"] == "measured", measured["reason"]
+        row = measured["result"]
+        # Measured with the files through the ensemble: Triton's statistics of both its steps, each having
+        # run the ensemble's requests in batches of one or more.
+        assert [step["model"] for step in row["steps"]] == ["tiny-preprocess", "tiny"]
+        assert all(step["requests"] >= step["executions"] > 0 and step["compute_infer_us"] > 0
+                   for step in row["steps"]), row["steps"]
+    chosen = measurements[report["chosen"]]
+    assert report["chosen"] != "current" and report["written_version"] == 2
+    assert measurements["current"]["result"]["p50_ms"] >= 20 > chosen["result"]["p50_ms"]
+
+    entries = {name: read_model_entry(repository=repository, name=name).config
+               for name in ("tiny", "tiny-preprocess", "tiny-image")}
+    step = entries["tiny-preprocess"]
+    assert (entries["tiny"].max_batch_size, step.max_batch_size, step.instance_groups[0].count,
+            step.dynamic_batching.max_queue_delay_microseconds) == (8, *(chosen["candidate"][key] for key in (
+                "preprocess_max_batch_size", "preprocess_instances", "preprocess_max_queue_delay_us")))
+    # The ensemble takes what both its steps take, and nothing that core or the official images refuse.
+    assert entries["tiny-image"].max_batch_size == min(8, step.max_batch_size)
+    assert [str(p) for p in check_repository(repository=repository, image=find_image("deploy"))
+            if p.severity == "error"] == []
+    assert json.loads(entries["tiny"].parameters["tuning"])["images"] == str(files)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -195,3 +196,33 @@ def test_the_machine_is_named_with_its_cpu_features():
     described = describe_machine()
     cpuinfo = Path("/proc/cpuinfo").read_text()
     assert "CPUs" in described and ("avx2" in described) == (" avx2" in cpuinfo)
+
+
+def test_image_requests_go_round_the_files_and_perf_analyzer_gets_them_length_prefixed(tmp_path):
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    from resnet_serve.client.classify import EncodedImageModel
+    from resnet_serve.client.connection import parse_endpoint
+    from resnet_serve.client.perf_analyzer import write_input_data
+    from resnet_serve.client.prepared import prepare_image_requests
+
+    files = [b"first", b"second file", b"third"]
+    model = EncodedImageModel(name="m-image", input_name="image", output_name="logits", max_batch_size=8, num_classes=4)
+    request = prepare_image_requests(model=model, files=files, batch_size=2, endpoint=parse_endpoint(
+        "localhost:8001", protocol="grpc"))
+    sent = []
+    for body in request.bodies:
+        message = service_pb2.ModelInferRequest.FromString(body)
+        assert message.model_name == "m-image" and list(message.inputs[0].shape) == [2, 1]
+        assert message.inputs[0].datatype == "BYTES"
+        sent.append(list(deserialize_bytes_tensor(message.raw_input_contents[0])))
+    # lcm(3 files, 2 per request) / 2 = 3 requests: every file sent twice, in order.
+    assert sent == [[b"first", b"second file"], [b"third", b"first"], [b"second file", b"third"]]
+    with pytest.raises(ClientError, match="not within 1..8"):
+        prepare_image_requests(model=model, files=files, batch_size=9, endpoint=request.endpoint)
+
+    write_input_data(tmp_path / "input.json", inputs={"image": files})
+    entries = json.loads((tmp_path / "input.json").read_text())["data"]
+    decoded = [base64.b64decode(entry["image"]["b64"]) for entry in entries]
+    assert decoded == [len(f).to_bytes(4, "little") + f for f in files]

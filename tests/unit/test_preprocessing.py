@@ -7,12 +7,13 @@ import ast
 import io
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hostile import decompression_bomb, png_header_only
-from PIL import Image
+from PIL import ExifTags, Image
 
 import resnet_serve.preprocessing as preprocessing_module
 from resnet_serve.datasets import InMemoryDataset
@@ -330,3 +331,86 @@ def test_an_image_too_elongated_to_resize_is_refused_before_resizing() -> None:
     with pytest.raises(DatasetError, match=r"strip.png: 64000×1 resized to a shorter side of 256 would be "
                                            r"16384000×256, more than the 64,000,000 pixels"):
         imagenet_like.prepare_encoded(strip, name="strip.png")
+
+
+# --- The reduced-scale decode (the default) and the exact one ---
+
+IMAGENET = Preprocessing(channels=3, height=224, width=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                         resize=256)
+EXACT = replace(IMAGENET, exact_decode=True)
+
+
+def photo(size: tuple[int, int], orientation: int = 1) -> bytes:
+    """scikit-image's coffee photo resampled to ``size`` as a quality-90 JPEG, with an EXIF orientation."""
+    from skimage import data
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    return encoded(Image.fromarray(data.coffee()).resize(size, Image.Resampling.BILINEAR), "JPEG", quality=90,
+                   exif=exif)
+
+
+def pil_reference(data: bytes, *, scale_target: tuple[int, int], upright: Image.Transpose | None) -> np.ndarray:
+    """What the reduced-scale decode is documented to do, written with Pillow alone: draft to at
+    least REDUCING_GAP × the resize target (stored orientation), resize from the draft's box with
+    the same reducing gap, turn upright, cut the centre 224²."""
+    gap = preprocessing_module.REDUCING_GAP
+    with Image.open(io.BytesIO(data)) as opened:
+        _, box = opened.draft(None, (int(scale_target[0] * gap), int(scale_target[1] * gap)))
+        pil = opened.convert("RGB").resize(scale_target, Image.Resampling.BILINEAR, box=box, reducing_gap=gap)
+    pil = pil if upright is None else pil.transpose(upright)
+    top, left = round((pil.height - 224) / 2), round((pil.width - 224) / 2)
+    return IMAGENET.standardize(np.asarray(pil.crop((left, top, left + 224, top + 224)))[None])[0]
+
+
+def test_the_exact_decode_is_torchvisions_pil_path_and_its_flag_round_trips() -> None:
+    data = photo((1001, 751))
+    # torchvision's eval transform on a PIL image: Resize(256) (PIL bilinear, shorter side, int()
+    # of the longer), CenterCrop(224) (round()), ToTensor and Normalize.
+    pil = Image.open(io.BytesIO(data)).convert("RGB").resize((341, 256), Image.Resampling.BILINEAR)
+    expected = IMAGENET.standardize(np.asarray(pil.crop((58, 16, 282, 240)))[None])[0]
+    np.testing.assert_array_equal(EXACT.prepare_encoded(data), expected)
+    assert EXACT.to_dict()["exact_decode"] is True and "exact_decode" not in IMAGENET.to_dict()
+    assert Preprocessing.from_dict(json.loads(json.dumps(EXACT.to_dict()))) == EXACT
+    with pytest.raises(DatasetError, match="exact_decode must be true or false, got 'yes'"):
+        Preprocessing.from_dict({**IMAGENET.to_dict(), "exact_decode": "yes"})
+
+
+def test_images_too_small_to_reduce_decode_exactly_bit_for_bit() -> None:
+    # 640×480 → 341×256: a 1/2-scale draft would be 320 px, under 2 × 341, and the resize factor
+    # 1.9 is under twice the gap, so both paths run the very same Pillow calls.
+    for size in ((640, 480), (480, 640), (300, 400)):
+        np.testing.assert_array_equal(IMAGENET.prepare_encoded(photo(size)), EXACT.prepare_encoded(photo(size)))
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_in_any_orientation(orientation: int) -> None:
+    # 4032×3024 (stored) → 341×256: a 1/4-scale draft (1008×756) is the smallest ≥ 2 × the target.
+    data = photo((4032, 3024), orientation)
+    upright = {1: None, 3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}
+    got = IMAGENET.prepare_pixels(data)
+    # Resized as stored (landscape, whatever the tag says), then turned upright.
+    np.testing.assert_array_equal(IMAGENET.standardize(got[None])[0],
+                                  pil_reference(data, scale_target=(341, 256), upright=upright[orientation]))
+    assert got.shape == (224, 224, 3) and got.dtype == np.uint8
+
+
+def test_a_flat_photo_decodes_to_the_same_colour_at_any_scale() -> None:
+    # Every filter's weights sum to 1, so a flat image keeps its colour through a scaled IDCT, a
+    # box reduce and a bilinear resize alike; each path rounds to whole levels, 1 level apart at most.
+    flat = encoded(Image.new("RGB", (4032, 3024), (200, 120, 40)), "JPEG", quality=90)
+    difference = np.abs(IMAGENET.prepare_encoded(flat) - EXACT.prepare_encoded(flat))
+    assert difference.max() <= 1 / (255 * min(IMAGENET.std)) + 1e-6
+
+
+def test_large_non_jpeg_images_are_reduced_with_the_gap() -> None:
+    # A PNG has no reduced-scale decode: Pillow's reducing_gap box-reduces it by the largest whole
+    # factor that leaves twice the target (3000/384/2 → 3), then resamples bilinearly.
+    from skimage import data
+
+    png = encoded(Image.fromarray(data.astronaut()).resize((3000, 2000)), "PNG", compress_level=1)
+    pil = Image.open(io.BytesIO(png)).convert("RGB").resize((384, 256), Image.Resampling.BILINEAR,
+                                                            reducing_gap=preprocessing_module.REDUCING_GAP)
+    expected = IMAGENET.standardize(np.asarray(pil.crop((80, 16, 304, 240)))[None])[0]
+    np.testing.assert_array_equal(IMAGENET.prepare_encoded(png), expected)
+    assert not np.array_equal(EXACT.prepare_encoded(png), expected)

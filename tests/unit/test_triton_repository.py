@@ -340,6 +340,23 @@ def test_image_pipeline_entries_sit_beside_the_classifier(tmp_path: Path, onnx_p
     assert sorted(p.name for p in image.path.iterdir()) == ["1", "config.pbtxt", "labels.txt"]
 
 
+def test_the_ensemble_takes_the_smaller_of_its_steps_batch_limits(tmp_path: Path, onnx_path: Path) -> None:
+    write(tmp_path, onnx_path, max_batch_size=16)
+
+    limits = {}
+    for step_limit in (4, 64, None):
+        preprocess, image = write_image_pipeline(repository=tmp_path, classifier="tiny", instances=2,
+                                                 max_batch_size=step_limit, max_queue_delay_us=500)
+        limits[step_limit] = (preprocess.config.max_batch_size, image.config.max_batch_size)
+        assert (preprocess.config.instance_groups[0].count,
+                preprocess.config.dynamic_batching.max_queue_delay_microseconds) == (2, 500)
+
+    # A step may batch more than the ensemble takes (its batcher joins several ensemble requests), never less.
+    assert limits == {4: (4, 4), 64: (64, 16), None: (16, 16)}
+    with pytest.raises(RepositoryError, match="max_batch_size must be ≥ 1, got 0"):
+        write_image_pipeline(repository=tmp_path, classifier="tiny", max_batch_size=0)
+
+
 def test_preprocessing_warms_up_with_the_first_warmup_image_as_png(tmp_path: Path, onnx_path: Path) -> None:
     write(tmp_path, onnx_path, warmup_images=FASHION_PREPROCESSING.normalize(fashion_test_set().images[5:7]))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from samples import fashion_mnist
 from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 from typer.testing import CliRunner
@@ -14,16 +15,19 @@ from resnet_serve.cli import app
 from resnet_serve.client.results import ConcurrencyResult
 from resnet_serve.errors import ResnetServeError, TuningError
 from resnet_serve.export.quantize import quantize_int8
+from resnet_serve.triton.repository import write_image_pipeline
 from resnet_serve.triton.serving import PYTHON_ONNXRUNTIME
 from resnet_serve.tuning.pareto import best_within, pareto_front, rank
 from resnet_serve.tuning.search import Measurement, TuneOptions, quick_search, tune_model_entry
-from resnet_serve.tuning.space import SETTINGS, Candidate, SearchSpace
+from resnet_serve.tuning.space import PREPROCESS_SETTINGS, SETTINGS, Candidate, SearchSpace
 
 runner = CliRunner()
 OVERSUBSCRIBED = "instances × threads above the 2 cores (oversubscribed)"
 BELOW_BATCH = "max_batch_size below the request batch of 2"
 PREFERRED_ABOVE = "preferred batch size above max_batch_size"
 UNBATCHED = "max_batch_size 1 batches nothing: queue delay and preferred size cannot matter"
+STEP_OVERSUBSCRIBED = "preprocessing instances above the 2 cores (oversubscribed)"
+STEP_BELOW_BATCH = "preprocessing max_batch_size below the request batch of 2"
 
 
 def test_the_grid_leaves_out_what_cannot_load_or_cannot_differ_and_counts_why() -> None:
@@ -62,6 +66,62 @@ def test_neighbours_differ_in_one_setting_and_are_pruned_like_the_grid() -> None
                              "preferred_batch_size"}
 
 
+def test_with_the_image_pipeline_every_candidate_also_sets_the_preprocessing_step() -> None:
+    space = SearchSpace(runtimes=("onnxruntime",), max_batch_sizes=(8,), preferred_batch_sizes=(0,),
+                        max_queue_delays_us=(100,), instances=(1,), threads=(1,), preprocess_instances=(1, 2, 3),
+                        preprocess_max_batch_sizes=(1, 2, 16), preprocess_max_queue_delays_us=(0, 500))
+
+    grid, pruned = space.grid(batch_size=2, cores=2, image_pipeline=True)
+
+    # 3 instances × 3 max batch × 2 delays = 18 step settings: 6 with 3 instances on 2 cores, then 4 with max
+    # batch 1 below the request's 2 files.
+    assert pruned == {STEP_OVERSUBSCRIBED: 6, STEP_BELOW_BATCH: 4}
+    assert len(grid) == 18 - 10 == 8 and len(set(grid)) == 8
+    assert {(c.preprocess_instances, c.preprocess_max_batch_size) for c in grid} == {(1, 2), (1, 16), (2, 2), (2, 16)}
+    assert {c.preprocess_max_queue_delay_us for c in grid} == {0, 500}
+    assert all(c.searches_pipeline and (c.max_batch_size, c.instances) == (8, 1) for c in grid)
+    # The classifier's own grid is the same with and without the pipeline.
+    assert [c.runtime for c in space.grid(batch_size=2, cores=2)[0]] == ["onnxruntime"]
+    assert not space.grid(batch_size=2, cores=2)[0][0].searches_pipeline
+
+    # A step that never batches has one queue delay: its other delays are the same candidate.
+    unbatched, pruned = space.grid(batch_size=1, cores=2, image_pipeline=True)
+    singles = [c for c in unbatched if c.preprocess_max_batch_size == 1]
+    assert {(c.preprocess_instances, c.preprocess_max_queue_delay_us) for c in singles} == {(1, 0), (2, 0)}
+    assert pruned[UNBATCHED] == 2 and len(unbatched) == 2 * 3 * 2 - 2
+
+
+def test_the_preprocessing_steps_neighbours_and_quick_mode_walk_them_after_the_classifier() -> None:
+    space = SearchSpace(runtimes=("onnxruntime",), max_batch_sizes=(64,), preferred_batch_sizes=(0,),
+                        max_queue_delays_us=(100,), instances=(1,), threads=(1,))
+    start = Candidate("onnxruntime", 64, 0, 100, 1, 1, 1, 64, 20000)
+
+    instances, _ = space.neighbours(start, "preprocess_instances", batch_size=1, cores=1)
+    batches, _ = space.neighbours(start, "preprocess_max_batch_size", batch_size=1, cores=2)
+
+    assert instances == [] and batches == [Candidate("onnxruntime", 64, 0, 100, 1, 1, 1, 1, 100)]
+    assert "preprocess: 1 instance(s), max batch 64, delay 20000 µs" in start.describe()
+
+    def measure(candidate: Candidate) -> Measurement:
+        # Two instances decode twice as fast; a long queue delay costs p99, and so does queueing files
+        # one at a time.
+        return measured(candidate, 10.0 * candidate.preprocess_instances,
+                        50.0 + candidate.preprocess_max_queue_delay_us / 100
+                        + (300 if candidate.preprocess_max_batch_size == 1 else 0))
+
+    walked, _, complete = quick_search(measured(start, 10.0, 250.0), space, measure=measure,
+                                       searched=("onnxruntime",), budget_ms=100.0, max_candidates=64, batch_size=1,
+                                       cores=2)
+
+    assert complete and set(PREPROCESS_SETTINGS).isdisjoint(SETTINGS)
+    # Nothing of the classifier's to vary; then 2 instances, then max batch 1 (its delay the smallest; slower),
+    # then the delay the space lists.
+    assert [m.candidate for m in walked] == [
+        Candidate("onnxruntime", 64, 0, 100, 1, 1, 2, 64, 20000), Candidate("onnxruntime", 64, 0, 100, 1, 1, 2, 1, 100),
+        Candidate("onnxruntime", 64, 0, 100, 1, 1, 2, 64, 100),
+    ]
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [
@@ -69,6 +129,7 @@ def test_neighbours_differ_in_one_setting_and_are_pruned_like_the_grid() -> None
         ({"threads": ()}, "at least one threads"),
         ({"instances": (0, 1)}, r"instances must be ≥ 1, got \[0, 1\]"),
         ({"max_queue_delays_us": (-5,)}, "max_queue_delays_us must be ≥ 0"),
+        ({"preprocess_max_batch_sizes": (0,)}, r"preprocess_max_batch_sizes must be ≥ 1, got \[0\]"),
     ],
 )
 def test_a_bad_space_is_refused_in_one_line(space: dict, message: str) -> None:
@@ -150,10 +211,16 @@ def test_quick_mode_walks_one_setting_at_a_time_from_the_best_so_far() -> None:
 def repository(tmp_path: Path) -> Path:
     onnx_path = tmp_path / "tiny.onnx"
     export_tiny_classifier(onnx_path)
-    for name, target in (("tiny", None), ("tiny-python", PYTHON_ONNXRUNTIME)):
+    for name, target in (("tiny", None), ("tiny-python", PYTHON_ONNXRUNTIME), ("bare", None)):
         write_entry(repository=tmp_path / "repo", name=name, model_file=onnx_path, class_names=CLASS_NAMES,
                           preprocessing=PREPROCESSING, **({"target": target} if target else {}))
+    write_image_pipeline(repository=tmp_path / "repo", classifier="tiny")
+    (tmp_path / "files").mkdir()
+    Image.new("L", (40, 30), 128).save(tmp_path / "files" / "grey.png")
+    (tmp_path / "not-images").mkdir()
+    (tmp_path / "not-images" / "notes.txt").write_text("not an image")
     return tmp_path / "repo"
+
 
 
 @pytest.mark.parametrize(
@@ -168,11 +235,23 @@ def repository(tmp_path: Path) -> Path:
         (["tiny", "--p99-ms", "-1"], "the p99 budget must be > 0 ms"),
         (["tiny", "--batch-size", "100000"], "no configuration of the search space takes requests of 100000 images: "
                                              "the largest max_batch_size searched is 64"),
+        (["tiny-image"], "'tiny-image' is a step of 'tiny''s image pipeline: `tune tiny --images DIR` searches the "
+                         "classifier and the pipeline together"),
+        (["tiny-preprocess", "--images", "{files}"], "'tiny-preprocess' is a step of 'tiny''s image pipeline"),
+        (["bare", "--images", "{files}"], "model 'bare' has no image pipeline to send files to"),
+        (["tiny", "--images", "{not-images}"], "notes.txt: not a readable image"),
+        (["tiny", "--images", "{files}", "--batch-size", "2", "--preprocess-max-batch-sizes", "1"],
+         "no configuration of the search space takes requests of 2 images: the largest max_batch_size searched is 1 "
+         "(--preprocess-max-batch-sizes)"),
+        (["tiny", "--images", "{files}", "--instances", "1", "--threads", "1", "--max-candidates", "3"],
+         "the search space has 60 candidates after pruning, more than the 3 allowed"),
     ],
 )
 def test_tune_refuses_before_measuring_anything(repository: Path, arguments: list[str], message: str, tmp_path: Path) -> None:
     before = sorted(p.relative_to(repository) for p in repository.rglob("*"))
 
+    arguments = [argument.format(files=tmp_path / "files", **{"not-images": tmp_path / "not-images"})
+                 for argument in arguments]
     result = runner.invoke(app, ["tune", *arguments, "--repository", str(repository), "-o", str(tmp_path / "out")])
 
     assert result.exit_code == 1

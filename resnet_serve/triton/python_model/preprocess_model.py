@@ -12,6 +12,10 @@ Config: input `image` TYPE_STRING [1] (one encoded JPEG/PNG/... file per batch r
 cannot be used (not an image, truncated, more pixels than the decompression-bomb limit) fails
 its own request only, with the reason, as an invalid argument (HTTP 400: the client's error), and
 the model keeps serving; any other failure is the model's own (HTTP 500).
+
+The requests of one dynamic batch are prepared in one pass: every file is decoded to uint8
+pixels, and all of them are standardised into one float32 batch, whose rows are handed back to
+each request as views.
 """
 
 from __future__ import annotations
@@ -45,18 +49,26 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """One answer per request: each is decoded on its own, so a bad file fails only its own."""
-        return [self._prepare(request) for request in requests]
+        """One answer per request; a file that fails fails only its own request."""
+        pixels: list[np.ndarray] = []
+        prepared: list[tuple[int, int] | Exception] = []  # each request's rows of the batch, or its error
+        for request in requests:
+            encoded = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
+            try:
+                images = [self.preprocessing.prepare_pixels(bytes(item)) for item in encoded]
+            except Exception as error:  # noqa: BLE001 - a failure is answered, never raised
+                prepared.append(error)
+                continue
+            prepared.append((len(pixels), len(pixels) + len(images)))
+            pixels.extend(images)
+        batch = self.preprocessing.standardize(np.stack(pixels)) if pixels else None
+        return [self._answer(rows, batch) for rows in prepared]
 
-    def _prepare(self, request: Any) -> Any:
-        encoded = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
-        try:
-            batch = np.stack(
-                [self.preprocessing.prepare_encoded(bytes(item)) for item in encoded.reshape(-1)]
-            )
-        except Exception as error:  # noqa: BLE001 - a failure is answered, never raised
-            code = pb_utils.TritonError.INVALID_ARG if isinstance(error, ImageError) else pb_utils.TritonError.INTERNAL
+    def _answer(self, rows: tuple[int, int] | Exception, batch: np.ndarray | None) -> Any:
+        if isinstance(rows, Exception):
+            code = pb_utils.TritonError.INVALID_ARG if isinstance(rows, ImageError) else pb_utils.TritonError.INTERNAL
             return pb_utils.InferenceResponse(
-                output_tensors=[], error=pb_utils.TritonError(f"{type(error).__name__}: {error}", code)
+                output_tensors=[], error=pb_utils.TritonError(f"{type(rows).__name__}: {rows}", code)
             )
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)])
+        start, end = rows
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch[start:end])])

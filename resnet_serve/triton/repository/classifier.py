@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +210,7 @@ def write_model_entry(
     check_model_name(name)
     if not classifier.model_file.is_file():
         raise RepositoryError(f"model file {classifier.model_file} does not exist")
+    classifier = replace(classifier, preprocessing=settings.served_preprocessing(classifier.preprocessing))
     warmups = _warmup_samples(warmup_images, classifier.preprocessing.input_shape)
     config = _classifier_config(name, classifier, settings, warmups=len(warmups))
     with writing_entry(repository, name, timeout_s=lock_timeout_s, reporter=reporter or SilentReporter()):

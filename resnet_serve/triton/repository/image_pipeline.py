@@ -66,6 +66,7 @@ def write_image_pipeline(
     repository: Path,
     classifier: str,
     instances: int = 1,
+    max_batch_size: int | None = None,
     max_queue_delay_us: int = 100,
     lock_timeout_s: float = ENTRY_LOCK_TIMEOUT_S,
     reporter: Reporter | None = None,
@@ -76,7 +77,11 @@ def write_image_pipeline(
     sends them, has `-preprocess` decode and prepare them with the classifier's own
     preprocessing (copies of resnet-serve's code, numpy and Pillow), feeds the classifier and
     returns its logits, labelled through the classification extension. The preprocessing
-    model warms up with the classifier's first warm-up image, encoded as PNG. Each entry is
+    model warms up with the classifier's first warm-up image, encoded as PNG. ``instances``,
+    ``max_batch_size`` (None: the classifier's) and ``max_queue_delay_us`` are the
+    preprocessing model's own; the ensemble takes batches of up to the smaller of its two
+    steps' limits, since core refuses an ensemble that allows more than one of its steps
+    (``ensemble.steps`` in resnet_serve.triton.contract). Each entry is
     replaced whole and atomically; both follow the classifier's latest version, whose lock is
     held throughout (and theirs while they are written), as `write_model_entry` holds it.
     """
@@ -86,11 +91,11 @@ def write_image_pipeline(
         for name in (classifier, *image_pipeline_names(classifier)):
             locks.enter_context(writing_entry(repository, name, timeout_s=lock_timeout_s, reporter=reporter))
         return _write_image_pipeline(repository=repository, classifier=classifier, instances=instances,
-                                     max_queue_delay_us=max_queue_delay_us)
+                                     max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us)
 
 
 def _write_image_pipeline(
-    *, repository: Path, classifier: str, instances: int, max_queue_delay_us: int
+    *, repository: Path, classifier: str, instances: int, max_batch_size: int | None, max_queue_delay_us: int
 ) -> tuple[ModelEntry, ModelEntry]:
     entry = read_model_entry(repository=repository, name=classifier)
     config = entry.config
@@ -100,6 +105,9 @@ def _write_image_pipeline(
         )
     if config.max_batch_size < 1:
         raise RepositoryError(f"model {classifier!r} does not batch (max_batch_size 0); the image pipeline needs it")
+    if max_batch_size is not None and max_batch_size < 1:
+        raise RepositoryError(f"the preprocessing model's max_batch_size must be ≥ 1, got {max_batch_size}")
+    preprocess_batch = max_batch_size or config.max_batch_size
     try:
         preprocessing = Preprocessing.from_dict(entry.preprocessing)
     except ResnetServeError as error:
@@ -115,7 +123,7 @@ def _write_image_pipeline(
     preprocess_config = ModelConfig(
         name=preprocess_name,
         backend="python",
-        max_batch_size=config.max_batch_size,
+        max_batch_size=preprocess_batch,
         inputs=(image_input,),
         outputs=(TensorConfig(name=INPUT_NAME, data_type="TYPE_FP32", dims=config.inputs[0].dims),),
         dynamic_batching=DynamicBatching(max_queue_delay_microseconds=max_queue_delay_us),
@@ -133,7 +141,7 @@ def _write_image_pipeline(
     image_config = ModelConfig(
         name=image_name,
         platform=ENSEMBLE_PLATFORM,
-        max_batch_size=config.max_batch_size,
+        max_batch_size=min(config.max_batch_size, preprocess_batch),
         inputs=(image_input,),
         outputs=config.outputs,
         parameters={PREPROCESSING_PARAMETER: config.parameters[PREPROCESSING_PARAMETER]},

@@ -23,7 +23,7 @@ from typing import Any
 from resnet_serve.files import replacing_atomically
 from resnet_serve.machine import cpu_flags, cpu_model, describe_machine
 
-__all__ = ["RESULTS", "ROOT", "Load", "machine", "write_results"]
+__all__ = ["RESULTS", "ROOT", "Load", "group_memory_kib", "machine", "write_results"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,6 +68,26 @@ def machine(load: Load | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average": load.to_dict() if load is not None else [round(v, 2) for v in _load_average()],
     }
+
+
+def group_memory_kib(group: int) -> dict[str, int]:
+    """The summed resident memory (VmRSS) and proportional set size (Pss: shared pages divided
+    among the processes sharing them, so forked workers' copy-on-write pages count once) of every
+    live process in process ``group``, in KiB."""
+    total = {"rss": 0, "pss": 0}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) != group or fields[0] == "Z":
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except (OSError, ValueError):
+            continue
+        total["rss"] += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        total["pss"] += next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total
 
 
 def write_results(

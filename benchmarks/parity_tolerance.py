@@ -38,7 +38,7 @@ from resnet_serve.parity import ParityResult, Tolerance
 from resnet_serve.progress import SilentReporter
 from resnet_serve.runtimes import OnnxRuntime, TorchRuntime, compare_runtimes
 from resnet_serve.samples import photo_crops, with_trained_magnitudes
-from resnet_serve.train import DEMO_TRAIN_CONFIG, train
+from resnet_serve.training import DEMO_TRAIN_CONFIG, train
 
 # Measure only: nothing is refused while measuring.
 MEASURE = Tolerance(rtol=None, min_top1_agreement=None)
@@ -121,7 +121,7 @@ def trained_resnet20(scratch: Path, checkpoint: Path | None) -> nn.Module:
         test_set = load_default_dataset(split="test")
         checkpoint = train(
             config=config, train_set=load_default_dataset(split="train"),
-            test_set=InMemoryDataset(images=test_set.images[:1000], labels=test_set.labels[:1000],
+            val_set=InMemoryDataset(images=test_set.images[:1000], labels=test_set.labels[:1000],
                                   class_names=test_set.class_names),
             output=scratch / "resnet20.safetensors", reporter=SilentReporter(),
         ).checkpoint

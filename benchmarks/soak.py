@@ -25,7 +25,6 @@ import argparse
 import datetime
 import io
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -44,7 +43,7 @@ from resnet_serve.client.prepared import prepare_request
 from resnet_serve.datasets import load_default_dataset
 from resnet_serve.pipeline import ExportOptions, export_to_repository
 from resnet_serve.selection import ImageSelection
-from resnet_serve.train import train_on_folder
+from resnet_serve.training import train_on_folder
 from resnet_serve.triton.server import TritonServer, find_free_ports, generate_admin_key
 
 MODEL = "resnet20-fashion"
@@ -56,18 +55,7 @@ RSS_GROWTH_LIMIT = 0.10
 
 def resident_mib(group: int) -> float:
     """Resident memory of every live process in a process group (tritonserver and its stubs)."""
-    total_kib = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) != group or fields[0] == "Z":
-                continue
-            status = Path(f"/proc/{pid}/status").read_text()
-        except (OSError, ValueError):
-            continue
-        total_kib += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    return total_kib / 1024
+    return _harness.group_memory_kib(group)["rss"] / 1024
 
 
 class Tally:

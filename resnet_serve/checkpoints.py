@@ -41,6 +41,7 @@ __all__ = [
     "read_checkpoint_meta",
     "read_class_names",
     "save_checkpoint",
+    "transfer_weights",
 ]
 
 # The safetensors header key under which our metadata lives, as one JSON string.
@@ -490,3 +491,34 @@ def import_foreign_weights(
         model=model, meta=meta, source=path, replaced_head=replaced_head,
         missing=diff.missing, unexpected=diff.unexpected,
     )
+
+
+def transfer_weights(
+    path: Path | str, *, model: nn.Module, architecture: str, class_names: list[str]
+) -> CheckpointMeta:
+    """Copy the weights of checkpoint ``path`` into ``model`` (an ``architecture`` with a head of
+    ``len(class_names)`` classes), to fine-tune them; return the checkpoint's metadata.
+
+    Every tensor is copied, the classifier's only when the checkpoint classifies the same
+    ``class_names`` (a head for other classes is left as ``model`` has it, freshly initialised).
+    Names and shapes are checked first, on tensors that are only read, so a mismatch changes
+    nothing.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read, or a tensor other than the classifier's
+            is missing, unexpected or of another shape (one line naming them).
+    """
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    weights = _read_safetensors(path)
+    expected = model.state_dict()
+    fresh = set()
+    if meta.class_names != list(class_names):
+        weights = {name: tensor for name, tensor in weights.items() if name not in _HEAD_KEYS}
+        fresh.update(_HEAD_KEYS)
+    diff = _WeightDiff.between(expected, weights)
+    diff.missing = [name for name in diff.missing if name not in fresh]
+    if diff:
+        raise diff.error(path, architecture)
+    model.load_state_dict(weights, strict=False)
+    return meta

@@ -23,7 +23,7 @@ from resnet_serve.pipeline import ExportOptions, ExportReport, export_to_reposit
 from resnet_serve.progress import Reporter, SilentReporter
 from resnet_serve.runtimes import OnnxRuntime
 from resnet_serve.selection import ImageSelection
-from resnet_serve.train import TrainResult, train_on_folder
+from resnet_serve.training import TrainResult, train_on_folder
 from resnet_serve.triton.server import TritonServer, find_free_ports, generate_admin_key, port_in_use
 
 ARCHITECTURE = "resnet20"

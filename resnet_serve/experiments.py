@@ -22,7 +22,7 @@ from resnet_serve.models import create_model
 from resnet_serve.models.blocks import BasicBlock, Bottleneck
 from resnet_serve.preprocessing import Preprocessing
 from resnet_serve.progress import Reporter
-from resnet_serve.train import make_optimizer, recipe_config, train
+from resnet_serve.training import make_optimizer, recipe_config, train
 
 __all__ = [
     "DegradationResult",
@@ -127,7 +127,7 @@ def run_degradation(
     for index, (depth, residual, config) in enumerate(configs, start=1):
         reporter.message(f"training {config.architecture} ({index}/{len(configs)})")
         result = train(
-            config=config, train_set=train_set, test_set=test_set,
+            config=config, train_set=train_set, val_set=test_set,
             output=output_dir / f"{config.architecture}.safetensors", reporter=reporter,
         )
         runs.append(
@@ -136,7 +136,7 @@ def run_degradation(
                 depth=depth,
                 residual=residual,
                 train_error=[1 - stats.train_accuracy for stats in result.history],
-                test_error=[1 - stats.test_accuracy for stats in result.history if stats.test_accuracy is not None],
+                test_error=[1 - stats.val_top1 for stats in result.history if stats.val_top1 is not None],
                 checkpoint=result.checkpoint,
                 seconds=result.seconds,
             )

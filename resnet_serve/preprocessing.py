@@ -87,9 +87,13 @@ _SWAPPING = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Im
 _DraftSize = Callable[[int, int, "Image.Transpose | None"], tuple[int, int]]
 # Statistics are rounded so configs stay readable; 1e-4 is far below one grey level (1/255).
 _STAT_DECIMALS = 4
+# Images counted at a time when measuring statistics (a few MB of temporaries at 32×32×3).
+_STAT_CHUNK = 1024
 
 
-def decode_image(data: bytes, *, channels: int, name: str = "image") -> Image.Image:
+def decode_image(
+    data: bytes, *, channels: int, name: str = "image", reduce_to: tuple[int, int] | None = None
+) -> Image.Image:
     """Decode an encoded image (PNG, JPEG or any format Pillow reads) into 8-bit grayscale
     (``channels`` 1) or RGB (``channels`` 3), upright as its EXIF orientation says.
 
@@ -104,12 +108,15 @@ def decode_image(data: bytes, *, channels: int, name: str = "image") -> Image.Im
         data: the file's bytes.
         channels: 1 or 3.
         name: how errors name the image (e.g. its file name).
+        reduce_to: (width, height): a JPEG may decode at 1/2, 1/4 or 1/8 scale, the smallest
+            still at least this size (Pillow's ``draft``); other formats decode at full size.
 
     Raises:
         ImageError: not a readable image, an image of more than ``MAX_IMAGE_PIXELS`` pixels
             (checked from the header, before decoding), or a mode that cannot be converted.
     """
-    decoded = _decode(data, channels=channels, name=name)
+    draft_size = None if reduce_to is None else (lambda width, height, upright: reduce_to)
+    decoded = _decode(data, channels=channels, name=name, draft_size=draft_size)
     return decoded.pixels if decoded.upright is None else decoded.pixels.transpose(decoded.upright)
 
 
@@ -315,10 +322,17 @@ class Preprocessing:
         images = dataset.images if dataset.images.ndim == 4 else dataset.images[..., None]
         if len(images) == 0:
             raise DatasetError("cannot measure mean and std of an empty dataset")
-        pixels = images.reshape(-1, images.shape[-1])
-        # Per-channel sums in float64: a float32 accumulator drifts over tens of millions of pixels.
-        mean = pixels.mean(axis=0, dtype=np.float64) / 255.0
-        std = pixels.std(axis=0, dtype=np.float64) / 255.0
+        # Exact, from a histogram of the 256 levels per channel, counted a slice at a time: a
+        # float64 copy of the pixels (8× the images) is never made, and no accumulator drifts.
+        counts = np.zeros((images.shape[-1], 256), np.int64)
+        for start in range(0, len(images), _STAT_CHUNK):
+            chunk = images[start : start + _STAT_CHUNK]
+            for c in range(images.shape[-1]):
+                counts[c] += np.bincount(chunk[..., c].ravel(), minlength=256)
+        levels = np.arange(256, dtype=np.float64)
+        mean = counts @ levels / counts.sum(axis=1)
+        std = np.sqrt(counts @ levels**2 / counts.sum(axis=1) - mean**2)
+        mean, std = mean / 255.0, std / 255.0
         return cls(
             channels=images.shape[-1],
             height=images.shape[1],

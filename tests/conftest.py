@@ -9,7 +9,7 @@ import pytest
 
 from resnet_serve.datasets import InMemoryDataset, load_default_dataset
 from resnet_serve.progress import SilentReporter
-from resnet_serve.train import DEMO_TRAIN_CONFIG, train
+from resnet_serve.training import DEMO_TRAIN_CONFIG, train
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def trained_resnet20(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = train(
         config=config,
         train_set=load_default_dataset(split="train"),
-        test_set=InMemoryDataset(images=test_set.images[:1000], labels=test_set.labels[:1000], class_names=test_set.class_names),
+        val_set=InMemoryDataset(images=test_set.images[:1000], labels=test_set.labels[:1000], class_names=test_set.class_names),
         output=tmp_path_factory.mktemp("trained") / "resnet20-fashion.safetensors",
         reporter=SilentReporter(),
     )

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from resnet_serve.experiments import DegradationResult, GradientResult
     from resnet_serve.models import ArchitectureInfo
     from resnet_serve.parity import ParityResult
+    from resnet_serve.training import TrainResult
     from resnet_serve.triton.repository import EntrySummary
     from resnet_serve.tuning.search import TuneResult
     from resnet_serve.verify import VerifyReport
@@ -32,6 +33,7 @@ __all__ = [
     "parity_line",
     "repository_table",
     "step_lines",
+    "trained_line",
     "tune_table",
     "verify_table",
     "write_json",
@@ -145,6 +147,20 @@ def tune_table(result: TuneResult, *, concurrency: int, batch_size: int, p99_ms:
             *figures, ", ".join(note for note, on in notes if on),
         )
     return table
+
+
+def trained_line(result: TrainResult) -> str:
+    """What a training run reached, and where its checkpoints are."""
+    top5 = f", top-5 {result.val_top5:.2%}" if result.val_top5 is not None else ""
+    processes = f"{result.processes} process" + ("es" if result.processes > 1 else "")
+    line = (
+        f"[green]✓[/] val top-1 {result.val_top1:.2%}{top5} on {result.val_images} images after {result.epochs} "
+        f"epochs on {result.train_images} ({result.images_per_second:.0f} img/s, {result.seconds:.0f} s, "
+        f"{processes}) → {result.checkpoint}; best {result.best_val_top1:.2%} → {result.best_checkpoint}"
+    )
+    if result.ema_checkpoint is not None:
+        line += f"; EMA {result.ema_val_top1:.2%} → {result.ema_checkpoint}"
+    return line
 
 
 def degradation_table(result: DegradationResult) -> Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,9 @@ import typer
 
 from resnet_serve.cli.console import check_outputs, command, console, err_console
 from resnet_serve.cli.options import DataOption, FlipOption, JsonOption, PadOption, levels
-from resnet_serve.cli.render import degradation_table, gradients_table, models_table, write_json
+from resnet_serve.cli.render import degradation_table, gradients_table, models_table, trained_line, write_json
+from resnet_serve.cli.training_options import Augmentation, Optimization, Processes, given_options
+from resnet_serve.errors import ResnetServeError
 from resnet_serve.rich_progress import RichReporter
 
 __all__ = ["experiment_app", "import_weights", "models", "train"]
@@ -32,52 +35,86 @@ def models(
 
 @command
 def train(
-    arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture (see `resnet-serve models`).")] = "resnet20",
-    data: DataOption = None,
-    output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Checkpoint to write (.safetensors)."
-    )] = Path("checkpoints/model.safetensors"),
-    epochs: Annotated[float | None, typer.Option(help="Epochs, fractions allowed (default: the recipe's).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N training images (quick runs).")] = None,
-    pad: PadOption = None,
-    flip: FlipOption = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    recipe: Annotated[str, typer.Option(
-        help="demo (Fashion-MNIST in minutes), cifar (the paper's: step schedule, 164 epochs) or imagenet (cosine, "
-        "warm-up, label smoothing)."
-    )] = "demo",
-    resume: Annotated[Path | None, typer.Option(
-        help="Continue the interrupted run that wrote this checkpoint (same options); usually the --output path."
+    ctx: typer.Context,
+    arch: Annotated[str | None, typer.Option("--arch", "-a", help=(
+        "Architecture (see `resnet-serve models`; default: the --init checkpoint's, else the recipe's)."
+    ))] = None,
+    data: Annotated[Path | None, typer.Option("--data", help=(
+        "An ImageFolder tree of photos of any size (<class>/<image>, optionally under train/ and val/), an IDX "
+        "folder or a CIFAR-10/100 archive or folder (default: Fashion-MNIST from the Debian package)."
+    ))] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help=(
+        "Checkpoint to write (.safetensors); the best, EMA, history and resume files go beside it."
+    ))] = Path("checkpoints/model.safetensors"),
+    init: Annotated[Path | None, typer.Option("--init", help=(
+        "Start from this checkpoint's weights (any resnet-serve checkpoint, an `import`ed torchvision/timm one "
+        "included), keeping its normalisation and evaluation preprocessing; the head is sized from the data's classes."
+    ))] = None,
+    resume: Annotated[Path | None, typer.Option(help=(
+        "Continue the interrupted run that wrote this checkpoint (same options; --epochs may be raised; any number "
+        "of processes); usually the --output path."
+    ))] = None,
+    recipe: Annotated[str, typer.Option(help=(
+        "demo (Fashion-MNIST in minutes), cifar (the paper's: step schedule, 164 epochs) or imagenet (cosine, "
+        "warm-up, label smoothing); the options below change it."
+    ))] = "demo",
+    epochs: Annotated[float | None, typer.Option(help="Epochs, fractions allowed.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step, over all processes.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="Train on a seeded stratified sample of N images (quick runs)."
     )] = None,
+    val_split: Annotated[float | None, typer.Option(
+        help="A folder without val/: the seeded stratified fraction held out for validation."
+    )] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: initialisation, splits, order and augmentation.")] = 0,
+    optimization: Optimization = Optimization(),
+    augmentation: Augmentation = Augmentation(),
+    processes: Processes = Processes(),
     no_skip: Annotated[bool, typer.Option(
         "--no-skip", help="Remove every shortcut: train the architecture's plain twin."
     )] = False,
-    amp: Annotated[bool, typer.Option(
-        "--amp/--no-amp", help="bfloat16 autocast when training on a CUDA GPU (no effect on the CPU)."
-    )] = True,
     json_path: JsonOption = None,
 ) -> None:
-    """Train an architecture on Fashion-MNIST (or a dataset given by --data) and write a checkpoint."""
+    """Train (or fine-tune with --init) on photos, CIFAR or IDX data and write a checkpoint; one process or many."""
     from resnet_serve.models import architecture_info
-    from resnet_serve.train import train_on_folder
+    from resnet_serve.progress import SilentReporter
+    from resnet_serve.training import train_on_folder
+    from resnet_serve.training.distributed import (
+        LAUNCHED_BY_RESNET_SERVE,
+        launch,
+        record_failure,
+        world_from_environment,
+    )
 
     check_outputs(output, json_path)
+    world = world_from_environment()
+    if processes.nproc is not None:
+        if world.world_size > 1:
+            raise typer.BadParameter("already one of several processes (torchrun); leave --nproc out",
+                                     param_hint="--nproc")
+        launch(nproc=processes.nproc, arguments=given_options(ctx, without={"nproc"}))
+        return
     if no_skip:
         # The plain twin's own name, so the checkpoint rebuilds the network that was trained.
-        arch = architecture_info(arch, residual=False).name
-    result = train_on_folder(
-        architecture=arch, data_dir=data, output=output, recipe=recipe, epochs=epochs, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, limit=limit, pad=pad, flip=flip, seed=seed, amp=amp, resume_from=resume,
-        reporter=RichReporter(err_console),
-    )
-    console.print(
-        f"[green]✓[/] {arch}: test accuracy {result.test_accuracy:.2%} after {result.epochs} epochs "
-        f"in {result.seconds:.0f} s → {result.checkpoint}"
-    )
-    write_json(json_path, result)
+        arch = architecture_info(arch or "resnet20", residual=False).name
+    try:
+        result = train_on_folder(
+            data_dir=data, output=output, recipe=recipe, init_from=init, resume_from=resume,
+            reporter=RichReporter(err_console) if world.main else SilentReporter(),
+            architecture=arch, epochs=epochs, batch_size=batch_size, limit=limit, val_split=val_split, seed=seed,
+            **optimization.changes(), **augmentation.changes(), **processes.changes(),
+        )
+    except (ResnetServeError, KeyboardInterrupt) as error:
+        if world.world_size > 1:
+            # One line for the run, not one per process: torchrun's launcher reads this file,
+            # and `--nproc`'s reports the process that failed first.
+            record_failure(error)
+            if not world.main or LAUNCHED_BY_RESNET_SERVE in os.environ:
+                raise typer.Exit(130 if isinstance(error, KeyboardInterrupt) else 1) from None
+        raise
+    if world.main:
+        console.print(trained_line(result), highlight=False)
+        write_json(json_path, result)
 
 
 @command

@@ -5,8 +5,9 @@ prepared for a model only when read, by index, through the model's ``Preprocessi
 and CIFAR readers hold their uint8 arrays in memory (:class:`InMemoryDataset`); an ImageFolder
 tree holds only its file list (:class:`ImageFolder`) and decodes each image when it is read, so
 evaluation and verification of any size of folder run in bounded memory through
-:func:`batches`. Training, which draws random batches and measures statistics, asks for pixels
-in memory with ``to_memory()``.
+:func:`batches`, and training streams a folder through DataLoader workers
+(``resnet_serve.training.data``); ``to_memory()`` gives uint8 pixels of one size in memory to
+callers that want them all at once (the paper's experiments on IDX and CIFAR).
 
 The serving contract itself, ``Preprocessing``, lives apart in ``resnet_serve.preprocessing``.
 """

@@ -61,7 +61,7 @@ def test_the_readme_two_terminal_example_runs_as_written(trained_resnet20: Path,
         if done.returncode != 0 and UNSETTLED in done.stderr and LOOSER_RULE not in command:
             # The stability rule refusing a noisy shared runner's windows is bench working as
             # documented; what this test checks is that the command and the files it writes work.
-            warnings.warn(f"bench did not settle on this machine, run again with a looser rule: {done.stderr.strip()}")
+            warnings.warn(f"bench did not settle on this machine, run again with a looser rule: {done.stderr.strip()}", stacklevel=1)
             return run(f"{command} {LOOSER_RULE}")
         assert done.returncode == 0 and "Traceback" not in done.stderr, f"{command}\n{done.stdout}\n{done.stderr}"
         return done.stdout

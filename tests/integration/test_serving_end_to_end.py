@@ -23,7 +23,7 @@ from resnet_serve.client.inference import InferenceClient
 from resnet_serve.client.results import PERF_ANALYZER_COLUMNS
 from resnet_serve.datasets import load_default_dataset
 from resnet_serve.runtimes import TorchRuntime
-from resnet_serve.train import train_on_folder
+from resnet_serve.training import train_on_folder
 from resnet_serve.triton.server import TritonServer, find_free_ports
 
 pytestmark = pytest.mark.triton

@@ -129,11 +129,11 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("foundations", frozenset({"resnet_serve", "errors", "files", "progress", "official_image", "machine",
                                "preprocessing", "parity"})),
     ("models and data", frozenset({"models", "datasets", "checkpoints", "selection", "samples", "runtimes"})),
-    ("training and conversion", frozenset({"train", "experiments", "fold", "export", "artifacts", "verify"})),
+    ("training and conversion", frozenset({"training", "experiments", "fold", "export", "artifacts", "verify"})),
     ("serving", frozenset({"triton"})),
     ("client", frozenset({"client"})),
     ("orchestration", frozenset({"pipeline", "tuning", "report", "demo"})),
-    ("interface", frozenset({"cli", "rich_progress"})),
+    ("interface", frozenset({"cli", "rich_progress", "__main__"})),
 )
 
 
@@ -166,8 +166,9 @@ def test_an_import_up_the_floors_is_found() -> None:
 
 
 def test_the_split_packages_keep_modules_short() -> None:
-    # One concern per module: the repository writer and the CLI were one file each of ~950 lines.
-    for package in ("cli", "triton/repository"):
+    # One concern per module: the repository writer and the CLI were one file each of ~950 lines,
+    # the training loop one of 744.
+    for package in ("cli", "triton/repository", "training"):
         for path in sorted((PACKAGE / package).glob("*.py")):
             lines = len(path.read_text(encoding="utf-8").splitlines())
             assert lines <= 300, f"{path.relative_to(PACKAGE)} has {lines} lines"

@@ -198,7 +198,7 @@ NEVER_READ = "never-read.safetensors"
     "arguments",
     [
         ["train", "--limit", "-5"], ["train", "--epochs", "-1"], ["train", "--batch-size", "-1"],
-        ["train", "--pad", "-1"],
+        ["train", "--pad", "-1"], ["train", "--nproc", "0"], ["train", "--workers", "-1"], ["train", "--threads", "0"],
         ["export", NEVER_READ, "--verify-images", "-3"], ["export", NEVER_READ, "--calibration-images", "-3"],
         ["export", NEVER_READ, "--max-batch-size", "-1"], ["export", NEVER_READ, "--warmup-images", "-1"],
         ["export", NEVER_READ, "--instances", "0"], ["export", NEVER_READ, "--version", "0"],

@@ -23,7 +23,6 @@ from resnet_serve.client.inference import InferenceClient
 from resnet_serve.client.results import PERF_ANALYZER_COLUMNS
 from resnet_serve.datasets import load_default_dataset
 from resnet_serve.runtimes import TorchRuntime
-from resnet_serve.training import train_on_folder
 from resnet_serve.triton.server import TritonServer, find_free_ports
 
 pytestmark = pytest.mark.triton
@@ -37,10 +36,8 @@ def test_set():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("train") / "r20.safetensors"
-    train_on_folder(architecture="resnet20", output=path, epochs=1, limit=2048, seed=0)
-    return path
+def checkpoint(trained_resnet20: Path) -> Path:
+    return trained_resnet20
 
 
 @pytest.fixture(scope="module")

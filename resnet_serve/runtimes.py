@@ -12,7 +12,9 @@ list the kinds without loading any of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import ctypes
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -123,6 +125,32 @@ class OnnxRuntime:
         return logits.astype(np.float32, copy=False)
 
 
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def _signal_stack_kept() -> Iterator[None]:
+    """Give the calling thread back its alternate signal stack after the block.
+
+    OpenVINO's CPU plugin (2026.4) swaps in an alternate stack of its own while a compiled model
+    lives and puts back the one it found when the model goes; two models freed in the order
+    they were built left the thread on the first one's unmapped stack. CPython installs every
+    Python signal handler with SA_ONSTACK, so the next such signal (SIGCHLD once a DataLoader
+    has had workers, SIGINT on Ctrl-C) killed the process with SIGSEGV: the test suite died
+    that way in a subprocess.run after verify had built its OpenVINO runtimes.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    kept = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(kept)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(kept), None)
+
+
 # Our precision names → OpenVINO's element types for INFERENCE_PRECISION_HINT.
 _OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -169,7 +197,8 @@ class OpenVinoRuntime:
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
-            compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
+            with _signal_stack_kept():
+                compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with multi-line C++ context
             raise VerificationError(f"OpenVINO cannot compile {self.path}: {first_line(exc)}") from exc
         self.precision = precision

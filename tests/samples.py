@@ -5,6 +5,7 @@ ImageFolder tree of photos. Photo crops and realistic weights for ImageNet-sized
 
 from __future__ import annotations
 
+import gzip
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ from resnet_serve.samples import photo_crops, with_realistic_batchnorm
 
 if TYPE_CHECKING:
     from resnet_serve.checkpoints import CheckpointMeta
+
+_IDX_DTYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
 
 FASHION_PREPROCESSING = Preprocessing(channels=1, height=28, width=28, mean=(0.286,), std=(0.353,))
 
@@ -37,6 +40,26 @@ def fashion_train_set() -> InMemoryDataset:
 def fashion_mnist(count: int) -> np.ndarray:
     """The first ``count`` Fashion-MNIST test images, normalised, float32 (N, 1, 28, 28)."""
     return FASHION_PREPROCESSING.normalize(fashion_test_set().images[:count])
+
+
+def write_idx(path: Path, array: np.ndarray, *, magic: bytes | None = None, extra: bytes = b"") -> Path:
+    """An IDX file exactly as the MNIST distribution lays it out: magic, big-endian dims, data."""
+    header = magic or bytes([0, 0, _IDX_DTYPE_CODES[array.dtype], array.ndim])
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes() + extra
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+    return path
+
+
+def fashion_idx_folder(folder: Path, *, train: int, test: int) -> Path:
+    """An IDX folder laid out like Fashion-MNIST's, of its first ``train`` training and
+    ``test`` test images: training runs that only check what they record need not validate
+    on all 10,000 test images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, dataset, count in (("train", fashion_train_set(), train), ("t10k", fashion_test_set(), test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", dataset.images[:count])
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", dataset.labels[:count].astype(np.uint8))
+    return folder
 
 
 def photo_image_folder(root: Path, *, classes: int, per_class: int, size: int) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from samples import fashion_idx_folder
 from typer.testing import CliRunner
 
 from resnet_serve import __version__
@@ -104,8 +105,9 @@ def test_train_no_skip_trains_the_plain_twin_and_no_flip_keeps_the_recipes_pad(t
     from resnet_serve.checkpoints import read_checkpoint_meta
 
     output = tmp_path / "twin.safetensors"
+    data = fashion_idx_folder(tmp_path / "fashion", train=256, test=64)
     result = runner.invoke(
-        app, ["train", "--arch", "resnet20", "--no-skip", "--no-flip", "--limit", "256", "--epochs", "0.5",
+        app, ["train", "--arch", "resnet20", "--no-skip", "--no-flip", "--data", str(data), "--epochs", "0.5",
               "--batch-size", "64", "-o", str(output)],
     )
     assert result.exit_code == 0, result.output

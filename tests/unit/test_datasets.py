@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from samples import write_idx
 
 from resnet_serve.datasets import (
     FASHION_MNIST_CLASSES,
@@ -30,17 +31,6 @@ from resnet_serve.datasets import (
 )
 from resnet_serve.errors import DatasetError
 from resnet_serve.preprocessing import Preprocessing
-
-_DTYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
-
-
-def write_idx(path: Path, array: np.ndarray, *, magic: bytes | None = None, extra: bytes = b"") -> Path:
-    """An IDX file exactly as the MNIST distribution lays it out: magic, big-endian dims, data."""
-    header = magic or bytes([0, 0, _DTYPE_CODES[array.dtype], array.ndim])
-    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes() + extra
-    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
-    return path
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ OPENVINO = ServingTarget(
     description="Triton's OpenVINO backend: CPU deployments, INT8 (QDQ ONNX) and BF16 "
     "(HINT_BF16) on CPUs that have the instructions",
     # The backend fixes the model's batch to max_batch_size and fails any other total (see
-    # resnet_serve.triton.contract.openvino): one image per execution, instances for concurrency.
+    # resnet_serve.triton.contract.openvino): one image per execution.
     max_batch_size=1,
 )
 TENSORRT_PLAN = ServingTarget(

@@ -12,7 +12,8 @@ clients), interleaved in an order that rotates every round: `rn50` with float te
 Instance budget: the float-tensor path runs on rn50's 2 instances; an image path adds its
 -preprocess step's 2 instances, on the same 2 cores.
 
-    .venv/bin/python benchmarks/image_path_serving.py --output benchmarks/results/image-path-serving-2core-cpu
+    .venv/bin/python benchmarks/image_path_serving.py --stability-percentage 25 \
+        --output benchmarks/results/image-path-serving-2core-cpu
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@ interface, and the one registry of named kinds built from a checkpoint's files."
 
 from __future__ import annotations
 
-import ctypes
-import gc
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +18,8 @@ from resnet_serve.models import create_model
 from resnet_serve.runtimes import (
     RUNTIMES,
     OnnxRuntime,
-    OpenVinoRuntime,
     Runtime,
     TorchRuntime,
-    _SignalStack,
     compare_runtimes,
     get_runtime_kind,
 )
@@ -99,24 +95,3 @@ def test_unknown_runtime_kinds_are_refused_with_the_choices() -> None:
 # OpenVINO's runtimes, and the registry's every kind, are tested in test_verify.py, which runs
 # after every test that trains: with OpenVINO loaded first, PyTorch training in the same process
 # crashed in its OpenMP runtime (libgomp's team barrier).
-
-
-def test_openvino_runtimes_leave_the_threads_signal_stack_as_it_was(onnx_path: Path, images: np.ndarray) -> None:
-    # OpenVINO's CPU plugin swaps in an alternate signal stack of its own while a compiled model
-    # lives and puts back the one it found when it goes. Two runtimes freed in the order they
-    # were built left the thread on the first one's unmapped stack, where Python's handlers
-    # run: the next SIGCHLD or SIGINT killed the process (the test suite, after verify).
-    def signal_stack() -> tuple[int | None, int, int]:
-        current = _SignalStack()
-        assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(current)) == 0
-        return current.ss_sp, current.ss_flags, current.ss_size
-
-    before = signal_stack()
-    first, second = (OpenVinoRuntime(onnx_path, threads=1) for _ in range(2))
-    assert signal_stack() == before
-    assert first.run(images[:2]).shape == second.run(images[:2]).shape == (2, 10)
-    del first
-    gc.collect()
-    del second
-    gc.collect()
-    assert signal_stack() == before

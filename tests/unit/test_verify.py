@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from resnet_serve.checkpoints import load_checkpoint, save_checkpoint
 from resnet_serve.cli import app
 from resnet_serve.export.onnx import export_onnx
 from resnet_serve.fold import fold_batchnorm
-from resnet_serve.runtimes import RUNTIMES, OnnxRuntime, OpenVinoRuntime, TorchRuntime, run_batched
+from resnet_serve.runtimes import RUNTIMES, OnnxRuntime, OpenVinoRuntime, TorchRuntime, _SignalStack, run_batched
 
 runner = CliRunner()
 
@@ -123,6 +125,27 @@ def test_openvino_without_a_hint_computes_in_the_cpus_default_as_tritons_backend
     assert default.inference_precision == cpu_default == ("bf16" if bf16_capable else "f32")
     expected = OnnxRuntime(onnx_path).run(images)
     assert (default.run(images).argmax(1) == expected.argmax(1)).mean() >= 0.97
+
+
+def test_openvino_runtimes_leave_the_threads_signal_stack_as_it_was(onnx_path: Path, images: np.ndarray) -> None:
+    # OpenVINO's CPU plugin swaps in an alternate signal stack of its own while a compiled model
+    # lives and puts back the one it found when it goes. Two runtimes freed in the order they
+    # were built left the thread on the first one's unmapped stack, where Python's handlers
+    # run: the next SIGCHLD or SIGINT killed the process (the test suite, after verify).
+    def signal_stack() -> tuple[int | None, int, int]:
+        current = _SignalStack()
+        assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(current)) == 0
+        return current.ss_sp, current.ss_flags, current.ss_size
+
+    before = signal_stack()
+    first, second = (OpenVinoRuntime(onnx_path, threads=1) for _ in range(2))
+    assert signal_stack() == before
+    assert first.run(images[:2]).shape == second.run(images[:2]).shape == (2, 10)
+    del first
+    gc.collect()
+    del second
+    gc.collect()
+    assert signal_stack() == before
 
 
 def test_every_registered_kind_builds_from_a_checkpoints_files_and_runs(

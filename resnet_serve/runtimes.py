@@ -140,15 +140,18 @@ def _signal_stack_kept() -> Iterator[None]:
     has had workers, SIGINT on Ctrl-C) killed the process with SIGSEGV: the test suite died
     that way in a subprocess.run after verify had built its OpenVINO runtimes.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    kept = _SignalStack()
-    if libc.sigaltstack(None, ctypes.byref(kept)) != 0:
-        yield
-        return
+    kept = _signal_stack()
     try:
         yield
     finally:
-        libc.sigaltstack(ctypes.byref(kept), None)
+        if kept is not None:
+            ctypes.CDLL(None).sigaltstack(ctypes.byref(kept), None)
+
+
+def _signal_stack() -> _SignalStack | None:
+    """The calling thread's alternate signal stack, or None where libc does not say."""
+    current = _SignalStack()
+    return current if ctypes.CDLL(None).sigaltstack(None, ctypes.byref(current)) == 0 else None
 
 
 # Our precision names → OpenVINO's element types for INFERENCE_PRECISION_HINT.

@@ -36,16 +36,11 @@ def test_set():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(trained_resnet20: Path) -> Path:
-    return trained_resnet20
-
-
-@pytest.fixture(scope="module")
-def repository(checkpoint: Path, tmp_path_factory) -> Path:
+def repository(trained_resnet20: Path, tmp_path_factory) -> Path:
     repository = tmp_path_factory.mktemp("repo")
     report = tmp_path_factory.mktemp("reports") / "export.json"
     result = runner.invoke(
-        app, ["export", str(checkpoint), "--repository", str(repository), "--name", MODEL, "--json", str(report)]
+        app, ["export", str(trained_resnet20), "--repository", str(repository), "--name", MODEL, "--json", str(report)]
     )
     assert result.exit_code == 0, result.output
     exported = json.loads(report.read_text())
@@ -68,8 +63,8 @@ def url(server: TritonServer, protocol: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pytorch(checkpoint: Path):
-    return load_checkpoint(checkpoint)
+def pytorch(trained_resnet20: Path):
+    return load_checkpoint(trained_resnet20)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -125,11 +120,11 @@ def test_unknown_model_names_the_ready_ones(server):
     assert result.exit_code != 0 and "nope" in result.output and MODEL in result.output
 
 
-def test_evaluate_matches_pytorch_on_the_test_images(server, checkpoint, pytorch, test_set, tmp_path):
+def test_evaluate_matches_pytorch_on_the_test_images(server, trained_resnet20, pytorch, test_set, tmp_path):
     report = tmp_path / "evaluate.json"
     result = runner.invoke(
         app,
-        ["evaluate", "--url", url(server, "grpc"), "--checkpoint", str(checkpoint), "--limit", "1000",
+        ["evaluate", "--url", url(server, "grpc"), "--checkpoint", str(trained_resnet20), "--limit", "1000",
          "--batch-size", "50", "--concurrency", "2", "--json", str(report)],
     )
     assert result.exit_code == 0, result.output
@@ -149,7 +144,7 @@ def test_evaluate_matches_pytorch_on_the_test_images(server, checkpoint, pytorch
     assert evaluation["class_names"] == pytorch.meta.class_names
 
 
-def test_evaluate_streams_an_image_folder_of_files_of_any_size(server, checkpoint, pytorch, test_set, tmp_path):
+def test_evaluate_streams_an_image_folder_of_files_of_any_size(server, trained_resnet20, pytorch, test_set, tmp_path):
     """Three Fashion-MNIST test images of each class as PNG and JPEG files of three sizes, in
     class folders named so that their sorted order is the model's class order."""
     paths, labels = [], []
@@ -166,7 +161,7 @@ def test_evaluate_streams_an_image_folder_of_files_of_any_size(server, checkpoin
     result = runner.invoke(
         app,
         ["evaluate", "--url", url(server, "http"), "--protocol", "http", "--data", str(tmp_path / "photos"),
-         "--checkpoint", str(checkpoint), "--batch-size", "4", "--json", str(report)],
+         "--checkpoint", str(trained_resnet20), "--batch-size", "4", "--json", str(report)],
     )
     assert result.exit_code == 0, result.output
     evaluation = json.loads(report.read_text())

@@ -16,6 +16,11 @@ no preferred size, 100 µs queue delay, one instance, the backend's threads). Th
    alternating which goes first, so a neighbour's load on a shared machine lands on both alike.
    The goal is the tuned throughput, within the budget, ≥ 1.5× the default's.
 
+With ``--photo SIZE`` the entry is exported with its image pipeline and the search is
+`tune --images` (issue 19): the classifier and its `-preprocess` step searched together, every
+candidate and every confirmation round measured with issue 19's photo of that size
+(benchmarks/phone_photos.py) sent to `resnet50-image`.
+
 `tune` checks the OpenVINO runtimes against onnxruntime FP32 on test images (Fashion-MNIST
 upscaled to 224² RGB) before measuring them. A net with random weights has tiny margins between
 its 1000 classes, so BF16 or INT8 rounding flips many top-1 classes where a trained net's would
@@ -23,6 +28,8 @@ not: its agreement says nothing of a trained ResNet-50's. Speed is what this mea
 check's threshold (``--min-agreement``) is 0 here; the agreement measured is recorded.
 
     .venv/bin/python benchmarks/tune_resnet50.py --output benchmarks/results/tune-resnet50-2core-cpu
+    .venv/bin/python benchmarks/tune_resnet50.py --photo 4032x3024 --quick --concurrency 2 --p99-ms 1000 \
+        --output benchmarks/results/tune-resnet50-image-2core-cpu
 """
 
 from __future__ import annotations
@@ -38,9 +45,11 @@ from pathlib import Path
 
 import _harness
 import torch
+from phone_photos import TABLE_SIZES, table_photos
 
 from resnet_serve.checkpoints import IMAGENET_PREPROCESSING, CheckpointMeta, imagenet_class_names, save_checkpoint
 from resnet_serve.client.bench import benchmark_served_model
+from resnet_serve.client.results import StepResult
 from resnet_serve.client.stability import StabilityRule, UnstableMeasurementError
 from resnet_serve.models import create_model
 from resnet_serve.pipeline import ExportOptions, export_to_repository
@@ -48,6 +57,7 @@ from resnet_serve.progress import SilentReporter
 from resnet_serve.report import write_tuning_plot
 from resnet_serve.samples import photo_crops, with_trained_magnitudes
 from resnet_serve.selection import ImageSelection
+from resnet_serve.triton.repository import image_pipeline_names
 from resnet_serve.triton.server import TritonServer, find_free_ports
 from resnet_serve.triton.serving import ServingOptions
 from resnet_serve.tuning.search import TuneOptions, tune_model_entry
@@ -80,15 +90,16 @@ def integers(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
-def measure(repository: Path, args: argparse.Namespace, log: Path) -> dict:
+def measure(repository: Path, args: argparse.Namespace, log: Path, photos: Path | None) -> dict:
     http, grpc, metrics = find_free_ports(3)
+    models = (NAME,) if photos is None else (NAME, *image_pipeline_names(NAME))
     with TritonServer(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                      model_control="explicit", load_models=(NAME,), exit_timeout_s=0, log_file=log) as server:
+                      model_control="explicit", load_models=models, exit_timeout_s=0, log_file=log) as server:
         try:
             run = benchmark_served_model(
                 model=NAME, protocol="grpc", url=server.urls.grpc, batch_size=1, concurrency=(args.concurrency,),
                 warmup_seconds=args.warmup_seconds, measurement_seconds=args.window_seconds,
-                stability=StabilityRule(percentage=args.stability_percent, max_trials=args.max_trials),
+                stability=StabilityRule(percentage=args.stability_percent, max_trials=args.max_trials), images=photos,
             )
         except UnstableMeasurementError as error:
             return {"unstable": str(error)}
@@ -102,6 +113,8 @@ def main() -> None:
     parser.add_argument("--p99-ms", type=float, default=500.0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="walk the space one setting at a time")
+    parser.add_argument("--photo", choices=TABLE_SIZES,
+                        help="search the image pipeline too, sending issue 19's photo of this size")
     parser.add_argument("--runtimes", default="onnxruntime,openvino,openvino-int8")
     parser.add_argument("--max-batch-sizes", default="1,64")
     parser.add_argument("--preferred-batch-sizes", default="0")
@@ -122,13 +135,18 @@ def main() -> None:
     selection = ImageSelection(verify_images=args.verify_images, calibration_images=args.calibration_images)
     with tempfile.TemporaryDirectory(prefix="tune-resnet50-") as scratch_name:
         scratch = Path(scratch_name)
+        photos = None
+        if args.photo is not None:
+            photos = scratch / "photos"
+            photos.mkdir()
+            (photos / f"coffee-{args.photo}.jpg").write_bytes(table_photos()[args.photo])
         checkpoint = resnet50_checkpoint(scratch / "resnet50.safetensors")
         repository, default = scratch / "repository", scratch / "export-default"
         printer.message("exporting ResNet-50 with the export defaults")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             export_to_repository(checkpoint=checkpoint, repository=repository, options=ExportOptions(
-                name=NAME, selection=selection, serving=ServingOptions(image_pipeline=False)))
+                name=NAME, selection=selection, serving=ServingOptions(image_pipeline=photos is not None)))
         shutil.copytree(repository, default)
         options = TuneOptions(
             p99_budget_ms=args.p99_ms, concurrency=args.concurrency, batch_size=1,
@@ -140,7 +158,7 @@ def main() -> None:
             quick=args.quick,
             warmup_seconds=args.warmup_seconds, measurement_seconds=args.window_seconds,
             stability=StabilityRule(percentage=args.stability_percent, max_trials=args.max_trials),
-            selection=selection, min_agreement=args.min_agreement,
+            selection=selection, min_agreement=args.min_agreement, images=photos,
         )
         result = tune_model_entry(repository=repository, name=NAME, options=options, reporter=printer)
         write_tuning_plot(result, args.output.with_suffix(".png"))
@@ -149,7 +167,7 @@ def main() -> None:
             for round_index in range(args.rounds):
                 order = [("export default", default), ("tuned", repository)]
                 for label, served in order if round_index % 2 == 0 else reversed(order):
-                    figures = measure(served, args, scratch / f"confirm-{round_index}-{label}.log")
+                    figures = measure(served, args, scratch / f"confirm-{round_index}-{label}.log", photos)
                     confirmation.append({"round": round_index, "config": label, **figures})
                     printer.message(f"confirmation {json.dumps(confirmation[-1])}")
     load.stop()
@@ -169,7 +187,9 @@ def summarize(result, confirmation: list[dict], *, args: argparse.Namespace) -> 
     chosen = None if result.chosen is None else result.measurement(result.chosen)
     return {
         "what": f"resnet-serve tune on ResNet-50 (224², FP32 export default), batch 1, concurrency {args.concurrency}, "
-                f"p99 budget {args.p99_ms:g} ms",
+                f"p99 budget {args.p99_ms:g} ms"
+                + ("" if args.photo is None else f", image pipeline searched too, sending a {args.photo} JPEG"),
+        "quick": args.quick,
         "date": time.strftime("%Y-%m-%d"),
         "note": args.note,
         "goal": f"tuned throughput within the budget ≥ {GOAL}× the export default's",
@@ -202,8 +222,12 @@ def markdown(report: dict) -> str:
         f"{load['before'][0]:.2f}/{load['after'][0]:.2f}. "
         f"{report['note']}".strip(),
         "",
-        "| configuration | runtime (computes in) | infer/s | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|",
+        f"Search: {'quick (one setting at a time)' if report['quick'] else 'brute (the whole grid)'}, "
+        f"{len(report['tune']['measurements'])} configurations measured in {report['tune']['seconds']:.0f} s; "
+        f"left out: {json.dumps(report['tune']['pruned'], ensure_ascii=False)}.",
+        "",
+        "| configuration | runtime (computes in) | infer/s | p50 ms | p99 ms | compute ms per request, by step |",
+        "|---|---|---:|---:|---:|---|",
     ]
     computes = {c["runtime"]: c["computes_in"] for c in report["runtimes"]}
     for m in sorted(measured, key=lambda m: -m["result"]["inferences_per_second"]):
@@ -213,11 +237,17 @@ def markdown(report: dict) -> str:
         settings = (f"{m['label']}{' (' + ', '.join(marks) + ')' if marks else ''}: max batch {c['max_batch_size']}, "
                     f"preferred {c['preferred_batch_size'] or '–'}, delay {c['max_queue_delay_us']} µs, "
                     f"{c['instances']} × {c['threads'] or 'default'} threads")
+        if c["preprocess_instances"] is not None:
+            settings += (f"; preprocess {c['preprocess_instances']} instance(s), max batch "
+                         f"{c['preprocess_max_batch_size']}, delay {c['preprocess_max_queue_delay_us']} µs")
+        split = ", ".join(f"{step.model} {step.compute_us / 1000:.1f}"
+                          for step in (StepResult(**step) for step in row.get("steps") or []))
         lines.append(f"| {settings} | {c['runtime']} ({computes.get(c['runtime'], 'f32')}) | "
-                     f"{row['inferences_per_second']:.1f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} |")
+                     f"{row['inferences_per_second']:.1f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | "
+                     f"{split or '–'} |")
     for m in report["tune"]["measurements"]:
         if m["status"] != "measured":
-            lines.append(f"| {m['label']} {m['status']}: {m['reason'][:160]} | | | | |")
+            lines.append(f"| {m['label']} {m['status']}: {m['reason'][:160]} | | | | | |")
     lines += [
         "",
         f"Confirmation, medians of {confirmation['rounds']} interleaved rounds: export default "

@@ -50,7 +50,9 @@ def tune(
         "OpenVINO), openvino-int8 (that file quantized as export --precision int8 does, in OpenVINO)."
     )] = _listed(_SPACE.runtimes),
     max_batch_sizes: Annotated[str, typer.Option(
-        help="max_batch_size values, comma-separated."
+        help="max_batch_size values, comma-separated. OpenVINO pads every execution to it, so for OpenVINO those "
+        "that --concurrency × --batch-size images can fill (a full execution after a padded one fails) or that are "
+        "twice them or more (half padding) are left out, unless equal to --batch-size."
     )] = _listed(_SPACE.max_batch_sizes),
     preferred_batch_sizes: Annotated[str, typer.Option(
         help="Preferred batch sizes of the dynamic batcher, one per candidate, comma-separated; 0 is none."

@@ -327,7 +327,8 @@ def tune_model_entry(
         for written in (name, *(image_pipeline_names(name) if pipeline is not None else ())):
             _check_can_write(repository, written)
     grid, pruned = ([], {}) if options.quick else options.space.grid(
-        batch_size=options.batch_size, cores=cores, image_pipeline=pipeline is not None)
+        batch_size=options.batch_size, concurrency=options.concurrency, cores=cores,
+        image_pipeline=pipeline is not None)
     if len(grid) > options.max_candidates:
         raise TuningError(
             f"the search space has {len(grid)} candidates after pruning, more than the {options.max_candidates} "
@@ -351,7 +352,7 @@ def tune_model_entry(
             measurements, pruned, complete = quick_search(
                 baseline, options.space, measure=measurer.measure, searched=tuple(files),
                 budget_ms=options.p99_budget_ms, max_candidates=options.max_candidates,
-                batch_size=options.batch_size, cores=cores,
+                batch_size=options.batch_size, concurrency=options.concurrency, cores=cores,
             )
         else:
             refused = [c for c in grid if c.runtime not in files]
@@ -404,6 +405,7 @@ def quick_search(
     budget_ms: float | None,
     max_candidates: int,
     batch_size: int,
+    concurrency: int,
     cores: int,
 ) -> tuple[list[Measurement], dict[str, int], bool]:
     """Coordinate search: for each of ``SETTINGS`` in turn (then ``PREPROCESS_SETTINGS`` where
@@ -417,7 +419,8 @@ def quick_search(
     pruned: Counter[str] = Counter()
     best = start
     for setting in SETTINGS + (PREPROCESS_SETTINGS if start.candidate.searches_pipeline else ()):
-        candidates, left_out = space.neighbours(best.candidate, setting, batch_size=batch_size, cores=cores)
+        candidates, left_out = space.neighbours(best.candidate, setting, batch_size=batch_size,
+                                                concurrency=concurrency, cores=cores)
         pruned.update(left_out)
         for candidate in candidates:
             if candidate.runtime not in searched or candidate in seen:

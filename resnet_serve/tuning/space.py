@@ -20,7 +20,17 @@ counted:
   the preprocessing step's queue delay;
 - more preprocessing instances than cores: each decodes on one core, so more only preempt each
   other (the classifier's instances are not counted against them: the two steps of one request
-  run one after the other, and a core idle in one is busy in the other).
+  run one after the other, and a core idle in one is busy in the other);
+- OpenVINO batching that pads, unless every request is exactly `max_batch_size` images (then
+  nothing is ever padded). The backend pads every execution to `max_batch_size`, and two ranges
+  of it cannot serve: one the images in flight (concurrency × batch) can fill, because a full
+  execution after a padded one returns too few rows and fails its requests (the pad size is
+  never reset: the `openvino.batch-padding` rule of the contract); and one at least twice the
+  images in flight, where half of every execution's compute or more is padding, which no CPU's
+  gain from batching makes up (measured on ResNet-50, 2 cores: padding 1-image requests to 4 at
+  concurrency 2 halved the throughput, and to 64 at concurrency 4 left 0–1 inferences/s where
+  max batch 1 answered 33.5; benchmarks/results/openvino-batching-2core-cpu.md and
+  tune-resnet50-2core-cpu.md). What is left is above the images in flight and below twice them.
 
 Every candidate is one the official backend accepts: an OpenVINO candidate with
 `max_batch_size` above 1 gets `ENABLE_BATCH_PADDING`, without which the backend fails every
@@ -168,7 +178,7 @@ class SearchSpace:
         return getattr(self, plural[setting])
 
     def grid(
-        self, *, batch_size: int, cores: int, image_pipeline: bool = False
+        self, *, batch_size: int, concurrency: int, cores: int, image_pipeline: bool = False
     ) -> tuple[list[Candidate], dict[str, int]]:
         """Every candidate of the space in a stable order (with the preprocessing step's
         settings when ``image_pipeline``), and how many combinations each pruning rule left out
@@ -182,7 +192,7 @@ class SearchSpace:
             self.values("instances_threads"), list(steps),
         ):
             candidate = Candidate(runtime, max_batch, preferred, delay, instances, threads, *step)
-            reason = prune_reason(candidate, batch_size=batch_size, cores=cores)
+            reason = prune_reason(candidate, batch_size=batch_size, concurrency=concurrency, cores=cores)
             if reason:
                 pruned[reason] += 1
                 continue
@@ -194,10 +204,11 @@ class SearchSpace:
         return list(kept), dict(pruned)
 
     def neighbours(
-        self, candidate: Candidate, setting: str, *, batch_size: int, cores: int
+        self, candidate: Candidate, setting: str, *, batch_size: int, concurrency: int, cores: int
     ) -> tuple[list[Candidate], dict[str, int]]:
-        """The candidates that differ from ``candidate`` in ``setting`` only, and the prunings
-        that left others out (as in ``grid``)."""
+        """The candidates that differ from ``candidate`` in ``setting`` only (a runtime that
+        refuses its max batch, at the largest it takes), and the prunings that left others out
+        (as in ``grid``)."""
         pruned: Counter[str] = Counter()
         found: dict[Candidate, None] = {}
         for value in self.values(setting):
@@ -205,7 +216,15 @@ class SearchSpace:
                 changed = replace(candidate, instances=value[0], threads=value[1])
             else:
                 changed = replace(candidate, **{setting: value})
-            reason = prune_reason(changed, batch_size=batch_size, cores=cores)
+            reason = prune_reason(changed, batch_size=batch_size, concurrency=concurrency, cores=cores)
+            if reason and setting == "runtime":
+                # Quick mode reaches a runtime through this step only: where the runtime refuses the
+                # current max batch (OpenVINO's padding), it is tried at the largest one it takes.
+                for max_batch in reversed(self.max_batch_sizes):
+                    fallback = collapse_unbatched(replace(changed, max_batch_size=max_batch), self)
+                    if not prune_reason(fallback, batch_size=batch_size, concurrency=concurrency, cores=cores):
+                        changed, reason = fallback, ""
+                        break
             if reason:
                 pruned[reason] += 1
                 continue
@@ -215,12 +234,19 @@ class SearchSpace:
         return list(found), dict(pruned)
 
 
-def prune_reason(candidate: Candidate, *, batch_size: int, cores: int) -> str:
+def prune_reason(candidate: Candidate, *, batch_size: int, concurrency: int, cores: int) -> str:
     """Why a candidate cannot load or cannot help ("" when it can)."""
     if candidate.threads is not None and candidate.instances * candidate.threads > cores:
         return f"instances × threads above the {cores} cores (oversubscribed)"
     if candidate.max_batch_size < batch_size:
         return f"max_batch_size below the request batch of {batch_size}"
+    in_flight = concurrency * batch_size
+    if candidate.batch_padding and batch_size < candidate.max_batch_size <= in_flight:
+        return (f"OpenVINO padding to a max_batch_size the {in_flight} images in flight can fill "
+                "(the backend fails a full execution after a padded one)")
+    if candidate.batch_padding and candidate.max_batch_size >= 2 * in_flight:
+        return (f"OpenVINO padding to a max_batch_size at least twice the {in_flight} images in flight "
+                "(half of every execution padding)")
     if candidate.preferred_batch_size > candidate.max_batch_size:
         return "preferred batch size above max_batch_size"
     if candidate.searches_pipeline:

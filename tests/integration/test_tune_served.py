@@ -41,9 +41,12 @@ def test_a_short_tune_measures_every_candidate_and_writes_the_winner_as_a_served
     assert exported.exit_code == 0, exported.output
     version_1 = (repository / "r20" / "1" / "model.onnx").read_bytes()
 
+    # OpenVINO pads every execution to max batch 3: above the 2 images in flight, so no execution is
+    # full (a full one after a padded one fails in the official backend: docs/backend-contract.md),
+    # and below twice them, which tune leaves out as mostly padding.
     result = runner.invoke(app, [
         "tune", "r20", "--repository", str(repository), "--p99-ms", "1000", "--concurrency", "2",
-        "--runtimes", "onnxruntime,openvino-int8", "--max-batch-sizes", "8", "--preferred-batch-sizes", "0",
+        "--runtimes", "onnxruntime,openvino-int8", "--max-batch-sizes", "3", "--preferred-batch-sizes", "0",
         "--queue-delays-us", "100", "--instances", "1", "--threads", "1",
         "--verify-images", "128", "--calibration-images", "128", "--min-agreement", "0.95",
         "-o", str(tmp_path / "out"), *QUICK,
@@ -80,7 +83,7 @@ def test_a_short_tune_measures_every_candidate_and_writes_the_winner_as_a_served
     entry = read_model_entry(repository=repository, name="r20")
     candidate = chosen["candidate"]
     assert report["written_version"] == 2 and entry.versions == (1, 2)
-    assert f"wrote {report['chosen']} ({candidate['runtime']}, max batch 8" in output and "as version 2 of r20" in output
+    assert f"wrote {report['chosen']} ({candidate['runtime']}, max batch 3" in output and "as version 2 of r20" in output
     assert (repository / "r20" / "1" / "model.onnx").read_bytes() == version_1
     # What holds whichever runtime wins (which one does depends on the CPU's instructions:
     # OpenVINO's INT8 kernels gain more over onnxruntime FP32 with AVX-512 VNNI than with AVX2).
@@ -91,11 +94,11 @@ def test_a_short_tune_measures_every_candidate_and_writes_the_winner_as_a_served
     # The kind stays the entry's own (export's KIND_AUTO), but OpenVINO runs on the CPU only; a
     # batch limit above 1 makes OpenVINO pad every execution, as its backend needs.
     assert (config.max_batch_size, config.instance_groups[0].count, config.instance_groups[0].kind) == (
-        8, 1, "KIND_CPU" if openvino else "KIND_AUTO")
+        3, 1, "KIND_CPU" if openvino else "KIND_AUTO")
     assert config.parameters.get("ENABLE_BATCH_PADDING") == ("YES" if openvino else None)
     # The image pipeline follows the new batch limit, so the ensemble stays loadable.
     assert [read_model_entry(repository=repository, name=n).config.max_batch_size
-            for n in ("r20-preprocess", "r20-image")] == [8, 8]
+            for n in ("r20-preprocess", "r20-image")] == [3, 3]
     assert [str(p) for p in check_repository(repository=repository, image=find_image("deploy"))
             if p.severity == "error"] == []
     tuning = json.loads(config.parameters["tuning"])
@@ -104,13 +107,15 @@ def test_a_short_tune_measures_every_candidate_and_writes_the_winner_as_a_served
     assert tuning["replaced"]["settings"]["max_queue_delay_us"] == 20000
     assert tuning["inferences_per_second"] == round(chosen["result"]["inferences_per_second"], 2)
 
-    images = fashion_mnist(8)  # the tuned batch limit
+    images = fashion_mnist(24)
     http, grpc, metrics = find_free_ports(3)
     with TritonServer(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
                       log_file=tmp_path / "triton.log") as server:
         assert server.ready_versions() == {"r20": (2,), "r20-image": (1,), "r20-preprocess": (1,)}
         with InferenceClient(model="r20", protocol="grpc", url=server.urls.grpc) as client:
-            served = client.infer(images)
+            # Requests of 2, which an OpenVINO winner pads to 3: a full batch after a padded one (its
+            # warm-up's) fails in the official backend, whose pad size is never reset.
+            served = np.concatenate([client.infer(images[i:i + 2]) for i in range(0, len(images), 2)])
     expected = OnnxRuntime(repository / "r20" / "1" / "model.onnx").run(images)
     assert (served.argmax(1) == expected.argmax(1)).mean() >= 0.9
     assert np.isfinite(served).all()

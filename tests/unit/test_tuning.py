@@ -34,7 +34,7 @@ def test_the_grid_leaves_out_what_cannot_load_or_cannot_differ_and_counts_why() 
     space = SearchSpace(runtimes=("onnxruntime", "openvino"), max_batch_sizes=(1, 8), preferred_batch_sizes=(0, 4, 16),
                         max_queue_delays_us=(0, 500), instances=(1, 2), threads=(1, 2))
 
-    grid, pruned = space.grid(batch_size=2, cores=2)
+    grid, pruned = space.grid(batch_size=2, concurrency=3, cores=2)
 
     # 2 runtimes × 2 max batch × 3 preferred × 2 delays × 4 (instances, threads) = 96 combinations.
     assert pruned == {OVERSUBSCRIBED: 24, BELOW_BATCH: 36, PREFERRED_ABOVE: 12}
@@ -43,7 +43,7 @@ def test_the_grid_leaves_out_what_cannot_load_or_cannot_differ_and_counts_why() 
     assert {c.max_batch_size for c in grid} == {8} and {c.preferred_batch_size for c in grid} == {0, 4}
     assert len(set(grid)) == len(grid)
 
-    unbatched, pruned = space.grid(batch_size=1, cores=4)
+    unbatched, pruned = space.grid(batch_size=1, concurrency=5, cores=4)
     singles = [c for c in unbatched if c.max_batch_size == 1]
     # One representative per runtime and (instances, threads): no preferred size, the smallest delay.
     assert len(singles) == 2 * 4 and {(c.preferred_batch_size, c.max_queue_delay_us) for c in singles} == {(0, 0)}
@@ -54,9 +54,9 @@ def test_neighbours_differ_in_one_setting_and_are_pruned_like_the_grid() -> None
     space = SearchSpace(max_batch_sizes=(1, 64), preferred_batch_sizes=(0, 4), max_queue_delays_us=(100, 2000))
     start = Candidate("onnxruntime", 64, 0, 100, 1, None)
 
-    runtimes, _ = space.neighbours(start, "runtime", batch_size=1, cores=2)
-    pairs, pruned = space.neighbours(start, "instances_threads", batch_size=1, cores=2)
-    batches, _ = space.neighbours(start, "max_batch_size", batch_size=1, cores=2)
+    runtimes, _ = space.neighbours(start, "runtime", batch_size=1, concurrency=64, cores=2)
+    pairs, pruned = space.neighbours(start, "instances_threads", batch_size=1, concurrency=64, cores=2)
+    batches, _ = space.neighbours(start, "max_batch_size", batch_size=1, concurrency=64, cores=2)
 
     assert [c.runtime for c in runtimes] == ["openvino", "openvino-int8"]
     assert [(c.instances, c.threads) for c in pairs] == [(1, 1), (1, 2), (2, 1)]
@@ -66,12 +66,47 @@ def test_neighbours_differ_in_one_setting_and_are_pruned_like_the_grid() -> None
                              "preferred_batch_size"}
 
 
+def half_padding(in_flight: int) -> str:
+    return (f"OpenVINO padding to a max_batch_size at least twice the {in_flight} images in flight "
+            "(half of every execution padding)")
+
+
+def fillable(in_flight: int) -> str:
+    return (f"OpenVINO padding to a max_batch_size the {in_flight} images in flight can fill "
+            "(the backend fails a full execution after a padded one)")
+
+
+def test_openvino_padding_that_fails_or_mostly_pads_is_left_out_and_quick_mode_tries_what_is_kept() -> None:
+    space = SearchSpace(runtimes=("onnxruntime", "openvino"), max_batch_sizes=(1, 2, 4, 6, 8, 64),
+                        preferred_batch_sizes=(0,), max_queue_delays_us=(100,), instances=(1,), threads=(2,))
+
+    grid, pruned = space.grid(batch_size=1, concurrency=4, cores=2)
+
+    # 4 images in flight. OpenVINO pads every execution to its max batch: 2 and 4 can be filled (and a full
+    # execution after a padded one fails), 8 and 64 are half padding or more; 6 is neither. onnxruntime batches
+    # what arrived without padding and keeps every max batch.
+    assert [(c.runtime, c.max_batch_size) for c in grid if c.runtime == "openvino"] == [("openvino", 1), ("openvino", 6)]
+    assert len(grid) == 6 + 2 and pruned == {fillable(4): 2, half_padding(4): 2}
+    # Requests of exactly the max batch are never padded: 8 stays for requests of 8 images.
+    exact, pruned = space.grid(batch_size=8, concurrency=1, cores=2)
+    assert [c.max_batch_size for c in exact if c.runtime == "openvino"] == [8] and pruned[half_padding(8)] == 1
+    assert ("openvino", 64) in {(c.runtime, c.max_batch_size) for c in space.grid(batch_size=8, concurrency=6,
+                                                                                   cores=2)[0]}
+
+    # Quick mode reaches OpenVINO through the runtime step only: from max batch 64, at the largest max batch kept.
+    start = Candidate("onnxruntime", 64, 0, 100, 1, 2)
+    runtimes, pruned = space.neighbours(start, "runtime", batch_size=1, concurrency=4, cores=2)
+    assert runtimes == [Candidate("openvino", 6, 0, 100, 1, 2)] and pruned == {}
+    runtimes, _ = space.neighbours(start, "runtime", batch_size=1, concurrency=1, cores=2)
+    assert runtimes == [Candidate("openvino", 1, 0, 100, 1, 2)]
+
+
 def test_with_the_image_pipeline_every_candidate_also_sets_the_preprocessing_step() -> None:
     space = SearchSpace(runtimes=("onnxruntime",), max_batch_sizes=(8,), preferred_batch_sizes=(0,),
                         max_queue_delays_us=(100,), instances=(1,), threads=(1,), preprocess_instances=(1, 2, 3),
                         preprocess_max_batch_sizes=(1, 2, 16), preprocess_max_queue_delays_us=(0, 500))
 
-    grid, pruned = space.grid(batch_size=2, cores=2, image_pipeline=True)
+    grid, pruned = space.grid(batch_size=2, concurrency=4, cores=2, image_pipeline=True)
 
     # 3 instances × 3 max batch × 2 delays = 18 step settings: 6 with 3 instances on 2 cores, then 4 with max
     # batch 1 below the request's 2 files.
@@ -81,11 +116,11 @@ def test_with_the_image_pipeline_every_candidate_also_sets_the_preprocessing_ste
     assert {c.preprocess_max_queue_delay_us for c in grid} == {0, 500}
     assert all(c.searches_pipeline and (c.max_batch_size, c.instances) == (8, 1) for c in grid)
     # The classifier's own grid is the same with and without the pipeline.
-    assert [c.runtime for c in space.grid(batch_size=2, cores=2)[0]] == ["onnxruntime"]
-    assert not space.grid(batch_size=2, cores=2)[0][0].searches_pipeline
+    assert [c.runtime for c in space.grid(batch_size=2, concurrency=4, cores=2)[0]] == ["onnxruntime"]
+    assert not space.grid(batch_size=2, concurrency=4, cores=2)[0][0].searches_pipeline
 
     # A step that never batches has one queue delay: its other delays are the same candidate.
-    unbatched, pruned = space.grid(batch_size=1, cores=2, image_pipeline=True)
+    unbatched, pruned = space.grid(batch_size=1, concurrency=4, cores=2, image_pipeline=True)
     singles = [c for c in unbatched if c.preprocess_max_batch_size == 1]
     assert {(c.preprocess_instances, c.preprocess_max_queue_delay_us) for c in singles} == {(1, 0), (2, 0)}
     assert pruned[UNBATCHED] == 2 and len(unbatched) == 2 * 3 * 2 - 2
@@ -96,8 +131,8 @@ def test_the_preprocessing_steps_neighbours_and_quick_mode_walk_them_after_the_c
                         max_queue_delays_us=(100,), instances=(1,), threads=(1,))
     start = Candidate("onnxruntime", 64, 0, 100, 1, 1, 1, 64, 20000)
 
-    instances, _ = space.neighbours(start, "preprocess_instances", batch_size=1, cores=1)
-    batches, _ = space.neighbours(start, "preprocess_max_batch_size", batch_size=1, cores=2)
+    instances, _ = space.neighbours(start, "preprocess_instances", batch_size=1, concurrency=4, cores=1)
+    batches, _ = space.neighbours(start, "preprocess_max_batch_size", batch_size=1, concurrency=4, cores=2)
 
     assert instances == [] and batches == [Candidate("onnxruntime", 64, 0, 100, 1, 1, 1, 1, 100)]
     assert "preprocess: 1 instance(s), max batch 64, delay 20000 µs" in start.describe()
@@ -111,7 +146,7 @@ def test_the_preprocessing_steps_neighbours_and_quick_mode_walk_them_after_the_c
 
     walked, _, complete = quick_search(measured(start, 10.0, 250.0), space, measure=measure,
                                        searched=("onnxruntime",), budget_ms=100.0, max_candidates=64, batch_size=1,
-                                       cores=2)
+                                       concurrency=4, cores=2)
 
     assert complete and set(PREPROCESS_SETTINGS).isdisjoint(SETTINGS)
     # Nothing of the classifier's to vary; then 2 instances, then max batch 1 (its delay the smallest; slower),
@@ -181,6 +216,8 @@ def test_quick_mode_walks_one_setting_at_a_time_from_the_best_so_far() -> None:
     start = measured(Candidate("onnxruntime", 64, 0, 100, 1, None), 10.0, 100.0)
     visited: list[Candidate] = []
 
+    # At 40 images in flight OpenVINO's padding to 64 neither fills up nor is mostly padding, so
+    # every setting has a neighbour to try.
     def measure(candidate: Candidate) -> Measurement:
         # A known landscape: INT8 is 3× faster, a second thread adds half, a second instance
         # 0.6, batching a tenth, and a long queue delay costs p99.
@@ -191,7 +228,8 @@ def test_quick_mode_walks_one_setting_at_a_time_from_the_best_so_far() -> None:
         return measured(candidate, throughput, 50.0 + candidate.max_queue_delay_us / 100)
 
     walked, pruned, complete = quick_search(start, space, measure=measure, searched=("onnxruntime", "openvino-int8"),
-                                            budget_ms=60.0, max_candidates=64, batch_size=1, cores=2)
+                                            budget_ms=60.0, max_candidates=64, batch_size=1, concurrency=40,
+                                            cores=2)
 
     assert complete and [m.candidate for m in walked] == visited
     assert visited[0] == Candidate("openvino-int8", 64, 0, 100, 1, None)  # openvino is not searched
@@ -203,7 +241,7 @@ def test_quick_mode_walks_one_setting_at_a_time_from_the_best_so_far() -> None:
     assert len(visited) == 1 + 3 + 1 + 1 + 1
 
     stopped, _, complete = quick_search(start, space, measure=measure, searched=("onnxruntime",),
-                                        budget_ms=60.0, max_candidates=2, batch_size=1, cores=2)
+                                        budget_ms=60.0, max_candidates=2, batch_size=1, concurrency=40, cores=2)
     assert len(stopped) == 2 and not complete
 
 
@@ -230,7 +268,7 @@ def repository(tmp_path: Path) -> Path:
                           "onnxruntime and openvino targets"),
         (["missing"], "cannot read model 'missing'"),
         (["tiny", "--instances", "1", "--threads", "1", "--max-candidates", "3"],
-         "the search space has 15 candidates after pruning, more than the 3 allowed"),
+         "the search space has 7 candidates after pruning, more than the 3 allowed"),
         (["tiny", "--runtimes", "onnxruntime,tensorrt"], "unknown runtimes ['tensorrt']"),
         (["tiny", "--p99-ms", "-1"], "the p99 budget must be > 0 ms"),
         (["tiny", "--batch-size", "100000"], "no configuration of the search space takes requests of 100000 images: "
@@ -244,7 +282,7 @@ def repository(tmp_path: Path) -> Path:
          "no configuration of the search space takes requests of 2 images: the largest max_batch_size searched is 1 "
          "(--preprocess-max-batch-sizes)"),
         (["tiny", "--images", "{files}", "--instances", "1", "--threads", "1", "--max-candidates", "3"],
-         "the search space has 60 candidates after pruning, more than the 3 allowed"),
+         "the search space has 28 candidates after pruning, more than the 3 allowed"),
     ],
 )
 def test_tune_refuses_before_measuring_anything(repository: Path, arguments: list[str], message: str, tmp_path: Path) -> None:

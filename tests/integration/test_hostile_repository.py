@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from hostile import REPOSITORY_CORPUS
+from processes import start_interruptible
 from samples import fashion_mnist
 from tiny_onnx import CLASS_NAMES, PREPROCESSING, export_tiny_classifier, write_entry
 
@@ -54,11 +55,10 @@ def run(*arguments: str) -> subprocess.CompletedProcess[str]:
 def serve_output(repository: Path) -> Iterator[str]:
     """What `serve` says up to "Press Ctrl-C", then it is stopped."""
     http, grpc, metrics = find_free_ports(3)
-    process = subprocess.Popen(
+    process = start_interruptible(
         [sys.executable, "-m", "resnet_serve.cli", "serve", "--repository", str(repository), "--http-port", str(http),
          "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--timeout", "120"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "500"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from processes import start_interruptible
 from samples import fashion_test_set
 
 from resnet_serve.triton.server import port_in_use
@@ -68,9 +69,8 @@ def test_the_readme_two_terminal_example_runs_as_written(trained_resnet20: Path,
 
     for command in before:
         run(command)
-    server = subprocess.Popen(["bash", "-c", f"exec {serve}"], cwd=tmp_path, env=environment, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    server = start_interruptible(["bash", "-c", f"exec {serve}"], cwd=tmp_path, env=environment, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for line in server.stdout:  # type: ignore[union-attr]
             if "Press Ctrl-C" in line:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from processes import start_interruptible
 from typer.testing import CliRunner
 
 from resnet_serve.checkpoints import load_checkpoint
@@ -216,10 +217,7 @@ def test_serve_command_runs_until_a_signal_and_stops_triton(repository, stop_sig
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
         "--log-file", str(tmp_path / "triton.log"),
     ]
-    # Ctrl-C as a terminal delivers it, however the tests were started: a shell without job
-    # control starts background jobs with SIGINT ignored, and Python keeps it ignored.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = start_interruptible(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
         for line in process.stdout:  # type: ignore[union-attr]

@@ -1,0 +1,22 @@
+"""Starting the CLI as a user's terminal would, for tests that stop it with Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from typing import Any
+
+
+def start_interruptible(command: list[str], **options: Any) -> subprocess.Popen:
+    """``subprocess.Popen(command, **options)`` with SIGINT delivered as a terminal's Ctrl-C,
+    however the tests were started: a shell without job control starts background jobs with
+    SIGINT ignored, and exec keeps "ignored" while it resets a handler to the default. So a
+    handler is set here around the start, not in a ``preexec_fn``: Python code between fork and
+    exec runs in a one-thread copy of this process, whose gRPC poller it cannot use (a `serve`
+    started so once died before printing anything but gRPC's "epoll_wait error: Bad file
+    descriptor")."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, **options)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -177,6 +177,8 @@ def _proxy_config(facts: EntryFacts) -> tuple[model_config_pb2.ModelConfig, list
             dropped = [field.name]
         if dropped:
             notes.append(f"dropped {', '.join(dropped)}: only the official backend implements it")
+    if runtime == "openvino":
+        notes.extend(_openvino_instances_note(config))
     for field in _REPLACED_FIELDS:
         proxy.ClearField(field)
     proxy.backend = "python"
@@ -191,6 +193,28 @@ def _proxy_config(facts: EntryFacts) -> tuple[model_config_pb2.ModelConfig, list
             if group.count < 1:
                 group.count = 2
     return proxy, notes
+
+
+def _openvino_instances_note(config: model_config_pb2.ModelConfig) -> list[str]:
+    """Where the proxy cannot run an OpenVINO entry as fast as the official backend. That backend
+    compiles the model once and gives each instance an infer request of it (openvino_backend
+    src/openvino.cc, LoadModel and CreateInferRequest); each proxy instance is a stub process
+    with a compiled model of its own. With one stream, OpenVINO's default, both ways run one
+    request at a time on one core (the proxy's because OpenVINO pins every process's inferring
+    thread to the same core); with more streams the official backend runs its instances side by
+    side on them, where the proxy's compete (benchmarks/openvino_instances.py)."""
+    parameter = {key: config.parameters[key].string_value for key in ("NUM_STREAMS", "PERFORMANCE_HINT")
+                 if key in config.parameters}
+    # Core gives an OpenVINO group without a count one instance (model_config_utils.cc).
+    instances = sum(max(group.count, 1) for group in config.instance_group) or 1
+    streams = parameter.get("NUM_STREAMS", "1")
+    hint = parameter.get("PERFORMANCE_HINT", "").upper()
+    if instances < 2 or (streams == "1" and hint not in ("THROUGHPUT", "CUMULATIVE_THROUGHPUT")):
+        return []
+    why = f"NUM_STREAMS {streams}" if streams != "1" else f"PERFORMANCE_HINT {hint}"
+    return [f"{instances} instances with more than one stream ({why}): the official backend runs them on one compiled "
+            "model's streams side by side, this server compiles one per instance, which compete for the cores, so "
+            "it measures this entry slower than the official container would serve it"]
 
 
 def build_proxy_repository(*, source: Path, destination: Path) -> ProxyRepository:

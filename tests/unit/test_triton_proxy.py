@@ -153,6 +153,34 @@ def test_an_openvino_entry_runs_its_ir_file_by_default(tmp_path: Path, onnx_path
     )
 
 
+@pytest.mark.parametrize(
+    ("instances", "parameters", "why"),
+    [
+        ("count: 2", {"NUM_STREAMS": "2"}, "NUM_STREAMS 2"),
+        ("count: 2", {"PERFORMANCE_HINT": "THROUGHPUT"}, "PERFORMANCE_HINT THROUGHPUT"),
+        ("count: 2", {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}, None),
+        ("count: 2", {}, None),
+        ("count: 1", {"NUM_STREAMS": "2"}, None),
+        # Core gives an OpenVINO group without a count one instance.
+        ("kind: KIND_CPU", {"NUM_STREAMS": "AUTO"}, None),
+    ],
+)
+def test_openvino_instances_on_several_streams_are_noted_as_slower_here_than_in_the_official_backend(
+    tmp_path: Path, onnx_path: Path, instances: str, parameters: dict[str, str], why: str | None
+) -> None:
+    entry = write(tmp_path / "repo", "ov", onnx_path, target=ONNXRUNTIME)
+    add_to_config(entry, f"instance_group {{ {instances} }}")
+    convert_to_openvino_entry(entry, parameters=parameters)
+
+    notes = build(tmp_path / "repo", tmp_path).served[0].notes
+
+    slower = [note for note in notes if "slower than the official container" in note]
+    assert slower == ([] if why is None else [
+        f"2 instances with more than one stream ({why}): the official backend runs them on one compiled model's "
+        "streams side by side, this server compiles one per instance, which compete for the cores, so it measures "
+        "this entry slower than the official container would serve it"])
+
+
 def test_python_and_ensemble_entries_are_mirrored_file_by_file(tmp_path: Path, onnx_path: Path) -> None:
     entry = write(tmp_path / "repo", "py", onnx_path, target=PYTHON_ONNXRUNTIME)
     write_ensemble(tmp_path / "repo", "py-ensemble", step="py")

@@ -178,7 +178,7 @@ def _proxy_config(facts: EntryFacts) -> tuple[model_config_pb2.ModelConfig, list
         if dropped:
             notes.append(f"dropped {', '.join(dropped)}: only the official backend implements it")
     if runtime == "openvino":
-        notes.extend(_openvino_instances_note(config))
+        notes.extend(_openvino_instances_note(facts))
     for field in _REPLACED_FIELDS:
         proxy.ClearField(field)
     proxy.backend = "python"
@@ -190,12 +190,17 @@ def _proxy_config(facts: EntryFacts) -> tuple[model_config_pb2.ModelConfig, list
         if not proxy.instance_group:
             proxy.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
         for group in proxy.instance_group:
-            if group.count < 1:
-                group.count = 2
+            group.count = _instance_count(group, runtime)
     return proxy, notes
 
 
-def _openvino_instances_note(config: model_config_pb2.ModelConfig) -> list[str]:
+def _instance_count(group: model_config_pb2.ModelInstanceGroup, runtime: str) -> int:
+    """The group's instances as core counts them: without a count, 2 for onnxruntime and 1 for
+    OpenVINO (model_config_utils.cc SetDefaultInstanceCount)."""
+    return group.count if group.count >= 1 else 2 if runtime == "onnxruntime" else 1
+
+
+def _openvino_instances_note(facts: EntryFacts) -> list[str]:
     """Where the proxy cannot run an OpenVINO entry as fast as the official backend. That backend
     compiles the model once and gives each instance an infer request of it (openvino_backend
     src/openvino.cc, LoadModel and CreateInferRequest); each proxy instance is a stub process
@@ -203,12 +208,9 @@ def _openvino_instances_note(config: model_config_pb2.ModelConfig) -> list[str]:
     request at a time on one core (the proxy's because OpenVINO pins every process's inferring
     thread to the same core); with more streams the official backend runs its instances side by
     side on them, where the proxy's compete (benchmarks/openvino_instances.py)."""
-    parameter = {key: config.parameters[key].string_value for key in ("NUM_STREAMS", "PERFORMANCE_HINT")
-                 if key in config.parameters}
-    # Core gives an OpenVINO group without a count one instance (model_config_utils.cc).
-    instances = sum(max(group.count, 1) for group in config.instance_group) or 1
-    streams = parameter.get("NUM_STREAMS", "1")
-    hint = parameter.get("PERFORMANCE_HINT", "").upper()
+    instances = sum(_instance_count(group, "openvino") for group in facts.config.instance_group) or 1
+    streams = facts.parameters.get("NUM_STREAMS", "1")
+    hint = facts.parameters.get("PERFORMANCE_HINT", "").upper()
     if instances < 2 or (streams == "1" and hint not in ("THROUGHPUT", "CUMULATIVE_THROUGHPUT")):
         return []
     why = f"NUM_STREAMS {streams}" if streams != "1" else f"PERFORMANCE_HINT {hint}"
